@@ -1,0 +1,223 @@
+//! Node configuration: a TOML file, overridden by command-line flags and `LEASEHOLD_*`
+//! environment variables (flags win over the environment, both over the file).
+
+use crate::model::NodeId;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// When the commit of an epoch is forced to disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum FsyncPolicy {
+    /// fsync the write-ahead log once per epoch (group commit) before any reply of it is
+    /// released: an acknowledged transaction survives a machine crash.
+    EveryEpoch,
+    /// Write the epoch to the write-ahead log without fsync before replying: an
+    /// acknowledged transaction survives a process crash, but a machine crash may lose the
+    /// last moments.
+    Asynchronous,
+}
+
+impl FsyncPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FsyncPolicy::EveryEpoch => "every-epoch",
+            FsyncPolicy::Asynchronous => "asynchronous",
+        }
+    }
+}
+
+/// Everything a node needs to start. Field names are the TOML keys.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub node_id: NodeId,
+    /// RocksDB and deployed plugins live here.
+    pub data_dir: PathBuf,
+    /// Cap'n Proto client API.
+    pub client_address: SocketAddr,
+    /// Prometheus metrics endpoint; none when absent.
+    pub metrics_address: Option<SocketAddr>,
+    pub fsync: FsyncPolicy,
+    /// Threads that execute transactions.
+    pub executor_threads: usize,
+    /// Threads that serve RPC connections.
+    pub rpc_threads: usize,
+    /// An epoch closes when it holds this many transactions, even if more are waiting.
+    pub epoch_transactions_max: usize,
+    /// Once a request is waiting, an epoch closes after at most this long. Under load an
+    /// epoch is closed as soon as the previous one has executed, so this only bounds how
+    /// long an idle node lingers to gather a batch (0: never linger).
+    pub epoch_linger_us: u64,
+    /// Largest Cap'n Proto message a client may send.
+    pub message_bytes_max: usize,
+    /// Most invocations in one `invokeMany` call.
+    pub invocations_per_message_max: usize,
+    /// Most keys in one transaction's access set.
+    pub access_set_keys_max: usize,
+    /// Longest key.
+    pub key_bytes_max: usize,
+    /// Completed request ids kept in memory for fast retries (older ones are read from
+    /// RocksDB).
+    pub recent_results_max: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            node_id: 0,
+            data_dir: PathBuf::from("leasehold-data"),
+            client_address: "127.0.0.1:7420".parse().expect("valid literal address"),
+            metrics_address: None,
+            fsync: FsyncPolicy::EveryEpoch,
+            executor_threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            rpc_threads: 1,
+            epoch_transactions_max: 20_000,
+            epoch_linger_us: 0,
+            message_bytes_max: 64 << 20,
+            invocations_per_message_max: 10_000,
+            access_set_keys_max: 200_000,
+            key_bytes_max: 1024,
+            recent_results_max: 1_000_000,
+        }
+    }
+}
+
+/// Errors reading or checking a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads a TOML file; missing keys take their defaults, unknown keys are refused.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })
+    }
+
+    /// Checks values that would make the node misbehave rather than fail clearly.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("executor_threads", self.executor_threads),
+            ("rpc_threads", self.rpc_threads),
+            ("epoch_transactions_max", self.epoch_transactions_max),
+            ("message_bytes_max", self.message_bytes_max),
+            ("invocations_per_message_max", self.invocations_per_message_max),
+            ("access_set_keys_max", self.access_set_keys_max),
+            ("key_bytes_max", self.key_bytes_max),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Command-line flags (each also readable from a `LEASEHOLD_*` environment variable)
+/// that override the configuration file. Shared by `leasehold-engine` and the
+/// `leasehold` CLI's embedded node.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ConfigOverrides {
+    /// TOML configuration file; flags and environment override it.
+    #[arg(long, env = "LEASEHOLD_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(long, env = "LEASEHOLD_NODE_ID")]
+    pub node_id: Option<NodeId>,
+    /// Directory for RocksDB and deployed plugins.
+    #[arg(long, env = "LEASEHOLD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address of the Cap'n Proto client API (port 0 picks a free port).
+    #[arg(long, env = "LEASEHOLD_CLIENT_ADDRESS")]
+    pub client_address: Option<SocketAddr>,
+    /// Address of the Prometheus metrics endpoint.
+    #[arg(long, env = "LEASEHOLD_METRICS_ADDRESS")]
+    pub metrics_address: Option<SocketAddr>,
+    /// When epochs are forced to disk.
+    #[arg(long, env = "LEASEHOLD_FSYNC", value_enum)]
+    pub fsync: Option<FsyncPolicy>,
+    #[arg(long, env = "LEASEHOLD_EXECUTOR_THREADS")]
+    pub executor_threads: Option<usize>,
+    #[arg(long, env = "LEASEHOLD_RPC_THREADS")]
+    pub rpc_threads: Option<usize>,
+    #[arg(long, env = "LEASEHOLD_EPOCH_TRANSACTIONS_MAX")]
+    pub epoch_transactions_max: Option<usize>,
+    #[arg(long, env = "LEASEHOLD_EPOCH_LINGER_US")]
+    pub epoch_linger_us: Option<u64>,
+}
+
+impl ConfigOverrides {
+    /// The file's configuration (or the defaults) with these overrides applied, checked.
+    pub fn resolve(&self) -> Result<Config, ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(value) = self.node_id {
+            config.node_id = value;
+        }
+        if let Some(value) = &self.data_dir {
+            config.data_dir = value.clone();
+        }
+        if let Some(value) = self.client_address {
+            config.client_address = value;
+        }
+        if let Some(value) = self.metrics_address {
+            config.metrics_address = Some(value);
+        }
+        if let Some(value) = self.fsync {
+            config.fsync = value;
+        }
+        if let Some(value) = self.executor_threads {
+            config.executor_threads = value;
+        }
+        if let Some(value) = self.rpc_threads {
+            config.rpc_threads = value;
+        }
+        if let Some(value) = self.epoch_transactions_max {
+            config.epoch_transactions_max = value;
+        }
+        if let Some(value) = self.epoch_linger_us {
+            config.epoch_linger_us = value;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_values_are_read_and_flags_override_them() {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let path = directory.path().join("node.toml");
+        std::fs::write(&path, "node_id = 3\nfsync = \"asynchronous\"\nexecutor_threads = 4\n").expect("write config");
+        let overrides = ConfigOverrides { config: Some(path.clone()), executor_threads: Some(1), ..Default::default() };
+        let config = overrides.resolve().expect("valid config");
+        assert_eq!(config.node_id, 3);
+        assert_eq!(config.fsync, FsyncPolicy::Asynchronous);
+        assert_eq!(config.executor_threads, 1);
+        assert_eq!(config.epoch_transactions_max, Config::default().epoch_transactions_max);
+    }
+
+    #[test]
+    fn unknown_keys_and_zero_limits_are_refused() {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let path = directory.path().join("node.toml");
+        std::fs::write(&path, "executor_thread = 4\n").expect("write config");
+        let error = Config::from_file(&path).expect_err("misspelt key must be refused");
+        assert!(error.to_string().contains("executor_thread"), "{error}");
+        let overrides = ConfigOverrides { executor_threads: Some(0), ..Default::default() };
+        assert!(matches!(overrides.resolve(), Err(ConfigError::Invalid(_))));
+    }
+}

@@ -1,0 +1,44 @@
+//! Metric names and the Prometheus endpoint. Metrics are recorded per epoch, not per
+//! transaction, to keep the hot path free of them.
+
+use std::net::SocketAddr;
+
+pub const COMMITTED_TOTAL: &str = "leasehold_transactions_committed_total";
+pub const ABORTED_TOTAL: &str = "leasehold_transactions_aborted_total";
+pub const REJECTED_TOTAL: &str = "leasehold_requests_rejected_total";
+pub const EPOCH_TRANSACTIONS: &str = "leasehold_epoch_transactions";
+pub const EPOCH_EXECUTION_SECONDS: &str = "leasehold_epoch_execution_seconds";
+pub const EPOCH_LATENCY_SECONDS: &str = "leasehold_epoch_latency_seconds";
+pub const COMMIT_SECONDS: &str = "leasehold_commit_seconds";
+pub const GROUP_COMMIT_EPOCHS: &str = "leasehold_group_commit_epochs";
+pub const PLUGIN_DEPLOYS_TOTAL: &str = "leasehold_plugin_deploys_total";
+
+/// Errors starting the metrics endpoint.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the metrics endpoint on {address}: {message}")]
+pub struct MetricsError {
+    address: SocketAddr,
+    message: String,
+}
+
+/// Starts the Prometheus endpoint on `address` and describes the metrics.
+pub fn install_prometheus(address: SocketAddr) -> Result<(), MetricsError> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(address)
+        .install()
+        .map_err(|error| MetricsError { address, message: error.to_string() })?;
+    describe();
+    Ok(())
+}
+
+fn describe() {
+    metrics::describe_counter!(COMMITTED_TOTAL, "Transactions that committed.");
+    metrics::describe_counter!(ABORTED_TOTAL, "Transactions that aborted (logic, undeclared access, panic, oversized value).");
+    metrics::describe_counter!(REJECTED_TOTAL, "Requests refused before running (unknown workflow, bad arguments, ...).");
+    metrics::describe_histogram!(EPOCH_TRANSACTIONS, "Transactions per epoch.");
+    metrics::describe_histogram!(EPOCH_EXECUTION_SECONDS, "Time from closing an epoch to handing it to the commit thread.");
+    metrics::describe_histogram!(EPOCH_LATENCY_SECONDS, "Time from closing an epoch to releasing its replies.");
+    metrics::describe_histogram!(COMMIT_SECONDS, "Time to write (and fsync) one group of epochs.");
+    metrics::describe_histogram!(GROUP_COMMIT_EPOCHS, "Epochs made durable by one group commit.");
+    metrics::describe_counter!(PLUGIN_DEPLOYS_TOTAL, "Plugin deploys that succeeded.");
+}

@@ -1,0 +1,180 @@
+//! Domain types shared by the transaction core, the plugin host and the RPC edge:
+//! what a client asks for ([`Invocation`]) and what it gets back ([`Outcome`],
+//! [`Rejection`]). Cap'n Proto types never appear here; `rpc` converts at the edge.
+
+use std::fmt;
+
+/// Identifies a node in a cluster (a single node is node 0).
+pub type NodeId = u16;
+
+/// A transaction's position in the global serial order: epochs first, then the node
+/// that sequenced it, then its sequence number within that node's epoch. Lexicographic
+/// order needs no central sequencer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Timestamp {
+    pub epoch: u64,
+    pub node: NodeId,
+    pub sequence: u32,
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.epoch, self.node, self.sequence)
+    }
+}
+
+/// Longest request id a client may choose.
+pub const REQUEST_ID_BYTES_MAX: usize = 64;
+
+/// A client-chosen request id. Empty means "no exactly-once tracking".
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(pub Box<[u8]>);
+
+impl RequestId {
+    pub fn is_tracked(&self) -> bool {
+        !self.0.is_empty()
+    }
+}
+
+/// Arguments as the client sent them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Arguments {
+    /// Already in the plugin's own encoding.
+    Encoded(Vec<u8>),
+    /// JSON, converted by the plugin before planning.
+    Json(String),
+}
+
+/// One request: run `workflow` of `plugin` with `arguments` as one transaction.
+#[derive(Clone, Debug)]
+pub struct Invocation {
+    pub plugin: String,
+    pub workflow: String,
+    pub arguments: Arguments,
+    pub request_id: RequestId,
+}
+
+/// Why a transaction aborted. Every abort discards all of the transaction's writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AbortKind {
+    /// The plugin refused (for example insufficient funds).
+    Logic,
+    /// A function touched a key outside the declared access set.
+    UndeclaredAccess,
+    /// A function panicked.
+    PluginPanic,
+    /// A function wrote a value larger than its table allows.
+    ValueTooLarge,
+}
+
+impl AbortKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AbortKind::Logic => "logic",
+            AbortKind::UndeclaredAccess => "undeclared-access",
+            AbortKind::PluginPanic => "plugin-panic",
+            AbortKind::ValueTooLarge => "value-too-large",
+        }
+    }
+
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            AbortKind::Logic => 0,
+            AbortKind::UndeclaredAccess => 1,
+            AbortKind::PluginPanic => 2,
+            AbortKind::ValueTooLarge => 3,
+        }
+    }
+
+    pub(crate) fn from_code(code: u8) -> Option<AbortKind> {
+        Some(match code {
+            0 => AbortKind::Logic,
+            1 => AbortKind::UndeclaredAccess,
+            2 => AbortKind::PluginPanic,
+            3 => AbortKind::ValueTooLarge,
+            _ => return None,
+        })
+    }
+}
+
+/// The durable result of a transaction that ran. Stored under its request id, so that a
+/// retry gets exactly this back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Committed { timestamp: Timestamp, output: Vec<u8> },
+    Aborted { timestamp: Timestamp, kind: AbortKind, message: String },
+}
+
+impl Outcome {
+    pub fn timestamp(&self) -> Timestamp {
+        match self {
+            Outcome::Committed { timestamp, .. } | Outcome::Aborted { timestamp, .. } => *timestamp,
+        }
+    }
+
+    pub fn is_committed(&self) -> bool {
+        matches!(self, Outcome::Committed { .. })
+    }
+}
+
+/// Why a request was refused before it ran. Nothing was executed or recorded, so the
+/// client may fix the request and send it again under the same id.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("unknown plugin {0:?}")]
+    UnknownPlugin(String),
+    #[error("plugin {plugin:?} has no workflow {workflow:?}")]
+    UnknownWorkflow { plugin: String, workflow: String },
+    #[error("plugin {plugin:?} has no table {table:?}")]
+    UnknownTable { plugin: String, table: String },
+    #[error("bad arguments: {0}")]
+    BadArguments(String),
+    #[error("the plugin's planner failed: {0}")]
+    PlanFailed(String),
+    #[error("request id is longer than {REQUEST_ID_BYTES_MAX} bytes")]
+    RequestIdTooLong,
+    #[error("the access set has {count} keys; at most {max} are allowed")]
+    AccessSetTooLarge { count: usize, max: usize },
+    #[error("key is longer than {max} bytes")]
+    KeyTooLong { max: usize },
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    #[error("storage failed: {0}")]
+    Storage(String),
+}
+
+/// What a deployed plugin declares, as shown to clients.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PluginInfo {
+    pub name: String,
+    pub version: String,
+    pub build_info: String,
+    /// Content hash of the library (hex), which tells deployed versions apart.
+    pub digest: String,
+    pub tables: Vec<TableInfo>,
+    pub workflows: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableInfo {
+    pub name: String,
+    pub value_bytes_max: u32,
+}
+
+/// A node's view of itself, for `leasehold status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub node: NodeId,
+    pub version: String,
+    /// The newest epoch that is durable.
+    pub durable_epoch: u64,
+    pub committed_total: u64,
+    pub aborted_total: u64,
+    pub rejected_total: u64,
+    pub epochs_total: u64,
+    pub resident_keys: u64,
+    pub plugins: Vec<String>,
+    pub uptime_ms: u64,
+    pub cc: String,
+    pub fsync: String,
+}

@@ -1,0 +1,336 @@
+//! The Cap'n Proto server of the client API (`schema/leasehold.capnp`): listens on the
+//! client address, runs connections on a small pool of RPC threads, and stops gracefully.
+//!
+//! capnp-rpc objects are `!Send`, so each RPC thread owns a current-thread tokio runtime
+//! with a `LocalSet` and serves its connections entirely by itself. Thread 0 also accepts
+//! connections and deals them out round-robin, which spreads a benchmark's few long-lived
+//! connections evenly over the threads. Generated Cap'n Proto types never leave this
+//! module: [`convert`] translates them to and from [`crate::model`].
+
+mod convert;
+mod service;
+
+use crate::config::Config;
+use crate::node::NodeHandle;
+use capnp::message::ReaderOptions;
+use capnp_rpc::rpc_twoparty_capnp::Side;
+use capnp_rpc::{twoparty, RpcSystem};
+use leasehold_schema::leasehold_capnp::leasehold;
+use service::{CallTracker, LeaseholdService};
+use std::net::SocketAddr;
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+
+/// How long stopping waits for calls in flight to be answered before closing connections
+/// anyway. Transactions finish within a few epochs, so this is only reached when the node
+/// itself is stuck.
+const CALLS_GRACE: Duration = Duration::from_secs(5);
+
+/// How long stopping waits, once the last call has finished, for capnp-rpc to queue its
+/// reply: a reply is queued a few task polls after the call's future completes, and a
+/// connection that is closed before that loses it.
+const REPLY_SETTLE: Duration = Duration::from_millis(20);
+
+/// How long a connection may take to close cleanly (flush its replies and tell the client)
+/// before it is dropped.
+const DISCONNECT_GRACE: Duration = Duration::from_secs(1);
+
+/// Deepest nesting of structs and lists accepted in a message. The deepest legitimate
+/// message (RPC envelope, `invokeMany` parameters, an invocation and its arguments) is
+/// under ten levels; the bound keeps a hostile message from exhausting the stack.
+const NESTING_LIMIT: i32 = 32;
+
+/// Pause after a failed accept, so that a persistent failure (no file descriptors left)
+/// does not become a busy loop.
+const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
+
+/// Errors starting the RPC server.
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    #[error("cannot listen on client address {address}: {source}")]
+    Bind { address: SocketAddr, source: std::io::Error },
+    #[error("cannot prepare the client listener: {0}")]
+    Listener(std::io::Error),
+    #[error("cannot create the runtime of an RPC thread: {0}")]
+    Runtime(std::io::Error),
+    #[error("cannot start an RPC thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The running RPC server. [`RpcServer::stop`] stops it; dropping it does the same.
+pub struct RpcServer {
+    local_address: SocketAddr,
+    stop_signal: watch::Sender<bool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// What every RPC thread needs to serve connections.
+#[derive(Clone)]
+struct ThreadSettings {
+    reader_options: ReaderOptions,
+    invocations_per_message_max: usize,
+}
+
+/// Accepts client connections (on thread 0) and hands each to one RPC thread in turn.
+struct Acceptor {
+    listener: tokio::net::TcpListener,
+    threads: Vec<mpsc::UnboundedSender<std::net::TcpStream>>,
+}
+
+/// Everything one RPC thread owns.
+struct RpcThread {
+    runtime: tokio::runtime::Runtime,
+    incoming: mpsc::UnboundedReceiver<std::net::TcpStream>,
+    acceptor: Option<Acceptor>,
+    node: NodeHandle,
+    settings: ThreadSettings,
+    stop_signal: watch::Receiver<bool>,
+}
+
+impl RpcServer {
+    /// Binds `config.client_address` (port 0 picks a free port, see
+    /// [`RpcServer::local_address`]) and starts `config.rpc_threads` RPC threads.
+    pub fn start(config: &Config, node: NodeHandle) -> Result<RpcServer, RpcError> {
+        let address = config.client_address;
+        let listener = std::net::TcpListener::bind(address).map_err(|source| RpcError::Bind { address, source })?;
+        listener.set_nonblocking(true).map_err(RpcError::Listener)?;
+        let local_address = listener.local_addr().map_err(RpcError::Listener)?;
+        let settings = ThreadSettings {
+            reader_options: reader_options(config.message_bytes_max),
+            invocations_per_message_max: config.invocations_per_message_max,
+        };
+        let thread_count = config.rpc_threads.max(1);
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..thread_count).map(|_| mpsc::unbounded_channel()).unzip();
+        let (stop_sender, stop_signal) = watch::channel(false);
+        // Built before any thread starts, so that a failure below drops (and so stops and
+        // joins) the threads already running.
+        let mut server =
+            RpcServer { local_address, stop_signal: stop_sender, threads: Vec::with_capacity(thread_count) };
+        let mut acceptor = Some((listener, senders));
+        for (index, incoming) in receivers.into_iter().enumerate() {
+            let runtime =
+                tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(RpcError::Runtime)?;
+            let acceptor = match acceptor.take() {
+                Some((listener, threads)) => {
+                    // The listener must be registered with the runtime that will poll it.
+                    let _context = runtime.enter();
+                    let listener = tokio::net::TcpListener::from_std(listener).map_err(RpcError::Listener)?;
+                    Some(Acceptor { listener, threads })
+                }
+                None => None,
+            };
+            let thread = RpcThread {
+                runtime,
+                incoming,
+                acceptor,
+                node: node.clone(),
+                settings: settings.clone(),
+                stop_signal: stop_signal.clone(),
+            };
+            let handle = std::thread::Builder::new()
+                .name(format!("leasehold-rpc-{index}"))
+                .spawn(move || thread.run())
+                .map_err(RpcError::Thread)?;
+            server.threads.push(handle);
+        }
+        tracing::info!(address = %local_address, threads = thread_count, "RPC server listening");
+        Ok(server)
+    }
+
+    /// The address the server listens on, with the actual port when the configuration
+    /// asked for port 0.
+    pub fn local_address(&self) -> SocketAddr {
+        self.local_address
+    }
+
+    /// Stops accepting connections and calls, lets the calls in flight finish (for at
+    /// most a few seconds), closes every connection and joins the RPC threads. The node
+    /// must still be running for the calls in flight to finish, so stop the server first.
+    pub fn stop(mut self) {
+        self.stop_threads();
+    }
+
+    fn stop_threads(&mut self) {
+        if self.threads.is_empty() {
+            return;
+        }
+        self.stop_signal.send_replace(true);
+        for thread in self.threads.drain(..) {
+            if thread.join().is_err() {
+                tracing::error!("an RPC thread panicked");
+            }
+        }
+        tracing::info!(address = %self.local_address, "RPC server stopped");
+    }
+}
+
+impl Drop for RpcServer {
+    fn drop(&mut self) {
+        self.stop_threads();
+    }
+}
+
+/// Reader options for client messages: the traversal limit doubles as the message size
+/// limit (capnp refuses a message with more words than it may traverse), and a nesting
+/// limit guards the stack.
+fn reader_options(message_bytes_max: usize) -> ReaderOptions {
+    let mut options = ReaderOptions::new();
+    options.traversal_limit_in_words(Some((message_bytes_max / 8).max(1))).nesting_limit(NESTING_LIMIT);
+    options
+}
+
+impl RpcThread {
+    fn run(self) {
+        let RpcThread { runtime, incoming, acceptor, node, settings, stop_signal } = self;
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&runtime, serve(incoming, acceptor, node, settings, stop_signal));
+    }
+}
+
+/// Runs one RPC thread: serves the connections handed to it until the server stops,
+/// then winds them down.
+async fn serve(
+    mut incoming: mpsc::UnboundedReceiver<std::net::TcpStream>,
+    acceptor: Option<Acceptor>,
+    node: NodeHandle,
+    settings: ThreadSettings,
+    mut stop_signal: watch::Receiver<bool>,
+) {
+    let accepting =
+        acceptor.map(|acceptor| tokio::task::spawn_local(accept_connections(acceptor, stop_signal.clone())));
+    let calls = CallTracker::new();
+    // One service object serves all of this thread's connections.
+    let bootstrap: leasehold::Client =
+        capnp_rpc::new_client(LeaseholdService::new(node, settings.invocations_per_message_max, calls.clone()));
+    let (disconnect, disconnect_signal) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    // Stays true unless the acceptor is gone (which only an unexpected failure causes);
+    // the connections already open are served on regardless.
+    let mut acceptor_alive = true;
+    loop {
+        tokio::select! {
+            // A dropped sender also means stop: the server is gone.
+            _ = stop_signal.wait_for(|stop| *stop) => break,
+            stream = incoming.recv(), if acceptor_alive => match stream {
+                Some(stream) => {
+                    connections.spawn_local(serve_connection(
+                        stream,
+                        bootstrap.clone(),
+                        settings.reader_options,
+                        disconnect_signal.clone(),
+                    ));
+                }
+                None => acceptor_alive = false,
+            },
+            Some(finished) = connections.join_next() => {
+                if let Err(error) = finished {
+                    tracing::error!(%error, "an RPC connection task failed");
+                }
+            }
+        }
+    }
+    if let Some(accepting) = accepting {
+        // The acceptor saw the same stop signal; waiting closes the listening socket now.
+        if let Err(error) = accepting.await {
+            tracing::error!(%error, "the RPC acceptor failed");
+        }
+    }
+    calls.stop_taking_calls();
+    if tokio::time::timeout(CALLS_GRACE, calls.wait_idle()).await.is_err() {
+        tracing::warn!("RPC calls still in flight after {CALLS_GRACE:?}; closing their connections anyway");
+    }
+    if !connections.is_empty() {
+        tokio::time::sleep(REPLY_SETTLE).await;
+    }
+    disconnect.send_replace(true);
+    let closing = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(DISCONNECT_GRACE, closing).await.is_err() {
+        tracing::warn!("RPC connections did not close within {DISCONNECT_GRACE:?}; dropping them");
+    }
+    // Dropping the set aborts whatever connection is still open.
+}
+
+/// Accepts connections until the server stops, dealing them out round-robin.
+async fn accept_connections(acceptor: Acceptor, mut stop_signal: watch::Receiver<bool>) {
+    let Acceptor { listener, threads } = acceptor;
+    let mut next_thread = threads.iter().cycle();
+    loop {
+        let accepted = tokio::select! {
+            _ = stop_signal.wait_for(|stop| *stop) => return,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted.and_then(|(stream, _peer)| stream.into_std()) {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "accepting a client connection failed");
+                tokio::time::sleep(ACCEPT_RETRY_DELAY).await;
+                continue;
+            }
+        };
+        // A thread whose channel is closed has died; the connection goes to the next one
+        // rather than being lost.
+        let mut stream = stream;
+        let mut delivered = false;
+        for thread in next_thread.by_ref().take(threads.len()) {
+            match thread.send(stream) {
+                Ok(()) => {
+                    delivered = true;
+                    break;
+                }
+                Err(mpsc::error::SendError(returned)) => stream = returned,
+            }
+        }
+        if !delivered {
+            tracing::error!("every RPC thread has stopped; no longer accepting connections");
+            return;
+        }
+    }
+}
+
+/// Serves one client connection until the client leaves or the server stops.
+async fn serve_connection(
+    stream: std::net::TcpStream,
+    bootstrap: leasehold::Client,
+    reader_options: ReaderOptions,
+    mut disconnect: watch::Receiver<bool>,
+) {
+    let stream = match tokio::net::TcpStream::from_std(stream) {
+        Ok(stream) => stream,
+        Err(error) => {
+            tracing::warn!(%error, "cannot serve a client connection");
+            return;
+        }
+    };
+    let peer = stream.peer_addr().map(|address| address.to_string()).unwrap_or_else(|_| "unknown".into());
+    // Replies are small and latency matters more than packet count: send them at once.
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%peer, %error, "cannot disable Nagle's algorithm");
+    }
+    tracing::debug!(%peer, "client connected");
+    let (reader, writer) = stream.into_split();
+    let network = twoparty::VatNetwork::new(
+        futures::io::BufReader::new(reader.compat()),
+        futures::io::BufWriter::new(writer.compat_write()),
+        Side::Server,
+        reader_options,
+    );
+    let mut rpc_system = RpcSystem::new(Box::new(network), Some(bootstrap.client));
+    let disconnector = rpc_system.get_disconnector();
+    tokio::select! {
+        result = &mut rpc_system => match result {
+            Ok(()) => tracing::debug!(%peer, "client disconnected"),
+            Err(error) => tracing::debug!(%peer, %error, "client connection failed"),
+        },
+        _ = disconnect.wait_for(|now| *now) => {
+            // The connection must keep running while it closes, to write the last replies
+            // and the closing message.
+            let closing = futures::future::select(disconnector, &mut rpc_system);
+            if tokio::time::timeout(DISCONNECT_GRACE, closing).await.is_err() {
+                tracing::debug!(%peer, "client connection did not close in time");
+            }
+        }
+    }
+}

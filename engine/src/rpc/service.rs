@@ -1,0 +1,241 @@
+//! The `Leasehold` capability served to clients: decodes each call at the edge, hands it
+//! to the [`NodeHandle`] and writes the answer. One service object (and one
+//! [`CallTracker`]) exists per RPC thread and is shared by that thread's connections.
+
+use super::convert::{self, Refusal};
+use crate::model::Rejection;
+use crate::node::{Completed, NodeHandle, Pending};
+use leasehold_schema::leasehold_capnp::{invocation, leasehold};
+use std::cell::Cell;
+use std::rc::Rc;
+use tokio::sync::Notify;
+
+/// Counts the calls one RPC thread is still answering. Stopping the server first stops
+/// taking new calls, then waits here until the calls in flight have been answered, so
+/// that clients get their results rather than a dropped connection.
+pub(super) struct CallTracker {
+    stopping: Cell<bool>,
+    in_flight: Cell<usize>,
+    idle: Notify,
+}
+
+/// Marks one call as in flight for as long as it lives.
+struct CallGuard(Rc<CallTracker>);
+
+impl CallTracker {
+    pub(super) fn new() -> Rc<CallTracker> {
+        Rc::new(CallTracker { stopping: Cell::new(false), in_flight: Cell::new(0), idle: Notify::new() })
+    }
+
+    /// Registers a new call, or returns `None` once the server is stopping.
+    fn begin(self: &Rc<Self>) -> Option<CallGuard> {
+        if self.stopping.get() {
+            return None;
+        }
+        self.in_flight.set(self.in_flight.get() + 1);
+        Some(CallGuard(self.clone()))
+    }
+
+    pub(super) fn stop_taking_calls(&self) {
+        self.stopping.set(true);
+    }
+
+    /// Resolves once no call is in flight.
+    pub(super) async fn wait_idle(&self) {
+        loop {
+            // Created before the check, so a call that finishes in between still wakes us.
+            let idle = self.idle.notified();
+            if self.in_flight.get() == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        let remaining = self.0.in_flight.get() - 1;
+        self.0.in_flight.set(remaining);
+        if remaining == 0 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Counts refusals decided at the edge in the metric the node uses for its own (the node
+/// never sees these requests).
+fn count_edge_refusals(count: usize) {
+    metrics::counter!(crate::metrics::REJECTED_TOTAL).increment(count as u64);
+}
+
+/// The refusal for calls that arrive while the server is stopping.
+fn shutting_down() -> Refusal {
+    count_edge_refusals(1);
+    Rejection::ShuttingDown.into()
+}
+
+/// Decodes one invocation and submits it; refusals from either step come back at once.
+fn submit(node: &NodeHandle, request: invocation::Reader<'_>) -> Result<Pending<Completed>, Refusal> {
+    let invocation = convert::read_invocation(request).inspect_err(|_| count_edge_refusals(1))?;
+    Ok(node.submit(invocation)?)
+}
+
+/// Decodes a key read and submits it.
+fn submit_read(
+    node: &NodeHandle,
+    request: leasehold::read_key_params::Reader<'_>,
+) -> Result<Pending<Option<Vec<u8>>>, Refusal> {
+    let (plugin, table, key) = read_key_request(request).inspect_err(|_| count_edge_refusals(1))?;
+    Ok(node.read_key(plugin, table, key)?)
+}
+
+fn read_key_request(request: leasehold::read_key_params::Reader<'_>) -> Result<(&str, &str, &[u8]), Refusal> {
+    let plugin = convert::read_text(request.get_plugin(), "plugin")?;
+    let table = convert::read_text(request.get_table(), "table")?;
+    let key = convert::read_data(request.get_key(), "key")?;
+    Ok((plugin, table, key))
+}
+
+/// Waits for a submitted invocation's outcome; a refusal stays as it is.
+async fn completion(submitted: Result<Pending<Completed>, Refusal>) -> Result<Completed, Refusal> {
+    Ok(submitted?.wait().await?)
+}
+
+/// Waits for a submitted read's value; a refusal stays as it is.
+async fn read_value(submitted: Result<Pending<Option<Vec<u8>>>, Refusal>) -> Result<Option<Vec<u8>>, Refusal> {
+    Ok(submitted?.wait().await?)
+}
+
+pub(super) struct LeaseholdService {
+    node: NodeHandle,
+    invocations_per_message_max: usize,
+    calls: Rc<CallTracker>,
+}
+
+impl LeaseholdService {
+    pub(super) fn new(
+        node: NodeHandle,
+        invocations_per_message_max: usize,
+        calls: Rc<CallTracker>,
+    ) -> LeaseholdService {
+        LeaseholdService { node, invocations_per_message_max, calls }
+    }
+}
+
+impl leasehold::Server for LeaseholdService {
+    async fn deploy_plugin(
+        self: Rc<Self>,
+        params: leasehold::DeployPluginParams,
+        mut results: leasehold::DeployPluginResults,
+    ) -> Result<(), capnp::Error> {
+        let Some(_call) = self.calls.begin() else {
+            results.get().init_result().set_error(Rejection::ShuttingDown.to_string());
+            return Ok(());
+        };
+        // The blocking pool needs its own copy; the request message is released at once.
+        let library = params.get()?.get_library()?.to_vec();
+        drop(params);
+        let node = self.node.clone();
+        // Loading a library and writing it to RocksDB takes milliseconds; on a blocking
+        // thread it does not stall the other calls this RPC thread serves.
+        let deployed = tokio::task::spawn_blocking(move || node.deploy_plugin(&library))
+            .await
+            .map_err(|error| capnp::Error::failed(format!("deploying the plugin failed unexpectedly: {error}")))?;
+        let mut result = results.get().init_result();
+        match deployed {
+            Ok(info) => {
+                tracing::info!(plugin = %info.name, version = %info.version, digest = %info.digest, "plugin deployed");
+                convert::write_plugin_info(result.init_info(), &info);
+            }
+            Err(error) => {
+                tracing::info!(%error, "plugin deploy refused");
+                result.set_error(error.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    async fn list_plugins(
+        self: Rc<Self>,
+        _params: leasehold::ListPluginsParams,
+        mut results: leasehold::ListPluginsResults,
+    ) -> Result<(), capnp::Error> {
+        let plugins = self.node.plugins();
+        convert::write_plugin_list(results.get().init_plugins(convert::list_length(plugins.len())), &plugins);
+        Ok(())
+    }
+
+    async fn invoke(
+        self: Rc<Self>,
+        params: leasehold::InvokeParams,
+        mut results: leasehold::InvokeResults,
+    ) -> Result<(), capnp::Error> {
+        let result = match self.calls.begin() {
+            Some(_call) => {
+                let submitted = submit(&self.node, params.get()?.get_request()?);
+                // The request is decoded; its message need not live while the transaction runs.
+                drop(params);
+                completion(submitted).await
+            }
+            None => Err(shutting_down()),
+        };
+        convert::write_result(results.get().init_result(), &result);
+        Ok(())
+    }
+
+    async fn invoke_many(
+        self: Rc<Self>,
+        params: leasehold::InvokeManyParams,
+        mut results: leasehold::InvokeManyResults,
+    ) -> Result<(), capnp::Error> {
+        let Some(_call) = self.calls.begin() else {
+            convert::write_refusal(results.get().init_result().init_rejected(), &shutting_down());
+            return Ok(());
+        };
+        let requests = params.get()?.get_requests()?;
+        let count = requests.len();
+        if count as usize > self.invocations_per_message_max {
+            let refusal = Refusal::TooManyInvocations { count: count as usize, max: self.invocations_per_message_max };
+            count_edge_refusals(count as usize);
+            convert::write_refusal(results.get().init_result().init_rejected(), &refusal);
+            return Ok(());
+        }
+        // Every request is planned and submitted before any is awaited, so that they can
+        // all land in the same epoch.
+        let submitted: Vec<_> = requests.iter().map(|request| submit(&self.node, request)).collect();
+        drop(params);
+        let outcomes = futures::future::join_all(submitted.into_iter().map(completion)).await;
+        let mut list = results.get().init_result().init_results(count);
+        for (index, outcome) in (0..).zip(&outcomes) {
+            convert::write_result(list.reborrow().get(index), outcome);
+        }
+        Ok(())
+    }
+
+    async fn read_key(
+        self: Rc<Self>,
+        params: leasehold::ReadKeyParams,
+        mut results: leasehold::ReadKeyResults,
+    ) -> Result<(), capnp::Error> {
+        let result = match self.calls.begin() {
+            Some(_call) => {
+                let submitted = submit_read(&self.node, params.get()?);
+                drop(params);
+                read_value(submitted).await
+            }
+            None => Err(shutting_down()),
+        };
+        convert::write_read_result(results.get().init_result(), &result);
+        Ok(())
+    }
+
+    async fn status(
+        self: Rc<Self>,
+        _params: leasehold::StatusParams,
+        mut results: leasehold::StatusResults,
+    ) -> Result<(), capnp::Error> {
+        convert::write_node_status(results.get().init_status(), &self.node.status());
+        Ok(())
+    }
+}

@@ -1,0 +1,164 @@
+//! The in-memory slots of the keys a node holds.
+//!
+//! Every key a transaction touches is made resident before its epoch executes: the epoch
+//! driver looks it up here and loads misses from RocksDB. A slot's address never changes
+//! once created (slots live in fixed-capacity chunks that are never reallocated), so the
+//! executors can work through plain pointers resolved during planning, without touching
+//! the index or taking locks.
+//!
+//! Keys stay resident until the node stops; eviction of cold keys is future work (the
+//! workloads' key spaces fit in memory by far).
+
+use rustc_hash::FxHashMap;
+use std::cell::UnsafeCell;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const SLOTS_PER_CHUNK: usize = 4096;
+
+/// One key's current value.
+///
+/// Concurrency: the value is read and written by executor threads without locks. This is
+/// sound because the task precedence graph orders every pair of transactions that
+/// conflict on a key, and the executor only starts a transaction after all its
+/// predecessors finished (the happens-before edge is the atomic in-degree decrement). Only
+/// the epoch driver touches slots outside execution.
+pub struct Slot {
+    storage_key: Box<[u8]>,
+    value: UnsafeCell<Option<Vec<u8>>>,
+    dirty_epoch: AtomicU64,
+}
+
+// SAFETY: see the concurrency note on `Slot`.
+unsafe impl Sync for Slot {}
+
+impl Slot {
+    /// The RocksDB key (table id and key) of this slot.
+    pub fn storage_key(&self) -> &[u8] {
+        &self.storage_key
+    }
+
+    /// The current value.
+    ///
+    /// # Safety
+    /// The caller must hold the key in the task precedence graph sense (no conflicting
+    /// transaction runs concurrently), and the returned slice must not outlive the next
+    /// `set` of this slot.
+    pub unsafe fn value(&self) -> Option<&[u8]> {
+        (*self.value.get()).as_deref()
+    }
+
+    /// Replaces the value (`None` deletes the key), reusing the old buffer when possible.
+    ///
+    /// # Safety
+    /// As for [`Slot::value`], and no reference returned by `value` may be alive.
+    pub unsafe fn set(&self, value: Option<&[u8]>) {
+        let current = &mut *self.value.get();
+        match (current.as_mut(), value) {
+            (Some(buffer), Some(value)) => {
+                buffer.clear();
+                buffer.extend_from_slice(value);
+            }
+            (None, Some(value)) => *current = Some(value.to_vec()),
+            (_, None) => *current = None,
+        }
+    }
+
+    /// Marks the slot as changed in `epoch`; true the first time per epoch, so the commit
+    /// stages each changed key once.
+    pub fn mark_dirty(&self, epoch: u64) -> bool {
+        self.dirty_epoch.swap(epoch, Ordering::Relaxed) != epoch
+    }
+}
+
+/// A pointer to a slot that stays valid as long as its [`SlotStore`] lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotPointer(NonNull<Slot>);
+
+// SAFETY: slots are `Sync` and never move or die while the store lives.
+unsafe impl Send for SlotPointer {}
+unsafe impl Sync for SlotPointer {}
+
+impl SlotPointer {
+    /// # Safety
+    /// The store that created the slot must still be alive.
+    pub unsafe fn get<'a>(self) -> &'a Slot {
+        self.0.as_ref()
+    }
+}
+
+/// Resident keys: storage key to slot.
+#[derive(Default)]
+pub struct SlotStore {
+    index: FxHashMap<Box<[u8]>, (u32, SlotPointer)>,
+    chunks: Vec<Vec<Slot>>,
+}
+
+impl SlotStore {
+    pub fn new() -> SlotStore {
+        SlotStore::default()
+    }
+
+    /// Number of resident keys.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// The dense number and pointer of a resident key.
+    pub fn lookup(&self, storage_key: &[u8]) -> Option<(u32, SlotPointer)> {
+        self.index.get(storage_key).copied()
+    }
+
+    /// Makes a key resident with its value loaded from storage.
+    pub fn insert(&mut self, storage_key: &[u8], value: Option<Vec<u8>>) -> (u32, SlotPointer) {
+        assert!(self.lookup(storage_key).is_none(), "key inserted twice into the slot store");
+        if self.chunks.last().is_none_or(|chunk| chunk.len() == SLOTS_PER_CHUNK) {
+            self.chunks.push(Vec::with_capacity(SLOTS_PER_CHUNK));
+        }
+        let chunk = self.chunks.last_mut().expect("a chunk was just ensured");
+        chunk.push(Slot { storage_key: storage_key.into(), value: UnsafeCell::new(value), dirty_epoch: AtomicU64::new(0) });
+        // The chunk never grows past its capacity, so this address is stable.
+        let pointer = SlotPointer(NonNull::from(chunk.last().expect("just pushed")));
+        let number = u32::try_from(self.index.len()).expect("fewer than 2^32 resident keys");
+        self.index.insert(storage_key.into(), (number, pointer));
+        (number, pointer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_keep_their_address_and_value_across_growth() {
+        let mut store = SlotStore::new();
+        let (first_number, first) = store.insert(b"k0", Some(b"v0".to_vec()));
+        for i in 1..3 * SLOTS_PER_CHUNK {
+            store.insert(format!("k{i}").as_bytes(), None);
+        }
+        assert_eq!(store.lookup(b"k0"), Some((first_number, first)));
+        // SAFETY: single-threaded test, store alive.
+        unsafe {
+            assert_eq!(first.get().value(), Some(&b"v0"[..]));
+            first.get().set(Some(b"new"));
+            assert_eq!(store.lookup(b"k0").map(|(_, p)| p.get().value().map(<[u8]>::to_vec)), Some(Some(b"new".to_vec())));
+            first.get().set(None);
+            assert_eq!(first.get().value(), None);
+        }
+        assert_eq!(store.len(), 3 * SLOTS_PER_CHUNK);
+    }
+
+    #[test]
+    fn a_slot_is_dirty_once_per_epoch() {
+        let mut store = SlotStore::new();
+        let (_, slot) = store.insert(b"k", None);
+        let slot = unsafe { slot.get() };
+        assert!(slot.mark_dirty(5));
+        assert!(!slot.mark_dirty(5));
+        assert!(slot.mark_dirty(6));
+    }
+}

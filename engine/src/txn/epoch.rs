@@ -1,0 +1,277 @@
+//! The epoch driver: gathers submitted transactions into epochs and runs each epoch
+//! through sequencing, key loading, graph building and execution, then hands it to the
+//! commit thread.
+//!
+//! Epoch length adapts to load without a timer: an epoch takes everything that arrived
+//! while the previous one was executing (up to `epoch_transactions_max`). An idle node
+//! therefore runs a lone request at once (latency), and a busy node runs large epochs
+//! (throughput). `epoch_linger_us` optionally waits a little for more requests.
+
+use super::commit::EpochCommit;
+use super::executor::Executor;
+use super::ledger::{Ledger, Lookup};
+use super::tpg::GraphBuilder;
+use super::{PreparedTransaction, Submission, TransactionStats};
+use crate::model::{NodeId, Rejection, Timestamp};
+use crate::storage::{data_key_into, SlotStore, Storage};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use parking_lot::Mutex;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What the driver receives.
+pub enum DriverMessage {
+    Submit(Submission),
+    /// Finish what was submitted before, then stop.
+    Stop,
+}
+
+pub struct EpochDriver {
+    pub node: NodeId,
+    pub storage: Arc<Storage>,
+    pub ledger: Arc<Mutex<Ledger>>,
+    pub stats: Arc<TransactionStats>,
+    pub executor: Executor,
+    pub inbox: Receiver<DriverMessage>,
+    pub commits: Sender<EpochCommit>,
+    pub epoch_transactions_max: usize,
+    pub epoch_linger: Duration,
+    /// The last epoch number used (the durable epoch at start).
+    pub epoch: u64,
+    pub slots: SlotStore,
+    pub graph_builder: GraphBuilder,
+}
+
+fn reject(submission: Submission, rejection: Rejection) {
+    let _ = submission.reply.send(Err(rejection));
+}
+
+impl EpochDriver {
+    /// Runs until told to stop; every submission received before the stop is finished.
+    pub fn run(mut self) {
+        let mut stopping = false;
+        let mut batch: Vec<Submission> = Vec::new();
+        while !stopping {
+            match self.inbox.recv() {
+                Ok(DriverMessage::Submit(submission)) => batch.push(submission),
+                Ok(DriverMessage::Stop) | Err(_) => stopping = true,
+            }
+            let linger_until = Instant::now() + self.epoch_linger;
+            while batch.len() < self.epoch_transactions_max {
+                let message = match self.inbox.try_recv() {
+                    Ok(message) => message,
+                    Err(_) if stopping || self.epoch_linger.is_zero() => break,
+                    Err(_) => match self.inbox.recv_deadline(linger_until) {
+                        Ok(message) => message,
+                        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                    },
+                };
+                match message {
+                    DriverMessage::Submit(submission) => batch.push(submission),
+                    DriverMessage::Stop => stopping = true,
+                }
+            }
+            if !batch.is_empty() {
+                self.run_epoch(std::mem::take(&mut batch));
+            }
+            if stopping {
+                // Requests that raced with the stop are finished too, in further epochs.
+                while let Ok(message) = self.inbox.try_recv() {
+                    if let DriverMessage::Submit(submission) = message {
+                        batch.push(submission);
+                        if batch.len() == self.epoch_transactions_max {
+                            self.run_epoch(std::mem::take(&mut batch));
+                        }
+                    }
+                }
+                if !batch.is_empty() {
+                    self.run_epoch(std::mem::take(&mut batch));
+                }
+            }
+        }
+    }
+
+    /// Answers retries and returns the submissions that must run.
+    fn admit(&self, batch: Vec<Submission>) -> Vec<Submission> {
+        let mut runnable = Vec::with_capacity(batch.len());
+        let mut unknown: Vec<Submission> = Vec::new();
+        {
+            let mut ledger = self.ledger.lock();
+            for submission in batch {
+                if !submission.transaction.request_id.is_tracked() {
+                    runnable.push(submission);
+                    continue;
+                }
+                let Submission { transaction, reply } = submission;
+                match ledger.lookup(&transaction.request_id, reply) {
+                    // A retry of a completed request gets its durable outcome.
+                    Lookup::Done(outcome, reply) => {
+                        let _ = reply.send(Ok(outcome));
+                    }
+                    Lookup::Joined => {}
+                    Lookup::Unknown(reply) => unknown.push(Submission { transaction, reply }),
+                }
+            }
+        }
+        if unknown.is_empty() {
+            return runnable;
+        }
+        let ids: Vec<_> = unknown.iter().map(|s| &s.transaction.request_id).collect();
+        let stored = match self.storage.read_results(&ids) {
+            Ok(stored) => stored,
+            Err(error) => {
+                let rejection = Rejection::Storage(error.to_string());
+                for submission in unknown {
+                    reject(submission, rejection.clone());
+                }
+                return runnable;
+            }
+        };
+        let mut ledger = self.ledger.lock();
+        for (submission, stored) in unknown.into_iter().zip(stored) {
+            let Submission { transaction, reply } = submission;
+            if let Some(outcome) = stored {
+                let _ = reply.send(Ok(outcome.clone()));
+                ledger.remember(transaction.request_id, outcome);
+                continue;
+            }
+            // Two submissions of one new id in the same batch: the second joins the first.
+            match ledger.lookup(&transaction.request_id, reply) {
+                Lookup::Unknown(reply) => {
+                    ledger.start(transaction.request_id.clone());
+                    runnable.push(Submission { transaction, reply });
+                }
+                Lookup::Joined => {}
+                Lookup::Done(outcome, reply) => {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+        }
+        runnable
+    }
+
+    fn run_epoch(&mut self, batch: Vec<Submission>) {
+        let closed_at = Instant::now();
+        if self.stats.failed.load(Ordering::Acquire) {
+            for submission in batch {
+                reject(submission, Rejection::Storage("the node stopped after a storage failure".into()));
+            }
+            return;
+        }
+        let runnable = self.admit(batch);
+        if runnable.is_empty() {
+            return;
+        }
+        self.epoch += 1;
+        let epoch = self.epoch;
+        let prepared = match self.prepare(epoch, runnable) {
+            Ok(prepared) => prepared,
+            Err((rejection, submissions)) => {
+                let mut ledger = self.ledger.lock();
+                for submission in submissions {
+                    for waiter in ledger.abandon(&submission.transaction.request_id) {
+                        let _ = waiter.send(Err(rejection.clone()));
+                    }
+                    reject(submission, rejection.clone());
+                }
+                return;
+            }
+        };
+        let (transactions, replies): (Vec<PreparedTransaction>, Vec<_>) = prepared.into_iter().unzip();
+        let graph = self
+            .graph_builder
+            .build(transactions.len(), |t| transactions[t].planned.accesses.entries().iter().zip(&transactions[t].slots).map(|(e, s)| (s.0, e.mode)));
+        let outcomes = self.executor.run(&transactions, &graph);
+
+        let mut batch = self.storage.begin_epoch(epoch);
+        let mut scratch = Vec::new();
+        let (mut committed, mut aborted) = (0u64, 0u64);
+        let mut to_release = Vec::with_capacity(transactions.len());
+        for ((transaction, outcome), reply) in transactions.into_iter().zip(outcomes).zip(replies) {
+            if outcome.is_committed() {
+                committed += 1;
+                for (entry, (_, slot)) in transaction.planned.accesses.entries().iter().zip(&transaction.slots) {
+                    if entry.mode == super::access::AccessMode::Write {
+                        // SAFETY: execution has finished; the driver is the only user.
+                        let slot = unsafe { slot.get() };
+                        if slot.mark_dirty(epoch) {
+                            self.storage.stage_value(&mut batch, slot.storage_key(), unsafe { slot.value() });
+                        }
+                    }
+                }
+            } else {
+                aborted += 1;
+            }
+            if transaction.planned.request_id.is_tracked() {
+                self.storage.stage_result(&mut batch, &transaction.planned.request_id, &outcome, &mut scratch);
+            }
+            to_release.push((transaction.planned.request_id, outcome, reply));
+        }
+        TransactionStats::count(&self.stats.committed, committed);
+        TransactionStats::count(&self.stats.aborted, aborted);
+        TransactionStats::count(&self.stats.epochs, 1);
+        self.stats.resident_keys.store(self.slots.len() as u64, Ordering::Relaxed);
+        metrics::counter!(crate::metrics::COMMITTED_TOTAL).increment(committed);
+        metrics::counter!(crate::metrics::ABORTED_TOTAL).increment(aborted);
+        metrics::histogram!(crate::metrics::EPOCH_TRANSACTIONS).record((committed + aborted) as f64);
+        metrics::histogram!(crate::metrics::EPOCH_EXECUTION_SECONDS).record(closed_at.elapsed().as_secs_f64());
+        let commit = EpochCommit { batch, replies: to_release, closed_at };
+        if self.commits.send(commit).is_err() {
+            // The commit thread only exits after the driver; reaching this is a bug.
+            panic!("commit thread ended before the epoch driver");
+        }
+    }
+
+    /// Gives each transaction its timestamp and makes its keys resident, loading the
+    /// missing ones from RocksDB in one batched read.
+    #[allow(clippy::type_complexity)]
+    fn prepare(
+        &mut self,
+        epoch: u64,
+        runnable: Vec<Submission>,
+    ) -> Result<Vec<(PreparedTransaction, super::Reply)>, (Rejection, Vec<Submission>)> {
+        let mut key = Vec::new();
+        let mut missing: Vec<Vec<u8>> = Vec::new();
+        for submission in &runnable {
+            let transaction = &submission.transaction;
+            for entry in transaction.accesses.entries() {
+                let table_id = transaction.plugin.tables[entry.table as usize].table_id;
+                data_key_into(&mut key, table_id, transaction.accesses.key(entry));
+                if self.slots.lookup(&key).is_none() {
+                    missing.push(key.clone());
+                }
+            }
+        }
+        if !missing.is_empty() {
+            missing.sort_unstable();
+            missing.dedup();
+            let keys: Vec<&[u8]> = missing.iter().map(Vec::as_slice).collect();
+            match self.storage.read_values(&keys) {
+                Ok(values) => {
+                    for (storage_key, value) in missing.iter().zip(values) {
+                        self.slots.insert(storage_key, value);
+                    }
+                }
+                Err(error) => return Err((Rejection::Storage(error.to_string()), runnable)),
+            }
+        }
+        let mut prepared = Vec::with_capacity(runnable.len());
+        for (sequence, submission) in runnable.into_iter().enumerate() {
+            let Submission { transaction, reply } = submission;
+            let slots = transaction
+                .accesses
+                .entries()
+                .iter()
+                .map(|entry| {
+                    let table_id = transaction.plugin.tables[entry.table as usize].table_id;
+                    data_key_into(&mut key, table_id, transaction.accesses.key(entry));
+                    self.slots.lookup(&key).expect("every key was made resident above")
+                })
+                .collect();
+            let timestamp = Timestamp { epoch, node: self.node, sequence: sequence as u32 };
+            prepared.push((PreparedTransaction { planned: transaction, timestamp, slots }, reply));
+        }
+        Ok(prepared)
+    }
+}

@@ -1,0 +1,124 @@
+//! Support for Leasehold's integration tests: finding the binaries and plugin libraries
+//! the workspace built, starting engine processes, and starting in-process nodes.
+//!
+//! The tests run against real components only: the `leasehold-engine` binary, RocksDB on
+//! disk in a temporary directory, plugins loaded from their built shared libraries, and
+//! Cap'n Proto over loopback sockets.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The directory of the running test's profile (`target/<profile>`), where cargo puts
+/// the workspace's binaries and plugin libraries.
+pub fn profile_directory() -> PathBuf {
+    let executable = std::env::current_exe().expect("the test knows its own path");
+    // Test executables live in target/<profile>/deps/.
+    let deps = executable.parent().expect("test executable has a directory");
+    deps.parent().expect("deps has a parent").to_path_buf()
+}
+
+/// The path of a workspace binary, failing with a hint when it was not built.
+pub fn binary(name: &str) -> PathBuf {
+    let path = profile_directory().join(name);
+    assert!(path.exists(), "{} is missing: build the workspace first (cargo build --release --workspace)", path.display());
+    path
+}
+
+/// The shared library of a workspace plugin crate, e.g. `plugin_library("banking")`.
+pub fn plugin_library(plugin: &str) -> PathBuf {
+    let file = format!("libleasehold_plugin_{}.so", plugin.replace('-', "_"));
+    let directory = profile_directory();
+    for candidate in [directory.join(&file), directory.join("deps").join(&file)] {
+        if candidate.exists() {
+            return candidate;
+        }
+    }
+    panic!("{file} is missing in {}: build the workspace first (cargo build --release --workspace)", directory.display());
+}
+
+/// The bytes of a workspace plugin's library, as a client deploys them.
+pub fn plugin_bytes(plugin: &str) -> Vec<u8> {
+    std::fs::read(plugin_library(plugin)).expect("read plugin library")
+}
+
+/// A `leasehold-engine` process on loopback with its own data directory.
+pub struct EngineProcess {
+    child: Child,
+    pub address: SocketAddr,
+    pub data_dir: PathBuf,
+    extra_arguments: Vec<String>,
+}
+
+impl EngineProcess {
+    /// Starts an engine with a data directory under `data_dir` on a free port.
+    pub fn start(data_dir: &Path, extra_arguments: &[&str]) -> EngineProcess {
+        let extra_arguments: Vec<String> = extra_arguments.iter().map(|s| s.to_string()).collect();
+        Self::spawn(data_dir.to_path_buf(), "127.0.0.1:0".parse().expect("literal address"), extra_arguments)
+    }
+
+    fn spawn(data_dir: PathBuf, address: SocketAddr, extra_arguments: Vec<String>) -> EngineProcess {
+        let mut child = Command::new(binary("leasehold-engine"))
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--client-address")
+            .arg(address.to_string())
+            .args(&extra_arguments)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start leasehold-engine");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let address = loop {
+            assert!(Instant::now() < deadline, "engine did not report its address in time");
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(address) = line.rsplit("listening on ").next().filter(|_| line.contains("listening on ")) {
+                        break address.trim().parse().expect("engine printed a socket address");
+                    }
+                }
+                Some(Err(error)) => panic!("reading engine output: {error}"),
+                None => panic!("engine exited before listening: {:?}", child.wait()),
+            }
+        };
+        // Keep draining stdout so the engine never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        EngineProcess { child, address, data_dir, extra_arguments }
+    }
+
+    /// SIGKILLs the engine: no shutdown code runs.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc_kill(self.child.id() as i32, 15) };
+        self.child.wait().expect("wait for engine")
+    }
+
+    /// Starts the engine again on the same data directory and the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        let restarted = Self::spawn(self.data_dir.clone(), self.address, self.extra_arguments.clone());
+        *self = restarted;
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, signal: i32) -> i32;
+}
+
+impl Drop for EngineProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,328 @@
+# The Leasehold wire API, in Cap'n Proto.
+#
+# This file is the complete contract between a Leasehold engine node and its clients:
+# any Cap'n Proto implementation (C++, Go, Python, Rust, ...) can talk to a node from
+# this file alone. Nothing here is Rust-specific; the only opaque bytes are a plugin's own
+# argument and output encodings, which the plugin defines (clients that do not know that
+# encoding can use the JSON forms instead).
+#
+# Connecting: open a TCP connection to the node's client address and speak the two-party
+# Cap'n Proto RPC protocol (standard framing, no packing); the bootstrap capability is a
+# `Leasehold`.
+#
+# Layout of this file: the client API (`Leasehold` and the structs it uses) comes first.
+# The peer API, through which the nodes of one cluster talk to each other, will be a
+# separate interface in this same file so that both share the basic types (`Timestamp`,
+# ...); it is not defined yet. Clients never need it.
+#
+# Compatibility: fields, union members, enumerants and methods are only ever added (with
+# new ordinals), never renumbered or removed, so old clients keep working against newer
+# nodes. A client should therefore be prepared to see an enumerant it does not know.
+
+@0xb1c3955b8a64ccfa;
+
+const requestIdBytesMax :UInt32 = 64;
+# The longest request id (`Invocation.requestId`) a node accepts.
+
+interface Leasehold {
+  # The client API of one engine node; the bootstrap capability of a client connection.
+
+  deployPlugin @0 (library :Data) -> (result :DeployResult);
+  # Deploys a plugin: `library` is the complete shared library (.so) built against the
+  # Leasehold SDK. The node checks its ABI version, stores it in its data directory (so it
+  # is reloaded after a restart) and loads it. A refused library (wrong ABI, not a
+  # plugin, invalid declarations, ...) is reported in `result` rather than as an RPC
+  # exception, so that a client can show the reason as is.
+
+  listPlugins @1 () -> (plugins :List(PluginInfo));
+  # Every plugin currently deployed on this node, in no particular order.
+
+  invoke @2 (request :Invocation) -> (result :Result);
+  # Runs one workflow instance as one serializable transaction and returns once its
+  # outcome is durable. Committed and aborted outcomes are final; a rejected request did
+  # not run at all (see `Rejection`).
+
+  invokeMany @3 (requests :List(Invocation)) -> (result :InvokeManyResult);
+  # Runs many independent requests sent in one message, each as its own transaction (this
+  # is not one big transaction; there is no ordering guarantee between them). Sending many
+  # requests per message is how a client reaches high throughput over one connection.
+
+  readKey @4 (plugin :Text, table :Text, key :Data) -> (result :ReadResult);
+  # Reads the committed value of one key of a plugin's table, outside any workflow. The
+  # read is ordered after every request the node received before it, and answered once
+  # that state is durable, so it never shows a write that a crash could still undo.
+
+  status @5 () -> (status :NodeStatus);
+  # The node's view of itself: identity, progress counters and deployed plugins.
+}
+
+struct Invocation {
+  # One request: run `workflow` of `plugin` with `arguments` as one transaction.
+
+  plugin @0 :Text;
+  # The name of a deployed plugin (as in `PluginInfo.name`).
+
+  workflow @1 :Text;
+  # The name of one of the plugin's workflows (as in `PluginInfo.workflows`).
+
+  requestId @2 :Data;
+  # Chosen by the client to make retries safe: a request sent again with the same id
+  # (after a timeout or lost connection) gets the original result back and never runs
+  # twice. At most `requestIdBytesMax` bytes. Empty means the request is not tracked, so
+  # a retry may run it again.
+
+  arguments :union {
+    # The workflow's arguments, in one of two forms.
+
+    encoded @3 :Data;
+    # In the plugin's own binary encoding: the fastest form, for clients that share the
+    # plugin's argument types.
+
+    json @4 :Text;
+    # As a JSON document, which the plugin converts before running. The committed result
+    # then also carries the output as JSON (`Result.committed.outputJson`).
+  }
+}
+
+struct Timestamp {
+  # A transaction's position in the global serial order. Timestamps compare
+  # lexicographically: first `epoch`, then `node`, then `sequence`; a smaller timestamp
+  # is serialized before a larger one.
+
+  epoch @0 :UInt64;
+  # The epoch (batch of transactions committed together) the transaction belongs to.
+
+  node @1 :UInt16;
+  # The node that sequenced the transaction (a single-node deployment is node 0).
+
+  sequence @2 :UInt32;
+  # The transaction's position among those the node sequenced in that epoch.
+}
+
+struct Result {
+  # The outcome of one invocation.
+
+  union {
+    committed :group {
+      # The transaction ran and all of its writes are durable.
+
+      timestamp @0 :Timestamp;
+      # Where the transaction sits in the serial order.
+
+      output @1 :Data;
+      # The workflow's output in the plugin's own binary encoding.
+
+      outputJson @2 :Text;
+      # The same output as JSON when the request sent its arguments as JSON; empty when it
+      # used encoded arguments (JSON output is never empty, so the two cases do not mix).
+    }
+
+    aborted :group {
+      # The transaction ran and was aborted: none of its writes happened. The abort is
+      # final and recorded under the request id, so retrying returns this same result.
+
+      timestamp @3 :Timestamp;
+      # Where the aborted transaction sits in the serial order.
+
+      kind @4 :AbortKind;
+      # Why it aborted, for programs.
+
+      message @5 :Text;
+      # Why it aborted, for people: the plugin's message or the engine's explanation.
+    }
+
+    rejected @6 :Rejection;
+    # The request was refused before it ran: nothing was executed or recorded, so the
+    # client may fix the request and send it again, even under the same request id.
+  }
+}
+
+enum AbortKind {
+  # Why a transaction that ran was aborted.
+
+  logic @0;
+  # The plugin refused, for example because an account has insufficient funds.
+
+  undeclaredAccess @1;
+  # A function touched a key outside the access set its plugin declared for this request.
+
+  pluginPanic @2;
+  # A function of the plugin panicked; the engine contained it.
+
+  valueTooLarge @3;
+  # A function wrote a value larger than its table's `valueBytesMax`.
+}
+
+struct Rejection {
+  # Why a request was refused before it ran. Nothing was executed or recorded.
+
+  kind @0 :RejectionKind;
+  # The reason, for programs.
+
+  message @1 :Text;
+  # The reason, for people, with the details (names, limits) filled in.
+}
+
+enum RejectionKind {
+  # The reasons a request can be refused before it runs.
+
+  unknownPlugin @0;
+  # No plugin of that name is deployed.
+
+  unknownWorkflow @1;
+  # The plugin has no workflow of that name.
+
+  unknownTable @2;
+  # The plugin has no table of that name.
+
+  badArguments @3;
+  # The plugin could not decode the arguments (binary or JSON).
+
+  planFailed @4;
+  # The plugin failed while computing the request's access set from its arguments.
+
+  requestIdTooLong @5;
+  # The request id is longer than `requestIdBytesMax` bytes.
+
+  accessSetTooLarge @6;
+  # The request would touch more keys than the node allows in one transaction.
+
+  keyTooLong @7;
+  # A key is longer than the node allows.
+
+  shuttingDown @8;
+  # The node is shutting down; send the request to it again later or to another node.
+
+  storage @9;
+  # The node's storage failed; the message has the details.
+
+  malformedRequest @10;
+  # The request was not well formed (for example text that is not valid UTF-8 or a union
+  # member this node does not know).
+
+  tooManyInvocations @11;
+  # An `invokeMany` call carried more invocations than the node accepts in one message
+  # (see `InvokeManyResult.rejected`).
+}
+
+struct InvokeManyResult {
+  # The outcome of an `invokeMany` call.
+
+  union {
+    results @0 :List(Result);
+    # The call was accepted: exactly one result per request, in request order.
+
+    rejected @1 :Rejection;
+    # The whole call was refused before any of its requests ran: it carried more
+    # invocations than the node accepts in one message (kind `tooManyInvocations`: send
+    # them again in smaller calls), or the node is shutting down (kind `shuttingDown`).
+    # This is a single rejection rather than one per request so that a small message
+    # cannot make the node build a huge reply.
+  }
+}
+
+struct ReadResult {
+  # The result of reading one key.
+
+  union {
+    found :group {
+      # The key exists.
+
+      value @0 :Data;
+      # Its committed value (possibly empty).
+    }
+
+    absent @1 :Void;
+    # The key holds no value.
+
+    rejected @2 :Rejection;
+    # The read was refused (unknown plugin or table, key too long, ...).
+  }
+}
+
+struct DeployResult {
+  # The result of deploying a plugin.
+
+  union {
+    info @0 :PluginInfo;
+    # The library was accepted and is now serving requests; this is what it declares.
+
+    error @1 :Text;
+    # The library was refused; the text explains why, for people.
+  }
+}
+
+struct PluginInfo {
+  # What a deployed plugin declares.
+
+  name @0 :Text;
+  # The name requests use to address the plugin.
+
+  version @1 :Text;
+  # The plugin's own version string.
+
+  buildInfo @2 :Text;
+  # How the library was built (SDK and ABI version), for diagnosing mismatches.
+
+  digest @3 :Text;
+  # The content hash of the library, in hexadecimal, which tells two builds of the same
+  # version apart.
+
+  tables @4 :List(TableInfo);
+  # The tables (key spaces) the plugin declares.
+
+  workflows @5 :List(Text);
+  # The names of the workflows a request may invoke.
+}
+
+struct TableInfo {
+  # One table of a plugin.
+
+  name @0 :Text;
+  # The name reads use to address the table.
+
+  valueBytesMax @1 :UInt32;
+  # The largest value the table stores; larger writes abort with `valueTooLarge`.
+}
+
+struct NodeStatus {
+  # A node's view of itself.
+
+  node @0 :UInt16;
+  # The node's id within its cluster (a single-node deployment is node 0).
+
+  version @1 :Text;
+  # The engine's version.
+
+  durableEpoch @2 :UInt64;
+  # The newest epoch whose transactions are all durable.
+
+  committedTotal @3 :UInt64;
+  # Transactions committed since the node started.
+
+  abortedTotal @4 :UInt64;
+  # Transactions aborted since the node started.
+
+  rejectedTotal @5 :UInt64;
+  # Requests the node rejected before running them, since it started.
+
+  epochsTotal @6 :UInt64;
+  # Epochs committed since the node started.
+
+  residentKeys @7 :UInt64;
+  # Keys currently held in the node's memory.
+
+  plugins @8 :List(Text);
+  # The names of the deployed plugins.
+
+  uptimeMs @9 :UInt64;
+  # Milliseconds since the node started.
+
+  cc @10 :Text;
+  # The concurrency control protocol the node runs (the lease protocol by default, or one
+  # of the baselines used for comparison).
+
+  fsync @11 :Text;
+  # When epochs are forced to disk: "every-epoch" (an acknowledged transaction survives a
+  # machine crash) or "asynchronous" (it survives a process crash).
+}

@@ -1,0 +1,189 @@
+//! The Rust client of a Leasehold engine node: deploy plugins, invoke workflows (one at a
+//! time or many per message), read keys and ask for the node's status over the Cap'n
+//! Proto client API of `schema/leasehold.capnp`.
+//!
+//! [`Client`] is async. Cap'n Proto RPC objects are not `Send`, so it must be created and
+//! used inside a [`tokio::task::LocalSet`] on a runtime with I/O and timers enabled; its
+//! futures are not `Send` either. Many calls may be in flight on one client at once (join
+//! their futures), which is how one connection reaches high throughput.
+//! [`BlockingClient`] wraps a client in its own single-threaded runtime for programs and
+//! tests that just want to make one call after another.
+//!
+//! The client has its own plain types ([`Invocation`], [`InvokeResult`], ...) and does
+//! not depend on the engine.
+
+mod blocking;
+mod convert;
+mod error;
+mod types;
+
+pub use blocking::BlockingClient;
+pub use error::ClientError;
+pub use types::{
+    AbortKind, Arguments, Invocation, InvokeResult, NodeStatus, PluginInfo, RejectionKind, TableInfo, Timestamp,
+};
+
+use capnp::message::ReaderOptions;
+use capnp_rpc::rpc_twoparty_capnp::Side;
+use capnp_rpc::{twoparty, Disconnector, RpcSystem};
+use leasehold_schema::leasehold_capnp::{deploy_result, invoke_many_result, leasehold, read_result};
+use std::fmt;
+use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+
+/// The largest reply the client accepts. Replies to a full `invokeMany` carry one output
+/// per request, so this is generous; it only stops a broken node from making the client
+/// allocate without bound.
+const REPLY_BYTES_MAX: usize = 1 << 30;
+
+/// A connection to one engine node. Dropping it closes the connection (calls still in
+/// flight then fail); [`Client::disconnect`] closes it cleanly.
+pub struct Client {
+    leasehold: leasehold::Client,
+    disconnector: Option<Disconnector<twoparty::VatId>>,
+    connection: tokio::task::JoinHandle<()>,
+}
+
+impl Client {
+    /// Connects to a node's client address (`"host:port"`, a `SocketAddr`, ...). Must be
+    /// called inside a [`tokio::task::LocalSet`], which then drives the connection.
+    pub async fn connect<A>(address: A) -> Result<Client, ClientError>
+    where
+        A: tokio::net::ToSocketAddrs + fmt::Display,
+    {
+        let described = address.to_string();
+        let stream = tokio::net::TcpStream::connect(address)
+            .await
+            .map_err(|source| ClientError::Connect { address: described.clone(), source })?;
+        // Requests are small and latency matters more than packet count: send them at once.
+        stream.set_nodelay(true).map_err(|source| ClientError::Connect { address: described, source })?;
+        Ok(Client::over(stream))
+    }
+
+    /// Speaks the client API over an open TCP connection.
+    fn over(stream: tokio::net::TcpStream) -> Client {
+        let (reader, writer) = stream.into_split();
+        let mut reader_options = ReaderOptions::new();
+        reader_options.traversal_limit_in_words(Some(REPLY_BYTES_MAX / 8));
+        let network = twoparty::VatNetwork::new(
+            futures::io::BufReader::new(reader.compat()),
+            futures::io::BufWriter::new(writer.compat_write()),
+            Side::Client,
+            reader_options,
+        );
+        let mut rpc_system = RpcSystem::new(Box::new(network), None);
+        let leasehold = rpc_system.bootstrap(Side::Server);
+        let disconnector = Some(rpc_system.get_disconnector());
+        // A failed connection needs no report here: every call on it then fails with the
+        // reason.
+        let connection = tokio::task::spawn_local(async move {
+            let _ = rpc_system.await;
+        });
+        Client { leasehold, disconnector, connection }
+    }
+
+    /// Deploys a plugin from its shared library. A library the node refuses comes back as
+    /// [`ClientError::DeployRefused`] with the node's explanation.
+    pub async fn deploy_plugin(&self, library: &[u8]) -> Result<PluginInfo, ClientError> {
+        let mut request = self.leasehold.deploy_plugin_request();
+        request.get().set_library(library);
+        let response = request.send().promise.await?;
+        let result = response.get().and_then(|results| results.get_result()).map_err(ClientError::protocol)?;
+        match result.which() {
+            Ok(deploy_result::Info(info)) => convert::read_plugin_info(info.map_err(ClientError::protocol)?),
+            Ok(deploy_result::Error(message)) => {
+                Err(ClientError::DeployRefused { message: convert::read_text(message)? })
+            }
+            Err(member) => Err(convert::unknown_member("a deploy result", member)),
+        }
+    }
+
+    /// The plugins deployed on the node.
+    pub async fn list_plugins(&self) -> Result<Vec<PluginInfo>, ClientError> {
+        let response = self.leasehold.list_plugins_request().send().promise.await?;
+        let plugins = response.get().and_then(|results| results.get_plugins()).map_err(ClientError::protocol)?;
+        plugins.iter().map(convert::read_plugin_info).collect()
+    }
+
+    /// Runs one workflow invocation as one transaction; resolves once its outcome is
+    /// durable.
+    pub async fn invoke(&self, invocation: Invocation) -> Result<InvokeResult, ClientError> {
+        let mut request = self.leasehold.invoke_request();
+        convert::write_invocation(request.get().init_request(), &invocation);
+        let response = request.send().promise.await?;
+        let result = response.get().and_then(|results| results.get_result()).map_err(ClientError::protocol)?;
+        convert::read_result(result)
+    }
+
+    /// Runs many independent invocations sent in one message, each as its own
+    /// transaction; the results come back in request order. A call with more invocations
+    /// than the node accepts at once fails as a whole with
+    /// [`ClientError::Rejected`] of kind [`RejectionKind::TooManyInvocations`], and none
+    /// of them runs.
+    pub async fn invoke_many(&self, invocations: Vec<Invocation>) -> Result<Vec<InvokeResult>, ClientError> {
+        let sent = convert::list_length(invocations.len())?;
+        let mut request = self.leasehold.invoke_many_request();
+        let mut list = request.get().init_requests(sent);
+        for (index, invocation) in (0..).zip(&invocations) {
+            convert::write_invocation(list.reborrow().get(index), invocation);
+        }
+        // The request message holds its own copy now.
+        drop(invocations);
+        let response = request.send().promise.await?;
+        let result = response.get().and_then(|results| results.get_result()).map_err(ClientError::protocol)?;
+        match result.which() {
+            Ok(invoke_many_result::Results(results)) => {
+                let results = results.map_err(ClientError::protocol)?;
+                // Results are matched to requests by position, so a count mismatch would
+                // attribute outcomes to the wrong requests.
+                if results.len() != sent {
+                    return Err(ClientError::Protocol(format!("{} results for {sent} invocations", results.len())));
+                }
+                results.iter().map(convert::read_result).collect()
+            }
+            Ok(invoke_many_result::Rejected(rejection)) => Err(convert::rejected(rejection)),
+            Err(member) => Err(convert::unknown_member("an invokeMany result", member)),
+        }
+    }
+
+    /// Reads the committed value of one key; `None` when the key does not exist. A read
+    /// the node refuses (unknown plugin or table, key too long) is
+    /// [`ClientError::Rejected`].
+    pub async fn read_key(&self, plugin: &str, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
+        let mut request = self.leasehold.read_key_request();
+        let mut params = request.get();
+        params.set_plugin(plugin);
+        params.set_table(table);
+        params.set_key(key);
+        let response = request.send().promise.await?;
+        let result = response.get().and_then(|results| results.get_result()).map_err(ClientError::protocol)?;
+        match result.which() {
+            Ok(read_result::Found(found)) => Ok(Some(found.get_value().map_err(ClientError::protocol)?.to_vec())),
+            Ok(read_result::Absent(())) => Ok(None),
+            Ok(read_result::Rejected(rejection)) => Err(convert::rejected(rejection)),
+            Err(member) => Err(convert::unknown_member("a read result", member)),
+        }
+    }
+
+    /// The node's view of itself.
+    pub async fn status(&self) -> Result<NodeStatus, ClientError> {
+        let response = self.leasehold.status_request().send().promise.await?;
+        let status = response.get().and_then(|results| results.get_status()).map_err(ClientError::protocol)?;
+        convert::read_node_status(status)
+    }
+
+    /// Closes the connection cleanly: the node learns at once that the client left.
+    pub async fn disconnect(mut self) -> Result<(), ClientError> {
+        match self.disconnector.take() {
+            Some(disconnector) => disconnector.await.map_err(ClientError::from),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        // The connection task would otherwise keep the socket open for as long as the
+        // LocalSet lives.
+        self.connection.abort();
+    }
+}

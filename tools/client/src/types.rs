@@ -1,0 +1,211 @@
+//! The client's own plain Rust types for requests and replies. They mirror the structs of
+//! `leasehold.capnp` but carry no Cap'n Proto machinery, so callers never handle
+//! generated readers and builders, and the client needs nothing from the engine.
+
+use std::fmt;
+
+/// A transaction's position in the global serial order. The derived order is the serial
+/// order: epoch first, then the sequencing node, then the sequence number.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp {
+    /// The epoch (batch committed together) the transaction belongs to.
+    pub epoch: u64,
+    /// The node that sequenced it.
+    pub node: u16,
+    /// Its position among that node's transactions of the epoch.
+    pub sequence: u32,
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.epoch, self.node, self.sequence)
+    }
+}
+
+/// A workflow's arguments, in one of the two forms a node accepts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Arguments {
+    /// In the plugin's own binary encoding.
+    Encoded(Vec<u8>),
+    /// As a JSON document, which the plugin converts; the committed output then also
+    /// comes back as JSON.
+    Json(String),
+}
+
+/// One request: run `workflow` of `plugin` with `arguments` as one transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invocation {
+    pub plugin: String,
+    pub workflow: String,
+    /// Makes retries safe: a request sent again under the same id gets the original
+    /// result and never runs twice. At most 64 bytes; empty means untracked.
+    pub request_id: Vec<u8>,
+    pub arguments: Arguments,
+}
+
+impl Invocation {
+    /// An untracked invocation with JSON arguments.
+    pub fn json(plugin: impl Into<String>, workflow: impl Into<String>, arguments: impl Into<String>) -> Invocation {
+        Invocation {
+            plugin: plugin.into(),
+            workflow: workflow.into(),
+            request_id: Vec::new(),
+            arguments: Arguments::Json(arguments.into()),
+        }
+    }
+
+    /// An untracked invocation with arguments in the plugin's binary encoding.
+    pub fn encoded(plugin: impl Into<String>, workflow: impl Into<String>, arguments: Vec<u8>) -> Invocation {
+        Invocation {
+            plugin: plugin.into(),
+            workflow: workflow.into(),
+            request_id: Vec::new(),
+            arguments: Arguments::Encoded(arguments),
+        }
+    }
+
+    /// The same invocation, tracked under `request_id` for exactly-once retries.
+    pub fn with_request_id(mut self, request_id: impl Into<Vec<u8>>) -> Invocation {
+        self.request_id = request_id.into();
+        self
+    }
+}
+
+/// Why a transaction that ran was aborted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AbortKind {
+    /// The plugin refused (for example insufficient funds).
+    Logic,
+    /// A function touched a key outside the declared access set.
+    UndeclaredAccess,
+    /// A function panicked.
+    PluginPanic,
+    /// A function wrote a value larger than its table allows.
+    ValueTooLarge,
+    /// A kind added to the schema after this client was built (its ordinal).
+    Unrecognized(u16),
+}
+
+impl fmt::Display for AbortKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AbortKind::Logic => f.write_str("logic"),
+            AbortKind::UndeclaredAccess => f.write_str("undeclared-access"),
+            AbortKind::PluginPanic => f.write_str("plugin-panic"),
+            AbortKind::ValueTooLarge => f.write_str("value-too-large"),
+            AbortKind::Unrecognized(ordinal) => write!(f, "abort-kind-{ordinal}"),
+        }
+    }
+}
+
+/// Why a request was refused before it ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RejectionKind {
+    UnknownPlugin,
+    UnknownWorkflow,
+    UnknownTable,
+    BadArguments,
+    PlanFailed,
+    RequestIdTooLong,
+    AccessSetTooLarge,
+    KeyTooLong,
+    ShuttingDown,
+    Storage,
+    MalformedRequest,
+    TooManyInvocations,
+    /// A kind added to the schema after this client was built (its ordinal).
+    Unrecognized(u16),
+}
+
+impl fmt::Display for RejectionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            RejectionKind::UnknownPlugin => "unknown-plugin",
+            RejectionKind::UnknownWorkflow => "unknown-workflow",
+            RejectionKind::UnknownTable => "unknown-table",
+            RejectionKind::BadArguments => "bad-arguments",
+            RejectionKind::PlanFailed => "plan-failed",
+            RejectionKind::RequestIdTooLong => "request-id-too-long",
+            RejectionKind::AccessSetTooLarge => "access-set-too-large",
+            RejectionKind::KeyTooLong => "key-too-long",
+            RejectionKind::ShuttingDown => "shutting-down",
+            RejectionKind::Storage => "storage",
+            RejectionKind::MalformedRequest => "malformed-request",
+            RejectionKind::TooManyInvocations => "too-many-invocations",
+            RejectionKind::Unrecognized(ordinal) => return write!(f, "rejection-kind-{ordinal}"),
+        };
+        f.write_str(name)
+    }
+}
+
+/// The outcome of one invocation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InvokeResult {
+    /// The transaction ran and all of its writes are durable.
+    Committed {
+        timestamp: Timestamp,
+        /// The output in the plugin's binary encoding.
+        output: Vec<u8>,
+        /// The output as JSON, when the request sent JSON arguments.
+        output_json: Option<String>,
+    },
+    /// The transaction ran and was aborted; none of its writes happened. Final: a retry
+    /// under the same request id returns this again.
+    Aborted { timestamp: Timestamp, kind: AbortKind, message: String },
+    /// The request was refused before it ran; nothing was executed or recorded.
+    Rejected { kind: RejectionKind, message: String },
+}
+
+impl InvokeResult {
+    pub fn is_committed(&self) -> bool {
+        matches!(self, InvokeResult::Committed { .. })
+    }
+
+    /// Where the transaction sits in the serial order; `None` when it never ran.
+    pub fn timestamp(&self) -> Option<Timestamp> {
+        match self {
+            InvokeResult::Committed { timestamp, .. } | InvokeResult::Aborted { timestamp, .. } => Some(*timestamp),
+            InvokeResult::Rejected { .. } => None,
+        }
+    }
+}
+
+/// What a deployed plugin declares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PluginInfo {
+    pub name: String,
+    pub version: String,
+    pub build_info: String,
+    /// Content hash of the library (hex), which tells two builds apart.
+    pub digest: String,
+    pub tables: Vec<TableInfo>,
+    pub workflows: Vec<String>,
+}
+
+/// One table of a plugin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableInfo {
+    pub name: String,
+    /// The largest value the table stores.
+    pub value_bytes_max: u32,
+}
+
+/// A node's view of itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub node: u16,
+    pub version: String,
+    /// The newest epoch that is durable.
+    pub durable_epoch: u64,
+    pub committed_total: u64,
+    pub aborted_total: u64,
+    pub rejected_total: u64,
+    pub epochs_total: u64,
+    pub resident_keys: u64,
+    pub plugins: Vec<String>,
+    pub uptime_ms: u64,
+    /// The concurrency control protocol the node runs.
+    pub cc: String,
+    /// When epochs are forced to disk.
+    pub fsync: String,
+}
