@@ -1,0 +1,271 @@
+//! Drives a node with clients over Cap'n Proto and measures what it does.
+//!
+//! Each client is one connection on its own thread (a current-thread runtime with a
+//! `LocalSet`, as capnp-rpc needs). A client keeps `pipeline` messages in flight, each an
+//! `invokeMany` of `batch` transfers: many requests per message and several messages in
+//! flight is how one connection reaches high throughput.
+//!
+//! Closed loop (no `rate`): a message is sent as soon as one returns. Open loop (`rate`
+//! requests per second over all clients): messages leave on a fixed schedule and latency
+//! is measured from the intended send time, so queueing in the client is not hidden.
+
+use crate::workload::{self, Generator, WorkloadKind};
+use hdrhistogram::Histogram;
+use leasehold_client::{Client, InvokeResult};
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// Parameters of one run, reported with its results.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BenchConfig {
+    pub workload: WorkloadKind,
+    pub keys: u64,
+    pub initial_value: i64,
+    pub theta: f64,
+    pub clients: usize,
+    /// Invocations per `invokeMany` message.
+    pub batch: usize,
+    /// Messages in flight per client.
+    pub pipeline: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+    /// Requests per second over all clients (open loop); `None` for closed loop.
+    pub rate: Option<f64>,
+    pub seed: u64,
+    /// Load the keys before running (skip when the node already holds them).
+    pub load: bool,
+}
+
+/// What a run measured.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BenchReport {
+    pub config: BenchConfig,
+    pub committed: u64,
+    pub aborted: u64,
+    pub rejected: u64,
+    pub measured_seconds: f64,
+    pub throughput_per_second: f64,
+    pub latency_p50_us: u64,
+    pub latency_p90_us: u64,
+    pub latency_p99_us: u64,
+    pub latency_p999_us: u64,
+    pub latency_max_us: u64,
+    /// Sum of all values before and after the run (transfers must keep it).
+    pub sum_expected: Option<i64>,
+    pub sum_found: Option<i64>,
+}
+
+/// Failures of a run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("client error: {0}")]
+    Client(#[from] leasehold_client::ClientError),
+    #[error("loading the workload failed: {0}")]
+    Load(String),
+    #[error("cannot start a client thread: {0}")]
+    Thread(std::io::Error),
+    #[error("a client thread panicked")]
+    ClientPanicked,
+}
+
+#[derive(Default)]
+struct Tally {
+    committed: u64,
+    aborted: u64,
+    rejected: u64,
+}
+
+struct ClientResult {
+    tally: Tally,
+    latency: Histogram<u64>,
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()
+}
+
+/// Loads the workload's keys (one `open`/`load` transaction per 10,000 keys).
+pub fn load(address: SocketAddr, config: &BenchConfig) -> Result<(), BenchError> {
+    let client = leasehold_client::BlockingClient::connect(address)?;
+    for invocation in workload::load_invocations(config.workload, config.keys, config.initial_value) {
+        match client.invoke(invocation)? {
+            InvokeResult::Committed { .. } => {}
+            other => return Err(BenchError::Load(format!("{other:?}"))),
+        }
+    }
+    Ok(())
+}
+
+/// Sums every value (in transactions of 10,000 keys).
+pub fn total(address: SocketAddr, config: &BenchConfig) -> Result<i64, BenchError> {
+    let client = leasehold_client::BlockingClient::connect(address)?;
+    let mut sum = 0i64;
+    for invocation in workload::total_invocations(config.workload, config.keys) {
+        match client.invoke(invocation)? {
+            InvokeResult::Committed { output, .. } => {
+                sum += workload::decode_total(config.workload, &output).ok_or_else(|| BenchError::Load("undecodable total".into()))?;
+            }
+            other => return Err(BenchError::Load(format!("{other:?}"))),
+        }
+    }
+    Ok(sum)
+}
+
+/// Runs the benchmark against the node at `address`.
+pub fn run(address: SocketAddr, config: &BenchConfig, progress: impl Fn(&str)) -> Result<BenchReport, BenchError> {
+    if config.load {
+        progress(&format!("loading {} keys", config.keys));
+        load(address, config)?;
+    }
+    let sum_expected = config.load.then(|| config.keys as i64 * config.initial_value);
+    progress(&format!(
+        "running {} clients x {} messages x {} requests for {:?} (+{:?} warm-up)",
+        config.clients, config.pipeline, config.batch, config.duration, config.warmup
+    ));
+    // Distinct request ids per run, so a rerun against the same node is not answered
+    // from the previous run's results.
+    let run_id = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    let start = Instant::now() + Duration::from_millis(100);
+    let measure_from = start + config.warmup;
+    let stop_at = measure_from + config.duration;
+    let threads: Vec<_> = (0..config.clients)
+        .map(|client| {
+            let config = config.clone();
+            std::thread::Builder::new()
+                .name(format!("bench-client-{client}"))
+                .spawn(move || run_client(address, &config, client as u32, run_id, start, measure_from, stop_at))
+                .map_err(BenchError::Thread)
+        })
+        .collect::<Result<_, _>>()?;
+    let mut tally = Tally::default();
+    let mut latency = Histogram::<u64>::new(3).expect("valid histogram precision");
+    for thread in threads {
+        let result = thread.join().map_err(|_| BenchError::ClientPanicked)??;
+        tally.committed += result.tally.committed;
+        tally.aborted += result.tally.aborted;
+        tally.rejected += result.tally.rejected;
+        latency.add(&result.latency).expect("histograms have the same precision");
+    }
+    let measured_seconds = config.duration.as_secs_f64();
+    let sum_found = if sum_expected.is_some() { Some(total(address, config)?) } else { None };
+    Ok(BenchReport {
+        config: config.clone(),
+        committed: tally.committed,
+        aborted: tally.aborted,
+        rejected: tally.rejected,
+        measured_seconds,
+        throughput_per_second: (tally.committed + tally.aborted) as f64 / measured_seconds,
+        latency_p50_us: latency.value_at_quantile(0.50),
+        latency_p90_us: latency.value_at_quantile(0.90),
+        latency_p99_us: latency.value_at_quantile(0.99),
+        latency_p999_us: latency.value_at_quantile(0.999),
+        latency_max_us: latency.max(),
+        sum_expected,
+        sum_found,
+    })
+}
+
+fn run_client(
+    address: SocketAddr,
+    config: &BenchConfig,
+    client: u32,
+    run_id: u64,
+    start: Instant,
+    measure_from: Instant,
+    stop_at: Instant,
+) -> Result<ClientResult, BenchError> {
+    let runtime = runtime().map_err(BenchError::Thread)?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let connection = Rc::new(Client::connect(address).await?);
+        let generator = Rc::new(RefCell::new(Generator::new(config.workload, config.keys, config.theta, config.seed, client, run_id)));
+        let latency = Rc::new(RefCell::new(Histogram::<u64>::new(3).expect("valid histogram precision")));
+        let tally = Rc::new(RefCell::new(Tally::default()));
+        // Open loop: each of this client's pipeline slots sends one message per interval.
+        let interval = config.rate.map(|rate| {
+            let messages_per_second = rate / config.batch as f64 / config.clients as f64 / config.pipeline as f64;
+            Duration::from_secs_f64(1.0 / messages_per_second.max(1e-9))
+        });
+        let mut slots = Vec::new();
+        for slot in 0..config.pipeline {
+            let (connection, generator, latency, tally) = (connection.clone(), generator.clone(), latency.clone(), tally.clone());
+            slots.push(async move {
+                tokio::time::sleep_until(start.into()).await;
+                // Spread the open-loop slots over one interval so messages do not leave in bursts.
+                let mut next_send = start + interval.map_or(Duration::ZERO, |i| i.mul_f64(slot as f64 / config.pipeline as f64));
+                loop {
+                    if let Some(interval) = interval {
+                        tokio::time::sleep_until(next_send.into()).await;
+                        next_send += interval;
+                    }
+                    let intended = if interval.is_some() { next_send - interval.unwrap_or_default() } else { Instant::now() };
+                    if intended >= stop_at {
+                        return Ok::<(), BenchError>(());
+                    }
+                    let invocations: Vec<_> = {
+                        let mut generator = generator.borrow_mut();
+                        (0..config.batch).map(|_| generator.next()).collect()
+                    };
+                    let results = connection.invoke_many(invocations).await?;
+                    let done = Instant::now();
+                    if intended >= measure_from && done <= stop_at + Duration::from_secs(60) {
+                        let micros = done.duration_since(intended).as_micros() as u64;
+                        let mut latency = latency.borrow_mut();
+                        let mut tally = tally.borrow_mut();
+                        for result in &results {
+                            latency.record(micros.max(1)).expect("latency within histogram range");
+                            match result {
+                                InvokeResult::Committed { .. } => tally.committed += 1,
+                                InvokeResult::Aborted { .. } => tally.aborted += 1,
+                                InvokeResult::Rejected { .. } => tally.rejected += 1,
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        for result in futures::future::join_all(slots).await {
+            result?;
+        }
+        let latency = latency.borrow().clone();
+        let tally = std::mem::take(&mut *tally.borrow_mut());
+        Ok(ClientResult { tally, latency })
+    })
+}
+
+impl BenchReport {
+    /// A human-readable summary.
+    pub fn summary(&self) -> String {
+        let c = &self.config;
+        let mut text = format!(
+            "workload {:?}: {} keys, theta {}, {} clients x {} in flight x {} per message, {} loop{}\n",
+            c.workload,
+            c.keys,
+            c.theta,
+            c.clients,
+            c.pipeline,
+            c.batch,
+            if c.rate.is_some() { "open" } else { "closed" },
+            c.rate.map(|r| format!(" at {r:.0}/s")).unwrap_or_default(),
+        );
+        text += &format!(
+            "  {} committed, {} aborted, {} rejected in {:.1} s: {:.0} transactions/s\n",
+            self.committed, self.aborted, self.rejected, self.measured_seconds, self.throughput_per_second
+        );
+        text += &format!(
+            "  latency p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms\n",
+            self.latency_p50_us as f64 / 1000.0,
+            self.latency_p90_us as f64 / 1000.0,
+            self.latency_p99_us as f64 / 1000.0,
+            self.latency_p999_us as f64 / 1000.0,
+            self.latency_max_us as f64 / 1000.0,
+        );
+        if let (Some(expected), Some(found)) = (self.sum_expected, self.sum_found) {
+            let verdict = if expected == found { "holds" } else { "VIOLATED" };
+            text += &format!("  invariant (sum of all values {expected}): found {found}, {verdict}\n");
+        }
+        text
+    }
+}

@@ -1,0 +1,342 @@
+//! `leasehold`: the command-line tool.
+//!
+//! Talks to a node over the Cap'n Proto client API (`--address`, default
+//! 127.0.0.1:7420), or runs a node in this process (`node`, and `bench` without
+//! `--address`). Every error prints one clear line on stderr and exits non-zero:
+//! 1 for errors (connection, refused request, bad input), 2 for usage errors, 3 when a
+//! transaction ran and aborted.
+
+use clap::{Parser, Subcommand};
+use leasehold_bench::run::{BenchConfig, BenchReport};
+use leasehold_bench::workload::WorkloadKind;
+use leasehold_client::{BlockingClient, Invocation, InvokeResult};
+use leasehold_engine::config::{ConfigOverrides, FsyncPolicy};
+use leasehold_engine::node::Node;
+use leasehold_engine::rpc::RpcServer;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "leasehold", version, about = "Leasehold: a transactional stateful function engine")]
+struct Cli {
+    /// Client address of the node to talk to.
+    #[arg(long, global = true, env = "LEASEHOLD_ADDRESS", default_value = "127.0.0.1:7420")]
+    address: SocketAddr,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs an embedded node in the foreground until Ctrl-C.
+    Node {
+        #[command(flatten)]
+        overrides: ConfigOverrides,
+    },
+    /// Deploys (or upgrades) a plugin library on the node.
+    Deploy {
+        /// The plugin's shared library (.so).
+        library: PathBuf,
+    },
+    /// Lists the deployed plugins.
+    Plugins,
+    /// Runs a workflow with JSON arguments and prints its outcome.
+    Invoke {
+        plugin: String,
+        workflow: String,
+        /// The arguments as JSON, e.g. '{"from":1,"to":2,"amount":10}'.
+        arguments: String,
+        /// Request id for exactly-once retries (any text; empty: untracked).
+        #[arg(long, default_value = "")]
+        request_id: String,
+    },
+    /// Reads one key of a plugin's table.
+    Read {
+        plugin: String,
+        table: String,
+        /// The key: `u64:N` (8 bytes big-endian, as the SDK's key_u64), `hex:..`, or text.
+        key: String,
+    },
+    /// Shows the node's status.
+    Status,
+    /// Runs a workload benchmark, against an embedded node unless --remote is given.
+    Bench(BenchArguments),
+}
+
+#[derive(clap::Args)]
+struct BenchArguments {
+    /// Benchmark the node at --address instead of starting an embedded one.
+    #[arg(long)]
+    remote: bool,
+    #[arg(long, value_enum, default_value = "banking")]
+    workload: Workload,
+    /// Number of keys (accounts); default from WORKLOADS.md.
+    #[arg(long)]
+    keys: Option<u64>,
+    /// Zipfian skew; 0 is uniform.
+    #[arg(long, default_value_t = 0.0)]
+    theta: f64,
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// Requests per invokeMany message.
+    #[arg(long, default_value_t = 200)]
+    batch: usize,
+    /// Messages in flight per client.
+    #[arg(long, default_value_t = 4)]
+    pipeline: usize,
+    #[arg(long, default_value_t = 10.0)]
+    duration_seconds: f64,
+    #[arg(long, default_value_t = 2.0)]
+    warmup_seconds: f64,
+    /// Open loop: requests per second over all clients (latency from intended send time).
+    #[arg(long)]
+    rate: Option<f64>,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Skip loading keys (the node already holds them).
+    #[arg(long)]
+    no_load: bool,
+    /// The workload's plugin library; default: next to this executable.
+    #[arg(long)]
+    plugin: Option<PathBuf>,
+    /// Embedded node: fsync policy.
+    #[arg(long, value_enum, default_value = "every-epoch")]
+    fsync: FsyncPolicy,
+    /// Embedded node: executor threads.
+    #[arg(long)]
+    executor_threads: Option<usize>,
+    /// Embedded node: data directory (default: a fresh temporary one).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Print the report as JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Workload {
+    Banking,
+    YcsbT,
+}
+
+/// A failure with its exit code.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(error: E) -> Failure {
+        Failure { code: 1, message: error.to_string() }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("leasehold: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Node { overrides } => run_node(overrides),
+        Command::Deploy { library } => {
+            let bytes = std::fs::read(&library).map_err(|error| format!("cannot read {}: {error}", library.display()))?;
+            let info = connect(cli.address)?.deploy_plugin(&bytes)?;
+            println!("deployed {} {} ({})", info.name, info.version, &info.digest[..info.digest.len().min(16)]);
+            println!("  workflows: {}", info.workflows.join(", "));
+            Ok(())
+        }
+        Command::Plugins => {
+            for plugin in connect(cli.address)?.list_plugins()? {
+                println!("{} {} [{}] workflows: {}", plugin.name, plugin.version, plugin.build_info, plugin.workflows.join(", "));
+                for table in plugin.tables {
+                    println!("  table {} (values up to {} bytes)", table.name, table.value_bytes_max);
+                }
+            }
+            Ok(())
+        }
+        Command::Invoke { plugin, workflow, arguments, request_id } => {
+            serde_json::from_str::<serde_json::Value>(&arguments).map_err(|error| format!("arguments are not valid JSON: {error}"))?;
+            let invocation = Invocation::json(plugin, workflow, arguments).with_request_id(request_id.into_bytes());
+            match connect(cli.address)?.invoke(invocation)? {
+                InvokeResult::Committed { timestamp, output_json, output } => {
+                    let shown = output_json.unwrap_or_else(|| format!("{} bytes", output.len()));
+                    println!("committed at {}.{}.{}: {shown}", timestamp.epoch, timestamp.node, timestamp.sequence);
+                    Ok(())
+                }
+                InvokeResult::Aborted { timestamp, kind, message } => Err(Failure {
+                    code: 3,
+                    message: format!(
+                        "aborted at {}.{}.{} ({kind:?}): {message}",
+                        timestamp.epoch, timestamp.node, timestamp.sequence
+                    ),
+                }),
+                InvokeResult::Rejected { kind, message } => Err(Failure { code: 1, message: format!("rejected ({kind:?}): {message}") }),
+            }
+        }
+        Command::Read { plugin, table, key } => {
+            let key = parse_key(&key)?;
+            match connect(cli.address)?.read_key(&plugin, &table, &key)? {
+                None => println!("absent"),
+                Some(value) => println!("{}", describe_value(&value)),
+            }
+            Ok(())
+        }
+        Command::Status => {
+            let status = connect(cli.address)?.status()?;
+            println!("node {} (leasehold {}), concurrency control {}, fsync {}", status.node, status.version, status.cc, status.fsync);
+            println!("  up {:.1} s, durable epoch {}, {} epochs", status.uptime_ms as f64 / 1000.0, status.durable_epoch, status.epochs_total);
+            println!(
+                "  {} committed, {} aborted, {} rejected; {} resident keys",
+                status.committed_total, status.aborted_total, status.rejected_total, status.resident_keys
+            );
+            println!("  plugins: {}", if status.plugins.is_empty() { "none".to_string() } else { status.plugins.join(", ") });
+            Ok(())
+        }
+        Command::Bench(arguments) => bench(cli.address, arguments),
+    }
+}
+
+fn connect(address: SocketAddr) -> Result<BlockingClient, Failure> {
+    BlockingClient::connect(address).map_err(|error| Failure { code: 1, message: format!("{error} (is a node running at {address}?)") })
+}
+
+fn parse_key(key: &str) -> Result<Vec<u8>, Failure> {
+    if let Some(number) = key.strip_prefix("u64:") {
+        let number: u64 = number.parse().map_err(|_| format!("{number:?} is not an unsigned 64-bit number"))?;
+        return Ok(number.to_be_bytes().to_vec());
+    }
+    if let Some(hex) = key.strip_prefix("hex:") {
+        if hex.len() % 2 != 0 {
+            return Err(format!("hex key {hex:?} has an odd number of digits").into());
+        }
+        return (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| Failure::from(format!("{hex:?} is not hexadecimal"))))
+            .collect();
+    }
+    Ok(key.as_bytes().to_vec())
+}
+
+fn describe_value(value: &[u8]) -> String {
+    let hex: String = value.iter().map(|b| format!("{b:02x}")).collect();
+    match <[u8; 8]>::try_from(value) {
+        Ok(bytes) => format!("{} (hex {hex})", i64::from_le_bytes(bytes)),
+        Err(_) => format!("{} bytes: hex {hex}", value.len()),
+    }
+}
+
+fn run_node(overrides: ConfigOverrides) -> Result<(), Failure> {
+    let config = overrides.resolve()?;
+    let node = Node::start(config.clone())?;
+    let server = RpcServer::start(&config, node.handle())?;
+    println!("leasehold node {} listening on {} (data in {})", config.node_id, server.local_address(), config.data_dir.display());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(tokio::signal::ctrl_c())?;
+    server.stop();
+    node.shutdown()?;
+    Ok(())
+}
+
+fn plugin_next_to_executable(plugin: &str) -> Result<PathBuf, Failure> {
+    let executable = std::env::current_exe()?;
+    let directory = executable.parent().unwrap_or(Path::new("."));
+    let path = directory.join(format!("libleasehold_plugin_{}.so", plugin.replace('-', "_")));
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(format!("{} not found; build the workspace or pass --plugin", path.display()).into())
+    }
+}
+
+fn bench(address: SocketAddr, arguments: BenchArguments) -> Result<(), Failure> {
+    let workload = match arguments.workload {
+        Workload::Banking => WorkloadKind::Banking,
+        Workload::YcsbT => WorkloadKind::YcsbT,
+    };
+    let (default_keys, initial_value) = workload.defaults();
+    let config = BenchConfig {
+        workload,
+        keys: arguments.keys.unwrap_or(default_keys),
+        initial_value,
+        theta: arguments.theta,
+        clients: arguments.clients.max(1),
+        batch: arguments.batch.max(1),
+        pipeline: arguments.pipeline.max(1),
+        warmup: Duration::from_secs_f64(arguments.warmup_seconds.max(0.0)),
+        duration: Duration::from_secs_f64(arguments.duration_seconds.max(0.1)),
+        rate: arguments.rate,
+        seed: arguments.seed,
+        load: !arguments.no_load,
+    };
+    let progress = |message: &str| {
+        if !arguments.json {
+            eprintln!("bench: {message}");
+        }
+    };
+    let library = match &arguments.plugin {
+        Some(path) => path.clone(),
+        None => plugin_next_to_executable(workload.plugin())?,
+    };
+    let library = std::fs::read(&library).map_err(|error| format!("cannot read {}: {error}", library.display()))?;
+    let report = if arguments.remote {
+        connect(address)?.deploy_plugin(&library)?;
+        leasehold_bench::run::run(address, &config, progress)?
+    } else {
+        let temporary = tempfile::tempdir()?;
+        let overrides = ConfigOverrides {
+            data_dir: Some(arguments.data_dir.clone().unwrap_or_else(|| temporary.path().to_path_buf())),
+            client_address: Some("127.0.0.1:0".parse().expect("literal address")),
+            fsync: Some(arguments.fsync),
+            executor_threads: arguments.executor_threads,
+            ..ConfigOverrides::default()
+        };
+        let node_config = overrides.resolve()?;
+        progress(&format!(
+            "embedded node: fsync {}, {} executor threads, data in {}",
+            node_config.fsync.as_str(),
+            node_config.executor_threads,
+            node_config.data_dir.display()
+        ));
+        let node = Node::start(node_config.clone())?;
+        let server = RpcServer::start(&node_config, node.handle())?;
+        let info = node.handle().deploy_plugin(&library)?;
+        progress(&format!("deployed plugin {} {}", info.name, info.version));
+        let report = leasehold_bench::run::run(server.local_address(), &config, progress);
+        let status = node.handle().status();
+        server.stop();
+        node.shutdown()?;
+        let report = report?;
+        progress(&format!("node: {} epochs, {} transactions committed in total", status.epochs_total, status.committed_total));
+        report
+    };
+    print_report(&report, arguments.json)
+}
+
+fn print_report(report: &BenchReport, json: bool) -> Result<(), Failure> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{}", report.summary());
+    }
+    match (report.sum_expected, report.sum_found) {
+        (Some(expected), Some(found)) if expected != found => {
+            Err(Failure { code: 1, message: format!("invariant violated: sum {found}, expected {expected}") })
+        }
+        _ => Ok(()),
+    }
+}
