@@ -50,6 +50,9 @@ pub struct Config {
     /// epoch is closed as soon as the previous one has executed, so this only bounds how
     /// long an idle node lingers to gather a batch (0: never linger).
     pub epoch_linger_us: u64,
+    /// How often logged epochs are folded into the tables. Longer intervals write hot
+    /// keys less often but make the log (and a restart's replay) longer.
+    pub checkpoint_interval_ms: u64,
     /// Largest Cap'n Proto message a client may send.
     pub message_bytes_max: usize,
     /// Most invocations in one `invokeMany` call.
@@ -75,6 +78,7 @@ impl Default for Config {
             rpc_threads: 1,
             epoch_transactions_max: 20_000,
             epoch_linger_us: 0,
+            checkpoint_interval_ms: 1000,
             message_bytes_max: 64 << 20,
             invocations_per_message_max: 10_000,
             access_set_keys_max: 200_000,
@@ -112,6 +116,7 @@ impl Config {
             ("invocations_per_message_max", self.invocations_per_message_max),
             ("access_set_keys_max", self.access_set_keys_max),
             ("key_bytes_max", self.key_bytes_max),
+            ("checkpoint_interval_ms", self.checkpoint_interval_ms as usize),
         ];
         for (name, value) in positive {
             if value == 0 {

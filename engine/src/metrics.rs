@@ -11,6 +11,7 @@ pub const EPOCH_EXECUTION_SECONDS: &str = "leasehold_epoch_execution_seconds";
 pub const EPOCH_LATENCY_SECONDS: &str = "leasehold_epoch_latency_seconds";
 pub const COMMIT_SECONDS: &str = "leasehold_commit_seconds";
 pub const GROUP_COMMIT_EPOCHS: &str = "leasehold_group_commit_epochs";
+pub const CHECKPOINT_SECONDS: &str = "leasehold_checkpoint_seconds";
 pub const PLUGIN_DEPLOYS_TOTAL: &str = "leasehold_plugin_deploys_total";
 
 /// Errors starting the metrics endpoint.
@@ -40,5 +41,6 @@ fn describe() {
     metrics::describe_histogram!(EPOCH_LATENCY_SECONDS, "Time from closing an epoch to releasing its replies.");
     metrics::describe_histogram!(COMMIT_SECONDS, "Time to write (and fsync) one group of epochs.");
     metrics::describe_histogram!(GROUP_COMMIT_EPOCHS, "Epochs made durable by one group commit.");
+    metrics::describe_histogram!(CHECKPOINT_SECONDS, "Time to fold logged epochs into the tables.");
     metrics::describe_counter!(PLUGIN_DEPLOYS_TOTAL, "Plugin deploys that succeeded.");
 }

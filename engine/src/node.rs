@@ -3,11 +3,13 @@
 //! server (and embedding programs) call.
 
 use crate::config::{Config, ConfigError};
-use crate::model::{Arguments, Invocation, NodeStatus, Outcome, PluginInfo, Rejection, RequestId, REQUEST_ID_BYTES_MAX};
+use crate::model::{
+    Arguments, Invocation, NodeStatus, Outcome, PluginInfo, Rejection, RequestId, REQUEST_ID_BYTES_MAX,
+};
 use crate::plugin::{AccessLimits, LoadedPlugin, PluginError, PluginRegistry};
 use crate::storage::{SlotStore, Storage, StorageError};
 use crate::txn::access::{AccessMode, AccessSet};
-use crate::txn::commit::Committer;
+use crate::txn::commit::{Checkpointer, Committer};
 use crate::txn::epoch::{DriverMessage, EpochDriver};
 use crate::txn::executor::Executor;
 use crate::txn::ledger::Ledger;
@@ -51,6 +53,7 @@ pub struct Node {
     handle: NodeHandle,
     driver: Option<JoinHandle<()>>,
     committer: Option<JoinHandle<()>>,
+    checkpointer: Option<JoinHandle<()>>,
     storage: Arc<Storage>,
 }
 
@@ -88,11 +91,11 @@ impl Pending<Completed> {
         let (outcome, json) = self.outcome().await;
         let outcome = outcome?;
         let output_json = match (&outcome, json) {
-            (Outcome::Committed { output, .. }, Some((plugin, workflow))) => Some(
-                plugin
-                    .output_to_json(workflow, output)
-                    .unwrap_or_else(|error| format!("{{\"error\":{:?}}}", format!("cannot convert output to JSON: {error}"))),
-            ),
+            (Outcome::Committed { output, .. }, Some((plugin, workflow))) => {
+                Some(plugin.output_to_json(workflow, output).unwrap_or_else(|error| {
+                    format!("{{\"error\":{:?}}}", format!("cannot convert output to JSON: {error}"))
+                }))
+            }
             _ => None,
         };
         Ok(Completed { outcome, output_json })
@@ -143,8 +146,27 @@ impl Node {
             slots: SlotStore::new(),
             graph_builder: GraphBuilder::new(),
         };
-        let committer =
-            Committer { storage: storage.clone(), ledger, stats: stats.clone(), fsync: config.fsync, epochs: commit_receiver };
+        // Few checkpoints queue up: each carries up to a checkpoint interval of epochs.
+        let (checkpoints, checkpoint_receiver) = crossbeam_channel::bounded(2);
+        let checkpointer = Checkpointer {
+            storage: storage.clone(),
+            ledger: ledger.clone(),
+            stats: stats.clone(),
+            records: checkpoint_receiver,
+        };
+        let committer = Committer {
+            checkpoints,
+            storage: storage.clone(),
+            ledger,
+            stats: stats.clone(),
+            fsync: config.fsync,
+            epochs: commit_receiver,
+            checkpoint_interval: Duration::from_millis(config.checkpoint_interval_ms),
+        };
+        let checkpointer = std::thread::Builder::new()
+            .name("leasehold-checkpoint".into())
+            .spawn(move || checkpointer.run())
+            .map_err(|error| NodeError::Threads(error.to_string()))?;
         let committer = std::thread::Builder::new()
             .name("leasehold-commit".into())
             .spawn(move || committer.run())
@@ -155,9 +177,22 @@ impl Node {
             .map_err(|error| NodeError::Threads(error.to_string()))?;
         let limits = AccessLimits { keys_max: config.access_set_keys_max, key_bytes_max: config.key_bytes_max };
         tracing::info!(node = config.node_id, data_dir = %config.data_dir.display(), durable_epoch, "node started");
-        let shared =
-            Shared { config, registry, inbox, accepting: AtomicBool::new(true), stats, started: Instant::now(), limits };
-        Ok(Node { handle: NodeHandle { shared: Arc::new(shared) }, driver: Some(driver), committer: Some(committer), storage })
+        let shared = Shared {
+            config,
+            registry,
+            inbox,
+            accepting: AtomicBool::new(true),
+            stats,
+            started: Instant::now(),
+            limits,
+        };
+        Ok(Node {
+            handle: NodeHandle { shared: Arc::new(shared) },
+            driver: Some(driver),
+            committer: Some(committer),
+            checkpointer: Some(checkpointer),
+            storage,
+        })
     }
 
     pub fn handle(&self) -> NodeHandle {
@@ -177,8 +212,12 @@ impl Node {
         // The driver drops its side of the commit channel when it returns, which lets the
         // commit thread finish the last epochs and return too.
         let _ = driver.join();
+        // Likewise the commit thread's end lets the checkpoint thread finish.
         if let Some(committer) = self.committer.take() {
             let _ = committer.join();
+        }
+        if let Some(checkpointer) = self.checkpointer.take() {
+            let _ = checkpointer.join();
         }
         self.storage.flush()?;
         tracing::info!(node = self.handle.shared.config.node_id, "node stopped");
@@ -217,7 +256,10 @@ impl NodeHandle {
         Err(rejection)
     }
 
-    fn enqueue(&self, transaction: PlannedTransaction) -> Result<tokio::sync::oneshot::Receiver<Result<Outcome, Rejection>>, Rejection> {
+    fn enqueue(
+        &self,
+        transaction: PlannedTransaction,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<Outcome, Rejection>>, Rejection> {
         if !self.shared.accepting.load(Ordering::Acquire) {
             return self.rejected(Rejection::ShuttingDown);
         }
@@ -238,14 +280,22 @@ impl NodeHandle {
     }
 
     #[allow(clippy::type_complexity)]
-    fn plan(&self, invocation: Invocation) -> Result<(PlannedTransaction, Option<(Arc<LoadedPlugin>, u32)>), Rejection> {
+    fn plan(
+        &self,
+        invocation: Invocation,
+    ) -> Result<(PlannedTransaction, Option<(Arc<LoadedPlugin>, u32)>), Rejection> {
         if invocation.request_id.0.len() > REQUEST_ID_BYTES_MAX {
             return Err(Rejection::RequestIdTooLong);
         }
-        let plugin = self.shared.registry.get(&invocation.plugin).ok_or_else(|| Rejection::UnknownPlugin(invocation.plugin.clone()))?;
-        let workflow = plugin
-            .workflow_named(&invocation.workflow)
-            .ok_or_else(|| Rejection::UnknownWorkflow { plugin: invocation.plugin.clone(), workflow: invocation.workflow.clone() })?;
+        let plugin = self
+            .shared
+            .registry
+            .get(&invocation.plugin)
+            .ok_or_else(|| Rejection::UnknownPlugin(invocation.plugin.clone()))?;
+        let workflow = plugin.workflow_named(&invocation.workflow).ok_or_else(|| Rejection::UnknownWorkflow {
+            plugin: invocation.plugin.clone(),
+            workflow: invocation.workflow.clone(),
+        })?;
         let (arguments, json) = match invocation.arguments {
             Arguments::Encoded(bytes) => (bytes, None),
             Arguments::Json(text) => (plugin.arguments_from_json(workflow, &text)?, Some((plugin.clone(), workflow))),
@@ -274,8 +324,12 @@ impl NodeHandle {
         let mut accesses = AccessSet::new();
         accesses.push(table_number, key, AccessMode::Read);
         accesses.finish();
-        let transaction =
-            PlannedTransaction { plugin, body: TransactionBody::ReadKey, accesses, request_id: RequestId(Box::default()) };
+        let transaction = PlannedTransaction {
+            plugin,
+            body: TransactionBody::ReadKey,
+            accesses,
+            request_id: RequestId(Box::default()),
+        };
         Ok(Pending { receiver: self.enqueue(transaction)?, json: None, _result: PhantomData })
     }
 

@@ -61,8 +61,105 @@ pub fn decode_outcome(bytes: &[u8]) -> Option<Outcome> {
     }
 }
 
+const LOG_VALUE: u8 = 0;
+const LOG_DELETED: u8 = 1;
+const LOG_RESULT: u8 = 2;
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// Appends a changed value (or a deletion) to an epoch record.
+pub fn encode_log_value(out: &mut Vec<u8>, key: &[u8], value: Option<&[u8]>) {
+    out.push(if value.is_some() { LOG_VALUE } else { LOG_DELETED });
+    put_bytes(out, key);
+    if let Some(value) = value {
+        put_bytes(out, value);
+    }
+}
+
+/// Appends a request outcome (already encoded) to an epoch record.
+pub fn encode_log_result(out: &mut Vec<u8>, id: &[u8], outcome: &[u8]) {
+    out.push(LOG_RESULT);
+    put_bytes(out, id);
+    put_bytes(out, outcome);
+}
+
+/// One entry of an epoch record.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LogEntry<'a> {
+    Value { key: &'a [u8], value: Option<&'a [u8]> },
+    Result { id: &'a [u8], outcome: &'a [u8] },
+}
+
+/// Iterates over an epoch record; yields `None` once (and then stops) if it is corrupt.
+pub struct LogEntries<'a> {
+    rest: &'a [u8],
+    failed: bool,
+}
+
+impl<'a> LogEntries<'a> {
+    pub fn new(bytes: &'a [u8]) -> LogEntries<'a> {
+        LogEntries { rest: bytes, failed: false }
+    }
+
+    fn take_bytes(&mut self) -> Option<&'a [u8]> {
+        let length = u32::from_be_bytes(self.rest.get(..4)?.try_into().ok()?) as usize;
+        let bytes = self.rest.get(4..4 + length)?;
+        self.rest = &self.rest[4 + length..];
+        Some(bytes)
+    }
+
+    fn entry(&mut self) -> Option<LogEntry<'a>> {
+        let (&tag, rest) = self.rest.split_first()?;
+        self.rest = rest;
+        match tag {
+            LOG_VALUE => Some(LogEntry::Value { key: self.take_bytes()?, value: Some(self.take_bytes()?) }),
+            LOG_DELETED => Some(LogEntry::Value { key: self.take_bytes()?, value: None }),
+            LOG_RESULT => Some(LogEntry::Result { id: self.take_bytes()?, outcome: self.take_bytes()? }),
+            _ => None,
+        }
+    }
+}
+
+impl<'a> Iterator for LogEntries<'a> {
+    type Item = Option<LogEntry<'a>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() || self.failed {
+            return None;
+        }
+        let entry = self.entry();
+        self.failed = entry.is_none();
+        Some(entry)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn epoch_records_round_trip_and_corruption_is_reported() {
+        let mut record = Vec::new();
+        encode_log_value(&mut record, b"k1", Some(b"v1"));
+        encode_log_value(&mut record, b"k2", None);
+        encode_log_result(&mut record, b"id", b"outcome");
+        let entries: Vec<_> = LogEntries::new(&record).collect();
+        assert_eq!(
+            entries,
+            vec![
+                Some(LogEntry::Value { key: b"k1", value: Some(b"v1") }),
+                Some(LogEntry::Value { key: b"k2", value: None }),
+                Some(LogEntry::Result { id: b"id", outcome: b"outcome" }),
+            ]
+        );
+        let truncated: Vec<_> = LogEntries::new(&record[..record.len() - 2]).collect();
+        assert_eq!(truncated.last(), Some(&None));
+        let mut garbage = record.clone();
+        garbage[0] = 77;
+        assert_eq!(LogEntries::new(&garbage).collect::<Vec<_>>(), vec![None]);
+    }
+
     use super::*;
 
     #[test]

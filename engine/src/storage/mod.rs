@@ -2,13 +2,21 @@
 //! keys the node works on.
 //!
 //! Column families:
-//! * `data`: table id (u32, big-endian) followed by the key, to the value;
-//! * `results`: request id to the encoded [`Outcome`] (exactly-once retries);
-//! * `meta`: node metadata: the durable epoch, table id assignments;
+//! * `log`: epoch number (u64, big-endian) to the epoch's record: every value it changed
+//!   and every tracked request's outcome ([`EpochRecord`]);
+//! * `data`: table id (u32, big-endian) followed by the key, to the value, as of the last
+//!   checkpoint;
+//! * `results`: request id to the encoded [`Outcome`], as of the last checkpoint;
+//! * `meta`: node metadata: the durable and checkpointed epochs, table id assignments;
 //! * `plugins`: plugin name to the library bytes of its deployed version.
 //!
-//! Everything an epoch changes is written in one `WriteBatch` ([`EpochBatch`]), so an
-//! epoch is either entirely on disk or not at all.
+//! An epoch becomes durable as one put of its record into `log` (one `WriteBatch` with
+//! the epoch marker), so an epoch is either entirely on disk or not at all, and the
+//! commit path costs one memtable insert per epoch instead of one per changed key.
+//! Checkpoints fold the logged epochs into `data` and `results` (the newest value of each
+//! key once, in key order) and delete those log records in the same batch. Opening the
+//! database folds whatever the log still holds, so `data` and `results` are complete
+//! before the node serves anything.
 
 pub mod codec;
 pub mod slots;
@@ -19,12 +27,14 @@ use std::path::{Path, PathBuf};
 
 pub use slots::{Slot, SlotStore};
 
+const CF_LOG: &str = "log";
 const CF_DATA: &str = "data";
 const CF_RESULTS: &str = "results";
 const CF_META: &str = "meta";
 const CF_PLUGINS: &str = "plugins";
 
 const META_DURABLE_EPOCH: &[u8] = b"durable_epoch";
+const META_CHECKPOINT_EPOCH: &[u8] = b"checkpoint_epoch";
 const META_NEXT_TABLE_ID: &[u8] = b"next_table_id";
 const META_TABLE_PREFIX: &[u8] = b"table/";
 
@@ -44,19 +54,35 @@ pub struct Storage {
     db: DB,
 }
 
-/// The writes of one epoch, applied atomically by [`Storage::write_epoch`].
-pub struct EpochBatch {
+/// The changes of one epoch, made durable atomically by [`Storage::write_epoch`].
+pub struct EpochRecord {
     pub epoch: u64,
-    batch: WriteBatch,
+    bytes: Vec<u8>,
 }
 
-impl EpochBatch {
+impl EpochRecord {
+    pub fn new(epoch: u64) -> EpochRecord {
+        EpochRecord { epoch, bytes: Vec::new() }
+    }
+
+    /// Records a changed value (or a deletion, for `None`).
+    pub fn stage_value(&mut self, storage_key: &[u8], value: Option<&[u8]>) {
+        codec::encode_log_value(&mut self.bytes, storage_key, value);
+    }
+
+    /// Records a request's outcome.
+    pub fn stage_result(&mut self, id: &RequestId, outcome: &Outcome, scratch: &mut Vec<u8>) {
+        codec::encode_outcome_into(scratch, outcome);
+        codec::encode_log_result(&mut self.bytes, &id.0, scratch);
+    }
+
+    /// Size of the encoded record.
     pub fn len(&self) -> usize {
-        self.batch.len()
+        self.bytes.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.batch.is_empty()
+        self.bytes.is_empty()
     }
 }
 
@@ -74,6 +100,9 @@ impl Storage {
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         options.increase_parallelism(2);
+        // One thread (the commit thread) writes; the concurrent memtable insert path only
+        // costs it atomic operations.
+        options.set_allow_concurrent_memtable_write(false);
         let mut data_options = Options::default();
         data_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
         // Point lookups dominate (key loads, result lookups for new request ids), so a
@@ -81,9 +110,14 @@ impl Storage {
         let mut table_options = rocksdb::BlockBasedOptions::default();
         table_options.set_bloom_filter(10.0, false);
         data_options.set_block_based_table_factory(&table_options);
+        // Every new request id is looked up before it runs and is almost never found: a
+        // memtable bloom filter answers those misses without searching the skip list.
+        data_options.set_memtable_whole_key_filtering(true);
+        data_options.set_memtable_prefix_bloom_ratio(0.05);
         let mut results_options = data_options.clone();
         results_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
         let families = vec![
+            ColumnFamilyDescriptor::new(CF_LOG, Options::default()),
             ColumnFamilyDescriptor::new(CF_DATA, data_options),
             ColumnFamilyDescriptor::new(CF_RESULTS, results_options),
             ColumnFamilyDescriptor::new(CF_META, Options::default()),
@@ -91,7 +125,24 @@ impl Storage {
         ];
         let db = DB::open_cf_descriptors(&options, path, families)
             .map_err(|source| StorageError::Open { path: path.into(), source })?;
-        Ok(Storage { db })
+        let storage = Storage { db };
+        storage.recover()?;
+        Ok(storage)
+    }
+
+    /// Folds every epoch record still in the log into `data` and `results`.
+    fn recover(&self) -> Result<(), StorageError> {
+        let mut records = Vec::new();
+        for entry in self.db.iterator_cf(self.cf(CF_LOG), rocksdb::IteratorMode::Start) {
+            let (key, bytes) = entry?;
+            let epoch = codec::decode_u64(&key).ok_or(StorageError::Corrupt { what: "log key" })?;
+            records.push(EpochRecord { epoch, bytes: bytes.to_vec() });
+        }
+        if !records.is_empty() {
+            tracing::info!(epochs = records.len(), "folding logged epochs into the tables");
+            self.checkpoint(&records, true)?;
+        }
+        Ok(())
     }
 
     fn cf(&self, name: &'static str) -> &ColumnFamily {
@@ -126,38 +177,76 @@ impl Storage {
             .into_iter()
             .map(|result| match result? {
                 None => Ok(None),
-                Some(bytes) => codec::decode_outcome(&bytes).map(Some).ok_or(StorageError::Corrupt { what: "request result" }),
+                Some(bytes) => {
+                    codec::decode_outcome(&bytes).map(Some).ok_or(StorageError::Corrupt { what: "request result" })
+                }
             })
             .collect()
     }
 
-    /// Starts the batch of `epoch`.
-    pub fn begin_epoch(&self, epoch: u64) -> EpochBatch {
-        EpochBatch { epoch, batch: WriteBatch::default() }
-    }
-
-    /// Adds a changed value (or a deletion, for `None`) to the batch.
-    pub fn stage_value(&self, batch: &mut EpochBatch, storage_key: &[u8], value: Option<&[u8]>) {
-        match value {
-            Some(value) => batch.batch.put_cf(self.cf(CF_DATA), storage_key, value),
-            None => batch.batch.delete_cf(self.cf(CF_DATA), storage_key),
-        }
-    }
-
-    /// Adds a request's outcome to the batch.
-    pub fn stage_result(&self, batch: &mut EpochBatch, id: &RequestId, outcome: &Outcome, scratch: &mut Vec<u8>) {
-        codec::encode_outcome_into(scratch, outcome);
-        batch.batch.put_cf(self.cf(CF_RESULTS), &id.0, &scratch[..]);
-    }
-
-    /// Writes an epoch's batch, with its epoch marker, atomically. With `sync` the
-    /// write-ahead log is fsynced before this returns (and with it every earlier
-    /// unsynced write).
-    pub fn write_epoch(&self, mut batch: EpochBatch, sync: bool) -> Result<(), StorageError> {
-        batch.batch.put_cf(self.cf(CF_META), META_DURABLE_EPOCH, batch.epoch.to_be_bytes());
+    /// Makes an epoch durable: its record and the epoch marker in one atomic write. With
+    /// `sync` the write-ahead log is fsynced before this returns (and with it every
+    /// earlier unsynced write).
+    pub fn write_epoch(&self, record: &EpochRecord, sync: bool) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_LOG), record.epoch.to_be_bytes(), &record.bytes);
+        batch.put_cf(self.cf(CF_META), META_DURABLE_EPOCH, record.epoch.to_be_bytes());
         let mut options = WriteOptions::default();
         options.set_sync(sync);
-        self.db.write_opt(batch.batch, &options)?;
+        self.db.write_opt(batch, &options)?;
+        Ok(())
+    }
+
+    /// Folds durable epoch records (in epoch order) into `data` and `results`, then marks
+    /// them checkpointed and deletes them from the log. Keys changed in several epochs
+    /// are written once, with their newest value, in key order.
+    ///
+    /// The fold is written in chunks so that epoch commits running at the same time never
+    /// wait behind one huge write. That is safe without one atomic batch: until the final
+    /// write deletes the records, a crash leaves them in the log, and folding them again
+    /// over a partly written checkpoint gives the same tables.
+    pub fn checkpoint(&self, records: &[EpochRecord], sync: bool) -> Result<(), StorageError> {
+        const CHUNK_ENTRIES: usize = 4096;
+        let Some(newest) = records.last() else { return Ok(()) };
+        let mut values: rustc_hash::FxHashMap<&[u8], Option<&[u8]>> = rustc_hash::FxHashMap::default();
+        let mut results: Vec<(&[u8], &[u8])> = Vec::new();
+        for record in records {
+            for entry in codec::LogEntries::new(&record.bytes) {
+                match entry.ok_or(StorageError::Corrupt { what: "epoch record" })? {
+                    codec::LogEntry::Value { key, value } => {
+                        values.insert(key, value);
+                    }
+                    codec::LogEntry::Result { id, outcome } => results.push((id, outcome)),
+                }
+            }
+        }
+        let mut values: Vec<(&[u8], Option<&[u8]>)> = values.into_iter().collect();
+        values.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        results.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let (data, result_family) = (self.cf(CF_DATA), self.cf(CF_RESULTS));
+        for chunk in values.chunks(CHUNK_ENTRIES) {
+            let mut batch = WriteBatch::default();
+            for (key, value) in chunk {
+                match value {
+                    Some(value) => batch.put_cf(data, key, value),
+                    None => batch.delete_cf(data, key),
+                }
+            }
+            self.db.write(batch)?;
+        }
+        for chunk in results.chunks(CHUNK_ENTRIES) {
+            let mut batch = WriteBatch::default();
+            for (id, outcome) in chunk {
+                batch.put_cf(result_family, id, outcome);
+            }
+            self.db.write(batch)?;
+        }
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_META), META_CHECKPOINT_EPOCH, newest.epoch.to_be_bytes());
+        batch.delete_range_cf(self.cf(CF_LOG), 0u64.to_be_bytes(), (newest.epoch + 1).to_be_bytes());
+        let mut options = WriteOptions::default();
+        options.set_sync(sync);
+        self.db.write_opt(batch, &options)?;
         Ok(())
     }
 

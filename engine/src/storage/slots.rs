@@ -120,7 +120,11 @@ impl SlotStore {
             self.chunks.push(Vec::with_capacity(SLOTS_PER_CHUNK));
         }
         let chunk = self.chunks.last_mut().expect("a chunk was just ensured");
-        chunk.push(Slot { storage_key: storage_key.into(), value: UnsafeCell::new(value), dirty_epoch: AtomicU64::new(0) });
+        chunk.push(Slot {
+            storage_key: storage_key.into(),
+            value: UnsafeCell::new(value),
+            dirty_epoch: AtomicU64::new(0),
+        });
         // The chunk never grows past its capacity, so this address is stable.
         let pointer = SlotPointer(NonNull::from(chunk.last().expect("just pushed")));
         let number = u32::try_from(self.index.len()).expect("fewer than 2^32 resident keys");
@@ -145,7 +149,10 @@ mod tests {
         unsafe {
             assert_eq!(first.get().value(), Some(&b"v0"[..]));
             first.get().set(Some(b"new"));
-            assert_eq!(store.lookup(b"k0").map(|(_, p)| p.get().value().map(<[u8]>::to_vec)), Some(Some(b"new".to_vec())));
+            assert_eq!(
+                store.lookup(b"k0").map(|(_, p)| p.get().value().map(<[u8]>::to_vec)),
+                Some(Some(b"new".to_vec()))
+            );
             first.get().set(None);
             assert_eq!(first.get().value(), None);
         }

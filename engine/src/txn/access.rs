@@ -106,7 +106,11 @@ mod tests {
             set.entries().iter().map(|e| (e.table, set.key(e).to_vec(), e.mode)).collect();
         assert_eq!(
             listed,
-            vec![(0, b"z".to_vec(), AccessMode::Read), (1, b"a".to_vec(), AccessMode::Read), (1, b"b".to_vec(), AccessMode::Write)]
+            vec![
+                (0, b"z".to_vec(), AccessMode::Read),
+                (1, b"a".to_vec(), AccessMode::Read),
+                (1, b"b".to_vec(), AccessMode::Write)
+            ]
         );
         assert_eq!(set.find(1, b"b"), Some(2));
         assert_eq!(set.find(0, b"z"), Some(0));

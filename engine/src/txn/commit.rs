@@ -1,26 +1,32 @@
-//! The commit thread: makes epochs durable in order and then releases their replies.
+//! The commit thread: makes epochs durable in order, releases their replies, and
+//! checkpoints.
 //!
-//! Epochs arrive from the driver as finished write batches. Whatever has queued up while
+//! Epochs arrive from the driver as finished epoch records. Whatever has queued up while
 //! the previous fsync ran is written together and fsynced once (group commit): every
-//! batch but the last is written without sync, and the synced write of the last one
+//! record but the last is written without sync, and the synced write of the last one
 //! makes all of them durable. Only then are the replies of those epochs sent and their
 //! request ids marked done in the ledger. If storage fails, the node stops taking work:
 //! its memory would otherwise run ahead of its disk.
+//!
+//! Durable records are handed to the checkpoint thread every `checkpoint_interval` (or
+//! sooner when they grow large, and at shutdown), which folds them into the tables off
+//! the commit path. The ledger may forget a request id only once its outcome is
+//! checkpointed, because only then can a retry find it in the `results` column family.
 
 use super::ledger::Ledger;
 use super::{Reply, TransactionStats};
 use crate::config::FsyncPolicy;
 use crate::model::{Outcome, Rejection, RequestId};
-use crate::storage::{EpochBatch, Storage};
-use crossbeam_channel::Receiver;
+use crate::storage::{EpochRecord, Storage};
+use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// One epoch, executed, waiting to become durable.
 pub struct EpochCommit {
-    pub batch: EpochBatch,
+    pub record: EpochRecord,
     /// Outcomes to release, with their request ids (empty ids are untracked).
     pub replies: Vec<(RequestId, Outcome, Reply)>,
     /// When the epoch closed, for the epoch latency metric.
@@ -30,19 +36,73 @@ pub struct EpochCommit {
 /// Most epochs made durable by one fsync.
 const GROUP_EPOCHS_MAX: usize = 256;
 
+/// Checkpoint early when the records waiting for it grow past this size.
+const CHECKPOINT_BYTES_MAX: usize = 64 << 20;
+
+fn epoch_of(outcome: &Outcome) -> u64 {
+    outcome.timestamp().epoch
+}
+
 pub struct Committer {
     pub storage: Arc<Storage>,
     pub ledger: Arc<Mutex<Ledger>>,
     pub stats: Arc<TransactionStats>,
     pub fsync: FsyncPolicy,
     pub epochs: Receiver<EpochCommit>,
+    pub checkpoint_interval: Duration,
+    pub checkpoints: Sender<Vec<EpochRecord>>,
+}
+
+/// The checkpoint thread: folds durable epoch records into the tables.
+pub struct Checkpointer {
+    pub storage: Arc<Storage>,
+    pub ledger: Arc<Mutex<Ledger>>,
+    pub stats: Arc<TransactionStats>,
+    pub records: Receiver<Vec<EpochRecord>>,
+}
+
+impl Checkpointer {
+    /// Runs until the commit thread hangs up, after checkpointing everything it sent.
+    pub fn run(self) {
+        while let Ok(records) = self.records.recv() {
+            let Some(newest) = records.last().map(|r| r.epoch) else { continue };
+            if self.stats.failed.load(Ordering::Acquire) {
+                continue;
+            }
+            let started = Instant::now();
+            // Not synced: the records are durable in the log, and the next synced write (or
+            // the log itself after a crash) makes the checkpoint durable too.
+            match self.storage.checkpoint(&records, false) {
+                Ok(()) => {
+                    self.ledger.lock().checkpointed(newest);
+                    metrics::histogram!(crate::metrics::CHECKPOINT_SECONDS).record(started.elapsed().as_secs_f64());
+                }
+                Err(error) => {
+                    // The log still holds these epochs; the next start folds them in.
+                    tracing::error!(%error, epoch = newest, "checkpoint failed; the node stops taking work");
+                    self.stats.failed.store(true, Ordering::Release);
+                }
+            }
+        }
+    }
 }
 
 impl Committer {
-    /// Runs until the driver hangs up, then returns after the last epoch is durable.
+    /// Runs until the driver hangs up, then returns after the last epoch is durable and
+    /// checkpointed.
     pub fn run(self) {
         let mut group: Vec<EpochCommit> = Vec::new();
-        while let Ok(first) = self.epochs.recv() {
+        let mut uncheckpointed: Vec<EpochRecord> = Vec::new();
+        let mut last_checkpoint = Instant::now();
+        loop {
+            let first = match self.epochs.recv_timeout(self.checkpoint_interval) {
+                Ok(first) => first,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    self.checkpoint(&mut uncheckpointed, &mut last_checkpoint);
+                    continue;
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            };
             group.push(first);
             while group.len() < GROUP_EPOCHS_MAX {
                 match self.epochs.try_recv() {
@@ -50,11 +110,27 @@ impl Committer {
                     Err(_) => break,
                 }
             }
-            self.commit_group(&mut group);
+            self.commit_group(&mut group, &mut uncheckpointed);
+            let pending_bytes: usize = uncheckpointed.iter().map(EpochRecord::len).sum();
+            if last_checkpoint.elapsed() >= self.checkpoint_interval || pending_bytes >= CHECKPOINT_BYTES_MAX {
+                self.checkpoint(&mut uncheckpointed, &mut last_checkpoint);
+            }
+        }
+        self.checkpoint(&mut uncheckpointed, &mut last_checkpoint);
+    }
+
+    fn checkpoint(&self, records: &mut Vec<EpochRecord>, last_checkpoint: &mut Instant) {
+        *last_checkpoint = Instant::now();
+        if records.is_empty() {
+            return;
+        }
+        // The checkpoint thread ends only after this thread, so a send cannot fail.
+        if self.checkpoints.send(std::mem::take(records)).is_err() {
+            panic!("checkpoint thread ended before the commit thread");
         }
     }
 
-    fn commit_group(&self, group: &mut Vec<EpochCommit>) {
+    fn commit_group(&self, group: &mut Vec<EpochCommit>, uncheckpointed: &mut Vec<EpochRecord>) {
         let started = Instant::now();
         let epochs = group.len();
         let mut failure = None;
@@ -68,9 +144,11 @@ impl Committer {
             if failure.is_some() {
                 continue;
             }
-            newest_epoch = epoch.batch.epoch;
+            newest_epoch = epoch.record.epoch;
             let sync = self.fsync == FsyncPolicy::EveryEpoch && index == epochs - 1;
-            if let Err(error) = self.storage.write_epoch(epoch.batch, sync) {
+            let written = self.storage.write_epoch(&epoch.record, sync);
+            uncheckpointed.push(epoch.record);
+            if let Err(error) = written {
                 tracing::error!(%error, epoch = newest_epoch, "cannot make epoch durable; the node stops taking work");
                 self.stats.failed.store(true, Ordering::Release);
                 failure = Some(error.to_string());
@@ -88,7 +166,7 @@ impl Committer {
                 match &failure {
                     None => {
                         if id.is_tracked() {
-                            for waiter in ledger.complete(&id, &outcome) {
+                            for waiter in ledger.complete(&id, &outcome, epoch_of(&outcome)) {
                                 let _ = waiter.send(Ok(outcome.clone()));
                             }
                         }

@@ -13,7 +13,7 @@ use super::ledger::{Ledger, Lookup};
 use super::tpg::GraphBuilder;
 use super::{PreparedTransaction, Submission, TransactionStats};
 use crate::model::{NodeId, Rejection, Timestamp};
-use crate::storage::{data_key_into, SlotStore, Storage};
+use crate::storage::{data_key_into, EpochRecord, Slot, SlotStore, Storage};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 use std::sync::atomic::Ordering;
@@ -179,14 +179,13 @@ impl EpochDriver {
             }
         };
         let (transactions, replies): (Vec<PreparedTransaction>, Vec<_>) = prepared.into_iter().unzip();
-        let graph = self
-            .graph_builder
-            .build(transactions.len(), |t| transactions[t].planned.accesses.entries().iter().zip(&transactions[t].slots).map(|(e, s)| (s.0, e.mode)));
+        let graph = self.graph_builder.build(transactions.len(), |t| {
+            transactions[t].planned.accesses.entries().iter().zip(&transactions[t].slots).map(|(e, s)| (s.0, e.mode))
+        });
         let outcomes = self.executor.run(&transactions, &graph);
 
-        let mut batch = self.storage.begin_epoch(epoch);
-        let mut scratch = Vec::new();
         let (mut committed, mut aborted) = (0u64, 0u64);
+        let mut dirty: Vec<&Slot> = Vec::new();
         let mut to_release = Vec::with_capacity(transactions.len());
         for ((transaction, outcome), reply) in transactions.into_iter().zip(outcomes).zip(replies) {
             if outcome.is_committed() {
@@ -196,17 +195,25 @@ impl EpochDriver {
                         // SAFETY: execution has finished; the driver is the only user.
                         let slot = unsafe { slot.get() };
                         if slot.mark_dirty(epoch) {
-                            self.storage.stage_value(&mut batch, slot.storage_key(), unsafe { slot.value() });
+                            dirty.push(slot);
                         }
                     }
                 }
             } else {
                 aborted += 1;
             }
-            if transaction.planned.request_id.is_tracked() {
-                self.storage.stage_result(&mut batch, &transaction.planned.request_id, &outcome, &mut scratch);
-            }
             to_release.push((transaction.planned.request_id, outcome, reply));
+        }
+        let mut record = EpochRecord::new(epoch);
+        for slot in dirty {
+            // SAFETY: execution has finished; the driver is the only user.
+            record.stage_value(slot.storage_key(), unsafe { slot.value() });
+        }
+        let mut scratch = Vec::new();
+        for (id, outcome, _) in &to_release {
+            if id.is_tracked() {
+                record.stage_result(id, outcome, &mut scratch);
+            }
         }
         TransactionStats::count(&self.stats.committed, committed);
         TransactionStats::count(&self.stats.aborted, aborted);
@@ -216,7 +223,7 @@ impl EpochDriver {
         metrics::counter!(crate::metrics::ABORTED_TOTAL).increment(aborted);
         metrics::histogram!(crate::metrics::EPOCH_TRANSACTIONS).record((committed + aborted) as f64);
         metrics::histogram!(crate::metrics::EPOCH_EXECUTION_SECONDS).record(closed_at.elapsed().as_secs_f64());
-        let commit = EpochCommit { batch, replies: to_release, closed_at };
+        let commit = EpochCommit { record, replies: to_release, closed_at };
         if self.commits.send(commit).is_err() {
             // The commit thread only exits after the driver; reaching this is a bug.
             panic!("commit thread ended before the epoch driver");

@@ -35,7 +35,10 @@ pub struct Executor {
 
 impl Executor {
     pub fn new(threads: usize) -> Result<Executor, rayon::ThreadPoolBuildError> {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).thread_name(|i| format!("leasehold-executor-{i}")).build()?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("leasehold-executor-{i}"))
+            .build()?;
         Ok(Executor { pool })
     }
 
@@ -60,7 +63,9 @@ impl Executor {
         outcomes
             .0
             .into_iter()
-            .map(|cell| cell.into_inner().expect("every transaction ran: the graph is acyclic and all roots were started"))
+            .map(|cell| {
+                cell.into_inner().expect("every transaction ran: the graph is acyclic and all roots were started")
+            })
             .collect()
     }
 }
@@ -84,7 +89,9 @@ impl<'a> Shared<'a> {
                 if self.remaining[successor as usize].fetch_sub(1, Ordering::AcqRel) == 1 {
                     match (next, scope) {
                         (None, _) => next = Some(successor as usize),
-                        (Some(_), Some(scope)) => scope.spawn(move |scope| self.run_chain(successor as usize, Some(scope))),
+                        (Some(_), Some(scope)) => {
+                            scope.spawn(move |scope| self.run_chain(successor as usize, Some(scope)))
+                        }
                         (Some(_), None) => unreachable!("a lone transaction has no successors"),
                     }
                 }
@@ -126,7 +133,8 @@ impl CallContext<'_> {
         match accesses.find(table, key) {
             Some(index) if accesses.entries()[index].mode == super::access::AccessMode::Write => Ok(index),
             Some(_) => {
-                let message = format!("write to key {key:?} of table {}, which was declared read-only", self.table_name(table));
+                let message =
+                    format!("write to key {key:?} of table {}, which was declared read-only", self.table_name(table));
                 Err(self.refuse(AbortKind::UndeclaredAccess, message))
             }
             None => {
@@ -176,7 +184,8 @@ extern "C" fn host_write(pointer: *mut c_void, table: u32, key: RawBytes, value:
     };
     let limit = context.tables[table as usize].value_bytes_max as usize;
     if value.len() > limit {
-        let message = format!("value of {} bytes for table {}, which allows {limit}", value.len(), context.table_name(table));
+        let message =
+            format!("value of {} bytes for table {}, which allows {limit}", value.len(), context.table_name(table));
         return context.refuse(AbortKind::ValueTooLarge, message);
     }
     match &mut context.writes[index] {
@@ -248,9 +257,10 @@ fn execute(transaction: &PreparedTransaction) -> Outcome {
         let status = plugin.run(step.function, &call);
         // A refusal by the host wins, even when the plugin ignored it and went on.
         let failure = context.failure.take().or(match status {
-            abi::STATUS_OK if current[0].len() > OUTPUT_BYTES_MAX => {
-                Some((AbortKind::ValueTooLarge, format!("step output of {} bytes exceeds {OUTPUT_BYTES_MAX}", current[0].len())))
-            }
+            abi::STATUS_OK if current[0].len() > OUTPUT_BYTES_MAX => Some((
+                AbortKind::ValueTooLarge,
+                format!("step output of {} bytes exceeds {OUTPUT_BYTES_MAX}", current[0].len()),
+            )),
             abi::STATUS_OK => None,
             abi::STATUS_ABORT | abi::STATUS_BAD_ARGUMENTS => Some((AbortKind::Logic, utf8_lossy(error))),
             abi::STATUS_PANIC => Some((AbortKind::PluginPanic, utf8_lossy(error))),

@@ -4,7 +4,8 @@
 //! An id is `Pending` from the moment its transaction enters an epoch until the epoch is
 //! durable; a retry arriving meanwhile waits for the same outcome. It is then `Done`,
 //! kept in memory for the most recent `capacity` ids; older ones are found in RocksDB's
-//! `results` column family, which holds every outcome durably.
+//! `results` column family. An id is only forgotten once its epoch is checkpointed, since
+//! before that its outcome is only in the epoch log, where lookups do not search.
 
 use super::Reply;
 use crate::model::{Outcome, RequestId};
@@ -28,13 +29,15 @@ pub enum Lookup {
 
 pub struct Ledger {
     entries: FxHashMap<RequestId, Entry>,
-    done_order: VecDeque<RequestId>,
+    /// Done ids in completion order, with the epoch that holds their outcome.
+    done_order: VecDeque<(RequestId, u64)>,
     capacity: usize,
+    checkpointed_epoch: u64,
 }
 
 impl Ledger {
     pub fn new(capacity: usize) -> Ledger {
-        Ledger { entries: FxHashMap::default(), done_order: VecDeque::new(), capacity }
+        Ledger { entries: FxHashMap::default(), done_order: VecDeque::new(), capacity, checkpointed_epoch: 0 }
     }
 
     pub fn lookup(&mut self, id: &RequestId, reply: Reply) -> Lookup {
@@ -54,20 +57,27 @@ impl Ledger {
         assert!(previous.is_none(), "a request id started while the ledger knew it");
     }
 
-    /// Records a durable outcome found in storage.
+    /// Records a durable outcome found in storage (so already checkpointed).
     pub fn remember(&mut self, id: RequestId, outcome: Outcome) {
         self.entries.insert(id.clone(), Entry::Done(outcome));
-        self.push_done(id);
+        self.push_done(id, 0);
     }
 
-    /// Completes a running id with its durable outcome; returns the replies that waited.
-    pub fn complete(&mut self, id: &RequestId, outcome: &Outcome) -> Vec<Reply> {
+    /// Completes a running id with its durable outcome, logged in `epoch`; returns the
+    /// replies that waited.
+    pub fn complete(&mut self, id: &RequestId, outcome: &Outcome, epoch: u64) -> Vec<Reply> {
         let waiters = match self.entries.insert(id.clone(), Entry::Done(outcome.clone())) {
             Some(Entry::Pending(waiters)) => waiters,
             _ => panic!("completed a request id that was not running"),
         };
-        self.push_done(id.clone());
+        self.push_done(id.clone(), epoch);
         waiters
+    }
+
+    /// Every epoch up to `epoch` is now in the `results` column family.
+    pub fn checkpointed(&mut self, epoch: u64) {
+        self.checkpointed_epoch = self.checkpointed_epoch.max(epoch);
+        self.evict();
     }
 
     /// Forgets a running id whose transaction could not be made durable; returns the
@@ -83,17 +93,24 @@ impl Ledger {
         }
     }
 
-    fn push_done(&mut self, id: RequestId) {
-        self.done_order.push_back(id);
+    fn push_done(&mut self, id: RequestId, epoch: u64) {
+        self.done_order.push_back((id, epoch));
+        self.evict();
+    }
+
+    fn evict(&mut self) {
         while self.done_order.len() > self.capacity {
-            let Some(oldest) = self.done_order.pop_front() else { break };
-            // Only evict finished entries; the outcome is durable in storage.
+            match self.done_order.front() {
+                Some((_, epoch)) if *epoch <= self.checkpointed_epoch => {}
+                _ => break,
+            }
+            let Some((oldest, _)) = self.done_order.pop_front() else { break };
+            // Only evict finished entries; a retry finds the outcome in storage.
             if matches!(self.entries.get(&oldest), Some(Entry::Done(_))) {
                 self.entries.remove(&oldest);
             }
         }
     }
-
 }
 
 #[cfg(test)]
@@ -124,7 +141,7 @@ mod tests {
         ledger.start(id(1));
         let (retry, mut retry_rx) = tokio::sync::oneshot::channel();
         assert!(matches!(ledger.lookup(&id(1), retry), Lookup::Joined));
-        for waiter in ledger.complete(&id(1), &outcome(1)) {
+        for waiter in ledger.complete(&id(1), &outcome(1), 1) {
             let _ = waiter.send(Ok(outcome(1)));
         }
         assert_eq!(retry_rx.try_recv().ok().and_then(Result::ok), Some(outcome(1)));
@@ -133,6 +150,20 @@ mod tests {
             Lookup::Done(found, _) => assert_eq!(found, outcome(1)),
             _ => panic!("completed id must be done"),
         }
+    }
+
+    #[test]
+    fn outcomes_are_kept_until_their_epoch_is_checkpointed() {
+        let mut ledger = Ledger::new(1);
+        for n in 1..4 {
+            ledger.start(id(n));
+            ledger.complete(&id(n), &outcome(n), u64::from(n));
+        }
+        assert_eq!(ledger.len(), 3, "nothing is checkpointed yet");
+        ledger.checkpointed(2);
+        assert_eq!(ledger.len(), 1, "ids of checkpointed epochs may go");
+        let (reply, _) = tokio::sync::oneshot::channel();
+        assert!(matches!(ledger.lookup(&id(3), reply), Lookup::Done(..)));
     }
 
     #[test]

@@ -24,7 +24,8 @@ pub struct TaskGraph {
 impl TaskGraph {
     /// The transactions that must wait for `transaction`.
     pub fn successors(&self, transaction: usize) -> &[u32] {
-        &self.successor_list[self.successor_offsets[transaction] as usize..self.successor_offsets[transaction + 1] as usize]
+        &self.successor_list
+            [self.successor_offsets[transaction] as usize..self.successor_offsets[transaction + 1] as usize]
     }
 
     /// Transactions with no predecessor: where execution starts.
@@ -202,9 +203,9 @@ mod tests {
         }
         for a in 0..n {
             for b in a + 1..n {
-                let conflict = transactions[a].iter().any(|&(ka, ma)| {
-                    transactions[b].iter().any(|&(kb, mb)| ka == kb && (ma == Write || mb == Write))
-                });
+                let conflict = transactions[a]
+                    .iter()
+                    .any(|&(ka, ma)| transactions[b].iter().any(|&(kb, mb)| ka == kb && (ma == Write || mb == Write)));
                 if conflict {
                     assert!(reach[a][b], "transactions {a} and {b} conflict but are not ordered");
                 }
