@@ -57,7 +57,8 @@ pub struct Node {
     storage: Arc<Storage>,
 }
 
-/// A cheap, thread-safe handle to a running node.
+/// A cheap, thread-safe handle to a running node. The node's RocksDB closes once the
+/// node has stopped and the last handle is dropped.
 #[derive(Clone)]
 pub struct NodeHandle {
     shared: Arc<Shared>,
@@ -251,9 +252,15 @@ impl NodeHandle {
     }
 
     fn rejected<T>(&self, rejection: Rejection) -> Result<T, Rejection> {
-        TransactionStats::count(&self.shared.stats.rejected, 1);
-        metrics::counter!(crate::metrics::REJECTED_TOTAL).increment(1);
+        self.count_rejections(1);
         Err(rejection)
+    }
+
+    /// Counts requests refused before they reached the node (for example malformed ones
+    /// the RPC edge turned away), in the status counter and the metric.
+    pub fn count_rejections(&self, count: u64) {
+        TransactionStats::count(&self.shared.stats.rejected, count);
+        metrics::counter!(crate::metrics::REJECTED_TOTAL).increment(count);
     }
 
     fn enqueue(

@@ -14,8 +14,9 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Largest plugin library accepted.
-pub const LIBRARY_BYTES_MAX: usize = 256 << 20;
+/// Largest plugin library accepted; as large as the default largest client message, so
+/// that a library the registry would take also fits in a `deployPlugin` call.
+pub const LIBRARY_BYTES_MAX: usize = 64 << 20;
 
 type Snapshot = FxHashMap<String, Arc<LoadedPlugin>>;
 

@@ -63,21 +63,21 @@ impl Drop for CallGuard {
     }
 }
 
-/// Counts refusals decided at the edge in the metric the node uses for its own (the node
-/// never sees these requests).
-fn count_edge_refusals(count: usize) {
-    metrics::counter!(crate::metrics::REJECTED_TOTAL).increment(count as u64);
+/// Counts refusals decided at the edge with the node's own (the node never sees these
+/// requests), so that the metric and `status` agree.
+fn count_edge_refusals(node: &NodeHandle, count: usize) {
+    node.count_rejections(count as u64);
 }
 
 /// The refusal for calls that arrive while the server is stopping.
-fn shutting_down() -> Refusal {
-    count_edge_refusals(1);
+fn shutting_down(node: &NodeHandle) -> Refusal {
+    count_edge_refusals(node, 1);
     Rejection::ShuttingDown.into()
 }
 
 /// Decodes one invocation and submits it; refusals from either step come back at once.
 fn submit(node: &NodeHandle, request: invocation::Reader<'_>) -> Result<Pending<Completed>, Refusal> {
-    let invocation = convert::read_invocation(request).inspect_err(|_| count_edge_refusals(1))?;
+    let invocation = convert::read_invocation(request).inspect_err(|_| count_edge_refusals(node, 1))?;
     Ok(node.submit(invocation)?)
 }
 
@@ -86,7 +86,7 @@ fn submit_read(
     node: &NodeHandle,
     request: leasehold::read_key_params::Reader<'_>,
 ) -> Result<Pending<Option<Vec<u8>>>, Refusal> {
-    let (plugin, table, key) = read_key_request(request).inspect_err(|_| count_edge_refusals(1))?;
+    let (plugin, table, key) = read_key_request(request).inspect_err(|_| count_edge_refusals(node, 1))?;
     Ok(node.read_key(plugin, table, key)?)
 }
 
@@ -178,7 +178,7 @@ impl leasehold::Server for LeaseholdService {
                 drop(params);
                 completion(submitted).await
             }
-            None => Err(shutting_down()),
+            None => Err(shutting_down(&self.node)),
         };
         convert::write_result(results.get().init_result(), &result);
         Ok(())
@@ -190,14 +190,14 @@ impl leasehold::Server for LeaseholdService {
         mut results: leasehold::InvokeManyResults,
     ) -> Result<(), capnp::Error> {
         let Some(_call) = self.calls.begin() else {
-            convert::write_refusal(results.get().init_result().init_rejected(), &shutting_down());
+            convert::write_refusal(results.get().init_result().init_rejected(), &shutting_down(&self.node));
             return Ok(());
         };
         let requests = params.get()?.get_requests()?;
         let count = requests.len();
         if count as usize > self.invocations_per_message_max {
             let refusal = Refusal::TooManyInvocations { count: count as usize, max: self.invocations_per_message_max };
-            count_edge_refusals(count as usize);
+            count_edge_refusals(&self.node, count as usize);
             convert::write_refusal(results.get().init_result().init_rejected(), &refusal);
             return Ok(());
         }
@@ -224,7 +224,7 @@ impl leasehold::Server for LeaseholdService {
                 drop(params);
                 read_value(submitted).await
             }
-            None => Err(shutting_down()),
+            None => Err(shutting_down(&self.node)),
         };
         convert::write_read_result(results.get().init_result(), &result);
         Ok(())

@@ -4,7 +4,7 @@
 //! with [`export_plugin!`]. The engine loads it at run time through the C ABI in [`abi`];
 //! this crate hides that ABI behind a small safe Rust layer:
 //!
-//! ```ignore
+//! ```no_run
 //! use leasehold_sdk::prelude::*;
 //!
 //! const ACCOUNTS: Table = Table(0);

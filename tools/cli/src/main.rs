@@ -181,11 +181,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 InvokeResult::Aborted { timestamp, kind, message } => Err(Failure {
                     code: 3,
                     message: format!(
-                        "aborted at {}.{}.{} ({kind:?}): {message}",
+                        "aborted at {}.{}.{} ({kind}): {message}",
                         timestamp.epoch, timestamp.node, timestamp.sequence
                     ),
                 }),
-                InvokeResult::Rejected { kind, message } => Err(Failure { code: 1, message: format!("rejected ({kind:?}): {message}") }),
+                InvokeResult::Rejected { kind, message } => Err(Failure { code: 1, message: format!("rejected ({kind}): {message}") }),
             }
         }
         Command::Read { plugin, table, key } => {
@@ -221,6 +221,11 @@ fn parse_key(key: &str) -> Result<Vec<u8>, Failure> {
         return Ok(number.to_be_bytes().to_vec());
     }
     if let Some(hex) = key.strip_prefix("hex:") {
+        // Checked first: slicing below assumes one byte per digit (a multi-byte character
+        // would make it panic), and from_str_radix would accept a sign.
+        if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("{hex:?} is not hexadecimal").into());
+        }
         if hex.len() % 2 != 0 {
             return Err(format!("hex key {hex:?} has an odd number of digits").into());
         }
