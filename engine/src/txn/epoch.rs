@@ -13,6 +13,7 @@ use super::ledger::{Ledger, Lookup};
 use super::tpg::GraphBuilder;
 use super::{PreparedTransaction, Submission, TransactionStats};
 use crate::model::{NodeId, Rejection, Timestamp};
+use crate::storage::slots::SlotPointer;
 use crate::storage::{data_key_into, EpochRecord, Slot, SlotStore, Storage};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
@@ -238,44 +239,49 @@ impl EpochDriver {
         epoch: u64,
         runnable: Vec<Submission>,
     ) -> Result<Vec<(PreparedTransaction, super::Reply)>, (Rejection, Vec<Submission>)> {
+        // One pass resolves resident keys; misses are remembered by position, loaded in
+        // one batched read, and filled in afterwards.
         let mut key = Vec::new();
-        let mut missing: Vec<Vec<u8>> = Vec::new();
-        for submission in &runnable {
+        let mut resolved: Vec<Vec<Option<(u32, SlotPointer)>>> = Vec::with_capacity(runnable.len());
+        let mut missing: Vec<(Vec<u8>, usize, usize)> = Vec::new();
+        for (position, submission) in runnable.iter().enumerate() {
             let transaction = &submission.transaction;
-            for entry in transaction.accesses.entries() {
-                let table_id = transaction.plugin.tables[entry.table as usize].table_id;
-                data_key_into(&mut key, table_id, transaction.accesses.key(entry));
-                if self.slots.lookup(&key).is_none() {
-                    missing.push(key.clone());
-                }
-            }
-        }
-        if !missing.is_empty() {
-            missing.sort_unstable();
-            missing.dedup();
-            let keys: Vec<&[u8]> = missing.iter().map(Vec::as_slice).collect();
-            match self.storage.read_values(&keys) {
-                Ok(values) => {
-                    for (storage_key, value) in missing.iter().zip(values) {
-                        self.slots.insert(storage_key, value);
-                    }
-                }
-                Err(error) => return Err((Rejection::Storage(error.to_string()), runnable)),
-            }
-        }
-        let mut prepared = Vec::with_capacity(runnable.len());
-        for (sequence, submission) in runnable.into_iter().enumerate() {
-            let Submission { transaction, reply } = submission;
             let slots = transaction
                 .accesses
                 .entries()
                 .iter()
-                .map(|entry| {
+                .enumerate()
+                .map(|(index, entry)| {
                     let table_id = transaction.plugin.tables[entry.table as usize].table_id;
                     data_key_into(&mut key, table_id, transaction.accesses.key(entry));
-                    self.slots.lookup(&key).expect("every key was made resident above")
+                    let found = self.slots.lookup(&key);
+                    if found.is_none() {
+                        missing.push((key.clone(), position, index));
+                    }
+                    found
                 })
                 .collect();
+            resolved.push(slots);
+        }
+        if !missing.is_empty() {
+            let mut unique: Vec<&[u8]> = missing.iter().map(|(key, _, _)| key.as_slice()).collect();
+            unique.sort_unstable();
+            unique.dedup();
+            let values = match self.storage.read_values(&unique) {
+                Ok(values) => values,
+                Err(error) => return Err((Rejection::Storage(error.to_string()), runnable)),
+            };
+            for (storage_key, value) in unique.iter().zip(values) {
+                self.slots.insert(storage_key, value);
+            }
+            for (storage_key, position, index) in &missing {
+                resolved[*position][*index] = self.slots.lookup(storage_key);
+            }
+        }
+        let mut prepared = Vec::with_capacity(runnable.len());
+        for (sequence, (submission, slots)) in runnable.into_iter().zip(resolved).enumerate() {
+            let Submission { transaction, reply } = submission;
+            let slots = slots.into_iter().map(|slot| slot.expect("every key was made resident above")).collect();
             let timestamp = Timestamp { epoch, node: self.node, sequence: sequence as u32 };
             prepared.push((PreparedTransaction { planned: transaction, timestamp, slots }, reply));
         }
