@@ -64,6 +64,9 @@ pub struct Config {
     /// Completed request ids kept in memory for fast retries (older ones are read from
     /// RocksDB).
     pub recent_results_max: usize,
+    /// How long a request id's outcome is kept for retries (a retry after that may run
+    /// the request again).
+    pub request_id_retention_hours: u64,
 }
 
 impl Default for Config {
@@ -84,6 +87,7 @@ impl Default for Config {
             access_set_keys_max: 200_000,
             key_bytes_max: 1024,
             recent_results_max: 1_000_000,
+            request_id_retention_hours: 7 * 24,
         }
     }
 }
@@ -117,6 +121,7 @@ impl Config {
             ("access_set_keys_max", self.access_set_keys_max),
             ("key_bytes_max", self.key_bytes_max),
             ("checkpoint_interval_ms", self.checkpoint_interval_ms as usize),
+            ("request_id_retention_hours", self.request_id_retention_hours as usize),
         ];
         for (name, value) in positive {
             if value == 0 {

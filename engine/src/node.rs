@@ -7,7 +7,7 @@ use crate::model::{
     Arguments, Invocation, NodeStatus, Outcome, PluginInfo, Rejection, RequestId, REQUEST_ID_BYTES_MAX,
 };
 use crate::plugin::{AccessLimits, LoadedPlugin, PluginError, PluginRegistry};
-use crate::storage::{SlotStore, Storage, StorageError};
+use crate::storage::{SlotStore, Storage, StorageError, StorageOptions};
 use crate::txn::access::{AccessMode, AccessSet};
 use crate::txn::commit::{Checkpointer, Committer};
 use crate::txn::epoch::{DriverMessage, EpochDriver};
@@ -121,7 +121,10 @@ impl Node {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| NodeError::DataDirectory { path: config.data_dir.clone(), source })?;
-        let storage = Arc::new(Storage::open(&config.data_dir.join("rocksdb"))?);
+        let storage_options = StorageOptions {
+            result_retention: Duration::from_secs(config.request_id_retention_hours.saturating_mul(3600)),
+        };
+        let storage = Arc::new(Storage::open_with(&config.data_dir.join("rocksdb"), storage_options)?);
         let registry = PluginRegistry::open(config.data_dir.join("plugins"), storage.clone())?;
         let durable_epoch = storage.durable_epoch()?;
         let stats = Arc::new(TransactionStats::default());

@@ -61,6 +61,25 @@ pub fn decode_outcome(bytes: &[u8]) -> Option<Outcome> {
     }
 }
 
+/// Encodes an outcome as stored under its request id: the wall-clock second it was
+/// recorded (for retention), then the outcome.
+pub fn encode_stored_result_into(out: &mut Vec<u8>, outcome: &Outcome, recorded_at_unix_seconds: u64) {
+    let mut encoded = Vec::new();
+    encode_outcome_into(&mut encoded, outcome);
+    out.clear();
+    out.extend_from_slice(&recorded_at_unix_seconds.to_be_bytes());
+    out.extend_from_slice(&encoded);
+}
+
+/// The recording time of a stored result, without decoding the outcome.
+pub fn stored_result_recorded_at(bytes: &[u8]) -> Option<u64> {
+    decode_u64(bytes.get(..8)?)
+}
+
+pub fn decode_stored_result(bytes: &[u8]) -> Option<Outcome> {
+    decode_outcome(bytes.get(8..)?)
+}
+
 const LOG_VALUE: u8 = 0;
 const LOG_DELETED: u8 = 1;
 const LOG_RESULT: u8 = 2;
@@ -176,6 +195,16 @@ mod tests {
             encode_outcome_into(&mut buffer, &outcome);
             assert_eq!(decode_outcome(&buffer), Some(outcome));
         }
+    }
+
+    #[test]
+    fn stored_results_carry_their_recording_time() {
+        let outcome = Outcome::Committed { timestamp: Timestamp { epoch: 1, node: 0, sequence: 2 }, output: vec![7] };
+        let mut buffer = Vec::new();
+        encode_stored_result_into(&mut buffer, &outcome, 1_700_000_000);
+        assert_eq!(stored_result_recorded_at(&buffer), Some(1_700_000_000));
+        assert_eq!(decode_stored_result(&buffer), Some(outcome));
+        assert_eq!(decode_stored_result(&buffer[..5]), None);
     }
 
     #[test]

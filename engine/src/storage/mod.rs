@@ -70,9 +70,10 @@ impl EpochRecord {
         codec::encode_log_value(&mut self.bytes, storage_key, value);
     }
 
-    /// Records a request's outcome.
+    /// Records a request's outcome, stamped with the current wall-clock second (results
+    /// are kept for the configured retention after it).
     pub fn stage_result(&mut self, id: &RequestId, outcome: &Outcome, scratch: &mut Vec<u8>) {
-        codec::encode_outcome_into(scratch, outcome);
+        codec::encode_stored_result_into(scratch, outcome, unix_seconds_now());
         codec::encode_log_result(&mut self.bytes, &id.0, scratch);
     }
 
@@ -86,6 +87,24 @@ impl EpochRecord {
     }
 }
 
+fn unix_seconds_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs())
+}
+
+/// Tunables of the storage layer.
+#[derive(Clone, Copy, Debug)]
+pub struct StorageOptions {
+    /// How long the outcome of a request id is kept for retries. Older outcomes are
+    /// dropped when RocksDB compacts them, so a retry after this may run again.
+    pub result_retention: std::time::Duration,
+}
+
+impl Default for StorageOptions {
+    fn default() -> StorageOptions {
+        StorageOptions { result_retention: std::time::Duration::from_secs(7 * 24 * 3600) }
+    }
+}
+
 /// Builds the storage key of `key` in table `table_id`, reusing `buffer`.
 pub fn data_key_into(buffer: &mut Vec<u8>, table_id: u32, key: &[u8]) {
     buffer.clear();
@@ -94,8 +113,13 @@ pub fn data_key_into(buffer: &mut Vec<u8>, table_id: u32, key: &[u8]) {
 }
 
 impl Storage {
-    /// Opens (creating if needed) the database under `path`.
+    /// Opens (creating if needed) the database under `path` with default options.
     pub fn open(path: &Path) -> Result<Storage, StorageError> {
+        Storage::open_with(path, StorageOptions::default())
+    }
+
+    /// Opens (creating if needed) the database under `path`.
+    pub fn open_with(path: &Path, storage_options: StorageOptions) -> Result<Storage, StorageError> {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
@@ -115,7 +139,18 @@ impl Storage {
         data_options.set_memtable_whole_key_filtering(true);
         data_options.set_memtable_prefix_bloom_ratio(0.05);
         let mut results_options = data_options.clone();
-        results_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let retention_seconds = storage_options.result_retention.as_secs();
+        // Expired outcomes are dropped as compaction passes over them; a value that does
+        // not even carry its time is kept, for an operator to look at.
+        results_options.set_compaction_filter(
+            "leasehold-result-retention",
+            move |_level: u32, _key: &[u8], value: &[u8]| match codec::stored_result_recorded_at(value) {
+                Some(recorded) if recorded.saturating_add(retention_seconds) < unix_seconds_now() => {
+                    rocksdb::CompactionDecision::Remove
+                }
+                _ => rocksdb::CompactionDecision::Keep,
+            },
+        );
         let families = vec![
             ColumnFamilyDescriptor::new(CF_LOG, Options::default()),
             ColumnFamilyDescriptor::new(CF_DATA, data_options),
@@ -177,9 +212,9 @@ impl Storage {
             .into_iter()
             .map(|result| match result? {
                 None => Ok(None),
-                Some(bytes) => {
-                    codec::decode_outcome(&bytes).map(Some).ok_or(StorageError::Corrupt { what: "request result" })
-                }
+                Some(bytes) => codec::decode_stored_result(&bytes)
+                    .map(Some)
+                    .ok_or(StorageError::Corrupt { what: "request result" }),
             })
             .collect()
     }
@@ -349,6 +384,24 @@ mod tests {
         let storage = Storage::open(directory.path()).expect("open");
         let record = EpochRecord { epoch: 1, bytes: vec![9, 9, 9] };
         assert!(matches!(storage.checkpoint(&[record], false), Err(StorageError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn outcomes_past_their_retention_are_dropped_by_compaction() {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let options = StorageOptions { result_retention: std::time::Duration::ZERO };
+        let storage = Storage::open_with(directory.path(), options).expect("open");
+        let id = RequestId(b"old".to_vec().into());
+        let mut record = EpochRecord::new(1);
+        record.stage_result(&id, &outcome(1), &mut Vec::new());
+        storage.write_epoch(&record, false).expect("write");
+        storage.checkpoint(std::slice::from_ref(&record), false).expect("checkpoint");
+        assert_eq!(storage.read_results(&[&id]).expect("read"), vec![Some(outcome(1))], "kept until compaction");
+        // Recorded "now" with zero retention: expired once the clock moves past it.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        storage.db.flush_cf(storage.cf(CF_RESULTS)).expect("flush");
+        storage.db.compact_range_cf(storage.cf(CF_RESULTS), None::<&[u8]>, None::<&[u8]>);
+        assert_eq!(storage.read_results(&[&id]).expect("read"), vec![None], "expired outcome dropped");
     }
 
     #[test]

@@ -1,0 +1,451 @@
+//! The tcp fabric: for hosts without RDMA. Each node runs a small responder that performs
+//! operations on its registered regions for its peers; the client side sends each
+//! operation batch as one frame and waits for its response ([`wire`] has the format).
+//!
+//! One connection per ordered pair of nodes, opened on first use and reopened after a
+//! failure; threads of a node that address the same peer share it (one batch in flight at
+//! a time, a batch pipelines its operations). The responder runs one thread per accepted
+//! connection and performs a connection's batches in arrival order with the same
+//! [`RegionMemory`](super::memory::RegionMemory) operations as the owner, so the memory
+//! model holds: a client's WRITE has taken effect before its next operation is sent.
+//!
+//! Frames from the network are untrusted: the responder checks sizes before allocating,
+//! parses strictly, and closes a connection that sends a malformed frame.
+
+mod wire;
+
+use super::{check_batch_limits, Fabric, FabricError, LocalRegion, NodeId, Operation, RegionId, RemoteRegion};
+use crate::fabric::memory::{check_range, check_word, RegionMemory};
+use parking_lot::{Mutex, RwLock};
+use rustc_hash::FxHashMap;
+use std::io::{BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use wire::BatchFailure;
+
+/// How long a client waits to connect to a peer's responder.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a client waits for one response before it declares the peer unreachable.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The tcp backend of one node: its responder and its connections to peers.
+pub struct TcpFabric {
+    node: NodeId,
+    local_address: SocketAddr,
+    shared: Arc<ResponderShared>,
+    peers: RwLock<FxHashMap<NodeId, Arc<PeerConnection>>>,
+}
+
+/// What the responder threads share with the fabric.
+struct ResponderShared {
+    node: NodeId,
+    regions: RwLock<FxHashMap<RegionId, Arc<LocalRegion>>>,
+    shutting_down: AtomicBool,
+    /// Accepted connections, so that dropping the fabric can close them.
+    connections: Mutex<FxHashMap<u64, TcpStream>>,
+    next_connection_id: AtomicU64,
+}
+
+impl TcpFabric {
+    /// Starts node `node`'s responder on `listen` (port 0 picks a free port; see
+    /// [`TcpFabric::local_address`]). Peers are added with [`TcpFabric::add_peer`].
+    pub fn start(node: NodeId, listen: SocketAddr) -> Result<Arc<TcpFabric>, FabricError> {
+        let listener = TcpListener::bind(listen).map_err(|error| FabricError::io(format!("bind {listen}"), error))?;
+        let local_address =
+            listener.local_addr().map_err(|error| FabricError::io("read the responder's address", error))?;
+        let shared = Arc::new(ResponderShared {
+            node,
+            regions: RwLock::new(FxHashMap::default()),
+            shutting_down: AtomicBool::new(false),
+            connections: Mutex::new(FxHashMap::default()),
+            next_connection_id: AtomicU64::new(0),
+        });
+        let acceptor_shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name(format!("fabric-tcp-accept-{node}"))
+            .spawn(move || accept_connections(listener, acceptor_shared))
+            .map_err(|error| FabricError::io("start the fabric responder", error))?;
+        Ok(Arc::new(TcpFabric { node, local_address, shared, peers: RwLock::new(FxHashMap::default()) }))
+    }
+
+    /// The address the responder listens on.
+    pub fn local_address(&self) -> SocketAddr {
+        self.local_address
+    }
+
+    /// Makes `node` reachable at `address` (replacing an earlier address; handles opened
+    /// before keep the old connection).
+    pub fn add_peer(&self, node: NodeId, address: SocketAddr) {
+        let connection = Arc::new(PeerConnection { from_node: self.node, node, address, stream: Mutex::new(None) });
+        self.peers.write().insert(node, connection);
+    }
+}
+
+impl Fabric for TcpFabric {
+    fn node_id(&self) -> NodeId {
+        self.node
+    }
+
+    fn backend_name(&self) -> &'static str {
+        "tcp"
+    }
+
+    fn register_region(&self, region: RegionId, size_bytes: u64) -> Result<Arc<LocalRegion>, FabricError> {
+        let mut regions = self.shared.regions.write();
+        if regions.contains_key(&region) {
+            return Err(FabricError::RegionExists { region });
+        }
+        let local = Arc::new(LocalRegion::new(self.node, region, RegionMemory::zeroed_heap(size_bytes)?));
+        regions.insert(region, Arc::clone(&local));
+        Ok(local)
+    }
+
+    fn deregister_region(&self, region: RegionId) -> Result<(), FabricError> {
+        match self.shared.regions.write().remove(&region) {
+            Some(_) => Ok(()),
+            None => Err(FabricError::UnknownRegion { node: self.node, region }),
+        }
+    }
+
+    fn open_remote(&self, node: NodeId, region: RegionId) -> Result<Arc<dyn RemoteRegion>, FabricError> {
+        if node == self.node {
+            return match self.shared.regions.read().get(&region) {
+                Some(local) => Ok(Arc::clone(local) as Arc<dyn RemoteRegion>),
+                None => Err(FabricError::UnknownRegion { node, region }),
+            };
+        }
+        let connection = self.peers.read().get(&node).cloned().ok_or(FabricError::UnknownPeer { node })?;
+        let size_bytes = connection.round_trip(
+            |frame| wire::encode_describe(frame, region),
+            |body| wire::decode_describe_response(body),
+        )?;
+        match size_bytes {
+            Some(size_bytes) => Ok(Arc::new(TcpRemoteRegion { region, size_bytes, connection })),
+            None => Err(FabricError::UnknownRegion { node, region }),
+        }
+    }
+}
+
+impl Drop for TcpFabric {
+    fn drop(&mut self) {
+        self.shared.shutting_down.store(true, Ordering::SeqCst);
+        // Wake the acceptor, which then sees the flag and stops listening.
+        let _ = TcpStream::connect_timeout(&self.local_address, CONNECT_TIMEOUT);
+        for (_, stream) in self.shared.connections.lock().drain() {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// A connection from this node to one peer's responder.
+struct PeerConnection {
+    from_node: NodeId,
+    node: NodeId,
+    address: SocketAddr,
+    stream: Mutex<Option<ConnectedStream>>,
+}
+
+struct ConnectedStream {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    /// Frame buffers kept between requests, so a request allocates nothing.
+    request: Vec<u8>,
+    response: Vec<u8>,
+}
+
+/// Why a round trip failed: the peer went away, or it answered nonsense.
+enum RoundTripError {
+    Unreachable(String),
+    Protocol(String),
+}
+
+impl PeerConnection {
+    fn unreachable(&self, reason: String) -> FabricError {
+        FabricError::PeerUnreachable { node: self.node, reason }
+    }
+
+    fn connect(&self) -> Result<ConnectedStream, FabricError> {
+        let stream = TcpStream::connect_timeout(&self.address, CONNECT_TIMEOUT)
+            .map_err(|error| self.unreachable(format!("connect to {}: {error}", self.address)))?;
+        let configure = |stream: &TcpStream| -> std::io::Result<()> {
+            stream.set_nodelay(true)?;
+            stream.set_read_timeout(Some(RESPONSE_TIMEOUT))?;
+            stream.set_write_timeout(Some(RESPONSE_TIMEOUT))
+        };
+        configure(&stream).map_err(|error| self.unreachable(format!("configure the connection: {error}")))?;
+        let mut writer = stream.try_clone().map_err(|error| self.unreachable(format!("clone the socket: {error}")))?;
+        let mut reader = BufReader::new(stream);
+        writer
+            .write_all(&wire::encode_hello(self.from_node, self.node))
+            .map_err(|error| self.unreachable(format!("send hello: {error}")))?;
+        let mut welcome = [0u8; wire::WELCOME_BYTES];
+        reader.read_exact(&mut welcome).map_err(|error| self.unreachable(format!("read welcome: {error}")))?;
+        wire::decode_welcome(&welcome, self.node)
+            .map_err(|reason| FabricError::Protocol { node: self.node, reason: format!("{}: {reason}", self.address) })?;
+        Ok(ConnectedStream { reader, writer, request: Vec::new(), response: Vec::new() })
+    }
+
+    /// Sends one request frame (built by `encode`) and decodes its response (with
+    /// `decode`), connecting first if needed. A failed connection is dropped, so the next
+    /// call reconnects.
+    fn round_trip<T>(
+        &self,
+        encode: impl FnOnce(&mut Vec<u8>),
+        decode: impl FnOnce(&[u8]) -> Result<T, String>,
+    ) -> Result<T, FabricError> {
+        let mut guard = self.stream.lock();
+        if guard.is_none() {
+            *guard = Some(self.connect()?);
+        }
+        let connected = guard.as_mut().expect("connected just above");
+        let outcome = Self::exchange(connected, encode).and_then(|()| {
+            decode(&connected.response).map_err(|reason| RoundTripError::Protocol(reason))
+        });
+        match outcome {
+            Ok(value) => Ok(value),
+            Err(error) => {
+                // The stream's state is unknown after a failure: start afresh next time.
+                *guard = None;
+                Err(match error {
+                    RoundTripError::Unreachable(reason) => self.unreachable(reason),
+                    RoundTripError::Protocol(reason) => FabricError::Protocol { node: self.node, reason },
+                })
+            }
+        }
+    }
+
+    fn exchange(connected: &mut ConnectedStream, encode: impl FnOnce(&mut Vec<u8>)) -> Result<(), RoundTripError> {
+        connected.request.clear();
+        encode(&mut connected.request);
+        connected
+            .writer
+            .write_all(&connected.request)
+            .map_err(|error| RoundTripError::Unreachable(format!("send request: {error}")))?;
+        let mut length = [0u8; 4];
+        connected
+            .reader
+            .read_exact(&mut length)
+            .map_err(|error| RoundTripError::Unreachable(format!("read response: {error}")))?;
+        let length = u32::from_le_bytes(length) as usize;
+        if length > wire::RESPONSE_BODY_BYTES_MAX {
+            return Err(RoundTripError::Protocol(format!("a response of {length} bytes exceeds the frame limit")));
+        }
+        connected.response.resize(length, 0);
+        connected
+            .reader
+            .read_exact(&mut connected.response)
+            .map_err(|error| RoundTripError::Unreachable(format!("read response: {error}")))
+    }
+}
+
+/// A peer's region reached through its responder.
+struct TcpRemoteRegion {
+    region: RegionId,
+    size_bytes: u64,
+    connection: Arc<PeerConnection>,
+}
+
+impl RemoteRegion for TcpRemoteRegion {
+    fn node(&self) -> NodeId {
+        self.connection.node
+    }
+
+    fn region(&self) -> RegionId {
+        self.region
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    fn execute(&self, operations: &mut [Operation<'_>]) -> Result<(), FabricError> {
+        check_batch_limits(operations)?;
+        if operations.is_empty() {
+            return Ok(());
+        }
+        // Addressing errors are found here without a round trip; the responder checks
+        // again. Operations before the first bad one still run, as the batch rule says.
+        let valid_prefix = operations.iter().position(|operation| self.check(operation).is_err());
+        let (sent, invalid) = match valid_prefix {
+            Some(index) => operations.split_at_mut(index),
+            None => (operations, &mut [][..]),
+        };
+        if !sent.is_empty() {
+            let failure = self.connection.round_trip(
+                |frame| wire::encode_batch(frame, self.region, sent),
+                |body| wire::decode_batch_response(body, sent),
+            )?;
+            match failure {
+                None => {}
+                Some(BatchFailure::UnknownRegion) => {
+                    return Err(FabricError::UnknownRegion { node: self.node(), region: self.region })
+                }
+                Some(BatchFailure::Access(error)) => return Err(error.at(self.node(), self.region)),
+                Some(BatchFailure::BadRequest) => {
+                    return Err(FabricError::Protocol {
+                        node: self.node(),
+                        reason: "the responder refused our request as malformed".to_string(),
+                    })
+                }
+            }
+        }
+        match invalid.first() {
+            Some(operation) => Err(self.check(operation).expect_err("found invalid above")),
+            None => Ok(()),
+        }
+    }
+}
+
+impl TcpRemoteRegion {
+    fn check(&self, operation: &Operation<'_>) -> Result<(), FabricError> {
+        let checked = match operation {
+            Operation::Read { .. } | Operation::Write { .. } => {
+                check_range(operation.offset(), operation.length_bytes(), self.size_bytes)
+            }
+            Operation::CompareAndSwap { .. } | Operation::FetchAdd { .. } => {
+                check_word(operation.offset(), self.size_bytes)
+            }
+        };
+        checked.map_err(|error| error.at(self.node(), self.region))
+    }
+}
+
+fn accept_connections(listener: TcpListener, shared: Arc<ResponderShared>) {
+    for stream in listener.incoming() {
+        if shared.shutting_down.load(Ordering::SeqCst) {
+            return;
+        }
+        let stream = match stream {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "fabric responder: accept failed");
+                continue;
+            }
+        };
+        let connection_id = shared.next_connection_id.fetch_add(1, Ordering::Relaxed);
+        if let Ok(tracked) = stream.try_clone() {
+            shared.connections.lock().insert(connection_id, tracked);
+        }
+        let connection_shared = Arc::clone(&shared);
+        let spawned = std::thread::Builder::new().name(format!("fabric-tcp-respond-{}", shared.node)).spawn(
+            move || {
+                if let Err(error) = respond(stream, &connection_shared) {
+                    tracing::debug!(%error, "fabric responder: connection closed");
+                }
+                connection_shared.connections.lock().remove(&connection_id);
+            },
+        );
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "fabric responder: cannot start a connection thread");
+            shared.connections.lock().remove(&connection_id);
+        }
+    }
+}
+
+/// Serves one client connection until it closes or misbehaves.
+fn respond(stream: TcpStream, shared: &ResponderShared) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    let mut hello = [0u8; wire::HELLO_BYTES];
+    reader.read_exact(&mut hello)?;
+    let accepted = wire::decode_hello(&hello).is_ok_and(|to_node| to_node == shared.node);
+    writer.write_all(&wire::encode_welcome(accepted, shared.node))?;
+    if !accepted {
+        return Ok(());
+    }
+    let mut body = Vec::new();
+    let mut response = Vec::new();
+    loop {
+        let mut length = [0u8; 4];
+        match reader.read_exact(&mut length) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(error) => return Err(error),
+        }
+        let length = u32::from_le_bytes(length) as usize;
+        response.clear();
+        response.extend_from_slice(&[0u8; 4]);
+        let well_formed = length <= wire::REQUEST_BODY_BYTES_MAX && {
+            body.resize(length, 0);
+            reader.read_exact(&mut body)?;
+            perform(shared, &body, &mut response)
+        };
+        if !well_formed {
+            response.truncate(4);
+            response.extend_from_slice(&[wire::STATUS_BAD_REQUEST, 0, 0]);
+        }
+        let body_bytes = (response.len() - 4) as u32;
+        response[..4].copy_from_slice(&body_bytes.to_le_bytes());
+        writer.write_all(&response)?;
+        if !well_formed {
+            return Ok(());
+        }
+    }
+}
+
+/// Performs one request and appends the response body; false if the request was
+/// malformed.
+fn perform(shared: &ResponderShared, body: &[u8], response: &mut Vec<u8>) -> bool {
+    let request = match wire::parse_request(body) {
+        Ok(request) => request,
+        Err(reason) => {
+            tracing::debug!(%reason, "fabric responder: malformed request");
+            return false;
+        }
+    };
+    match request {
+        wire::Request::Describe { region } => match shared.regions.read().get(&region) {
+            Some(local) => {
+                response.push(wire::STATUS_OK);
+                response.extend_from_slice(&local.memory().size_bytes().to_le_bytes());
+            }
+            None => response.push(wire::STATUS_UNKNOWN_REGION),
+        },
+        wire::Request::Batch { region, operations } => {
+            let Some(local) = shared.regions.read().get(&region).cloned() else {
+                response.extend_from_slice(&[wire::STATUS_UNKNOWN_REGION, 0, 0]);
+                return true;
+            };
+            let status_index = response.len();
+            response.extend_from_slice(&[wire::STATUS_OK, 0, 0]);
+            let mut completed: u16 = 0;
+            let mut failure = None;
+            for operation in operations {
+                let memory = local.memory();
+                let performed = match operation {
+                    wire::WireOperation::Read { offset, length } => {
+                        let start = response.len();
+                        response.resize(start + length as usize, 0);
+                        let read = memory.read(offset, &mut response[start..]);
+                        if read.is_err() {
+                            response.truncate(start);
+                        }
+                        read
+                    }
+                    wire::WireOperation::Write { offset, bytes } => memory.write(offset, bytes),
+                    wire::WireOperation::CompareAndSwap { offset, expected, new } => memory
+                        .compare_and_swap(offset, expected, new)
+                        .map(|previous| response.extend_from_slice(&previous.to_le_bytes())),
+                    wire::WireOperation::FetchAdd { offset, delta } => memory
+                        .fetch_add(offset, delta)
+                        .map(|previous| response.extend_from_slice(&previous.to_le_bytes())),
+                };
+                match performed {
+                    Ok(()) => completed += 1,
+                    Err(error) => {
+                        failure = Some(error);
+                        break;
+                    }
+                }
+            }
+            if let Some(error) = failure {
+                response[status_index] = wire::encode_access_error(response, error);
+            }
+            response[status_index + 1..status_index + 3].copy_from_slice(&completed.to_le_bytes());
+        }
+    }
+    true
+}
