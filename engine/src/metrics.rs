@@ -1,5 +1,5 @@
-//! Metric names and the Prometheus endpoint. Metrics are recorded per epoch, not per
-//! transaction, to keep the hot path free of them.
+//! Observability: metric names, the Prometheus endpoint, and log setup. Metrics are
+//! recorded per epoch, not per transaction, to keep the hot path free of them.
 
 use std::net::SocketAddr;
 
@@ -43,4 +43,12 @@ fn describe() {
     metrics::describe_histogram!(GROUP_COMMIT_EPOCHS, "Epochs made durable by one group commit.");
     metrics::describe_histogram!(CHECKPOINT_SECONDS, "Time to fold logged epochs into the tables.");
     metrics::describe_counter!(PLUGIN_DEPLOYS_TOTAL, "Plugin deploys that succeeded.");
+}
+
+/// Sends `tracing` logs to stderr, filtered by `RUST_LOG` or else by `default_filter`
+/// (for example `"info"`). For the engine's binaries; a library user sets up their own.
+pub fn init_logging(default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
