@@ -105,7 +105,8 @@ pub fn total(address: SocketAddr, config: &BenchConfig) -> Result<i64, BenchErro
     for invocation in workload::total_invocations(config.workload, config.keys) {
         match client.invoke(invocation)? {
             InvokeResult::Committed { output, .. } => {
-                sum += workload::decode_total(config.workload, &output).ok_or_else(|| BenchError::Load("undecodable total".into()))?;
+                sum += workload::decode_total(config.workload, &output)
+                    .ok_or_else(|| BenchError::Load("undecodable total".into()))?;
             }
             other => return Err(BenchError::Load(format!("{other:?}"))),
         }
@@ -126,7 +127,8 @@ pub fn run(address: SocketAddr, config: &BenchConfig, progress: impl Fn(&str)) -
     ));
     // Distinct request ids per run, so a rerun against the same node is not answered
     // from the previous run's results.
-    let run_id = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    let run_id =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
     let start = Instant::now() + Duration::from_millis(100);
     let measure_from = start + config.warmup;
     let stop_at = measure_from + config.duration;
@@ -180,7 +182,14 @@ fn run_client(
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
         let connection = Rc::new(Client::connect(address).await?);
-        let generator = Rc::new(RefCell::new(Generator::new(config.workload, config.keys, config.theta, config.seed, client, run_id)));
+        let generator = Rc::new(RefCell::new(Generator::new(
+            config.workload,
+            config.keys,
+            config.theta,
+            config.seed,
+            client,
+            run_id,
+        )));
         let latency = Rc::new(RefCell::new(Histogram::<u64>::new(3).expect("valid histogram precision")));
         let tally = Rc::new(RefCell::new(Tally::default()));
         // Open loop: each of this client's pipeline slots sends one message per interval.
@@ -190,17 +199,20 @@ fn run_client(
         });
         let mut slots = Vec::new();
         for slot in 0..config.pipeline {
-            let (connection, generator, latency, tally) = (connection.clone(), generator.clone(), latency.clone(), tally.clone());
+            let (connection, generator, latency, tally) =
+                (connection.clone(), generator.clone(), latency.clone(), tally.clone());
             slots.push(async move {
                 tokio::time::sleep_until(start.into()).await;
                 // Spread the open-loop slots over one interval so messages do not leave in bursts.
-                let mut next_send = start + interval.map_or(Duration::ZERO, |i| i.mul_f64(slot as f64 / config.pipeline as f64));
+                let mut next_send =
+                    start + interval.map_or(Duration::ZERO, |i| i.mul_f64(slot as f64 / config.pipeline as f64));
                 loop {
                     if let Some(interval) = interval {
                         tokio::time::sleep_until(next_send.into()).await;
                         next_send += interval;
                     }
-                    let intended = if interval.is_some() { next_send - interval.unwrap_or_default() } else { Instant::now() };
+                    let intended =
+                        if interval.is_some() { next_send - interval.unwrap_or_default() } else { Instant::now() };
                     if intended >= stop_at {
                         return Ok::<(), BenchError>(());
                     }

@@ -131,8 +131,12 @@ pub fn load_invocations(kind: WorkloadKind, keys: u64, value: i64) -> Vec<Invoca
             let first = chunk * CHUNK;
             let count = CHUNK.min(keys - first);
             let (workflow, arguments) = match kind {
-                WorkloadKind::Banking => ("open", leasehold_sdk::encode(&leasehold_plugin_banking::Open { first, count, balance: value })),
-                WorkloadKind::YcsbT => ("load", leasehold_sdk::encode(&leasehold_plugin_ycsb_t::Load { first, count, value })),
+                WorkloadKind::Banking => {
+                    ("open", leasehold_sdk::encode(&leasehold_plugin_banking::Open { first, count, balance: value }))
+                }
+                WorkloadKind::YcsbT => {
+                    ("load", leasehold_sdk::encode(&leasehold_plugin_ycsb_t::Load { first, count, value }))
+                }
             };
             Invocation {
                 plugin: kind.plugin().to_string(),

@@ -63,13 +63,14 @@ enum Command {
     Status,
     /// Runs a workload benchmark, against an embedded node unless --remote is given.
     Bench(BenchArguments),
+    /// Runs the same workload on an embedded node, Redis and PostgreSQL, one after another,
+    /// and prints them side by side (installs missing servers with apt-get).
+    Compare(CompareArguments),
 }
 
+/// What load to generate; shared by `bench` and `compare`.
 #[derive(clap::Args)]
-struct BenchArguments {
-    /// Benchmark the node at --address instead of starting an embedded one.
-    #[arg(long)]
-    remote: bool,
+struct LoadArguments {
     #[arg(long, value_enum, default_value = "banking")]
     workload: Workload,
     /// Number of keys (accounts); default from WORKLOADS.md.
@@ -78,9 +79,10 @@ struct BenchArguments {
     /// Zipfian skew; 0 is uniform.
     #[arg(long, default_value_t = 0.0)]
     theta: f64,
+    /// Client connections (PostgreSQL in `compare`: one transaction at a time on each).
     #[arg(long, default_value_t = 4)]
     clients: usize,
-    /// Requests per invokeMany message.
+    /// Requests per message (Leasehold invokeMany, Redis pipeline of FCALLs).
     #[arg(long, default_value_t = 200)]
     batch: usize,
     /// Messages in flight per client.
@@ -90,11 +92,48 @@ struct BenchArguments {
     duration_seconds: f64,
     #[arg(long, default_value_t = 2.0)]
     warmup_seconds: f64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+impl LoadArguments {
+    fn workload(&self) -> WorkloadKind {
+        match self.workload {
+            Workload::Banking => WorkloadKind::Banking,
+            Workload::YcsbT => WorkloadKind::YcsbT,
+        }
+    }
+
+    fn bench_config(&self, rate: Option<f64>, load: bool) -> BenchConfig {
+        let workload = self.workload();
+        let (default_keys, initial_value) = workload.defaults();
+        BenchConfig {
+            workload,
+            keys: self.keys.unwrap_or(default_keys),
+            initial_value,
+            theta: self.theta,
+            clients: self.clients.max(1),
+            batch: self.batch.max(1),
+            pipeline: self.pipeline.max(1),
+            warmup: Duration::from_secs_f64(self.warmup_seconds.max(0.0)),
+            duration: Duration::from_secs_f64(self.duration_seconds.max(0.1)),
+            rate,
+            seed: self.seed,
+            load,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct BenchArguments {
+    /// Benchmark the node at --address instead of starting an embedded one.
+    #[arg(long)]
+    remote: bool,
+    #[command(flatten)]
+    load: LoadArguments,
     /// Open loop: requests per second over all clients (latency from intended send time).
     #[arg(long)]
     rate: Option<f64>,
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
     /// Skip loading keys (the node already holds them).
     #[arg(long)]
     no_load: bool,
@@ -111,6 +150,22 @@ struct BenchArguments {
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Print the report as JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct CompareArguments {
+    #[command(flatten)]
+    load: LoadArguments,
+    /// fsync: Leasehold every-epoch, Redis appendfsync always, PostgreSQL synchronous_commit
+    /// on. async: asynchronous, everysec, off.
+    #[arg(long, default_value = "fsync")]
+    durability: leasehold_bench::peers::Durability,
+    /// Which systems to run, comma-separated: leasehold, redis, postgres.
+    #[arg(long, value_delimiter = ',', default_value = "leasehold,redis,postgres")]
+    systems: Vec<leasehold_bench::peers::compare::SystemKind>,
+    /// Print the comparison as JSON instead of a table.
     #[arg(long)]
     json: bool,
 }
@@ -134,12 +189,7 @@ impl<E: std::fmt::Display> From<E> for Failure {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    leasehold_engine::metrics::init_logging("warn");
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -154,7 +204,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Node { overrides } => run_node(overrides),
         Command::Deploy { library } => {
-            let bytes = std::fs::read(&library).map_err(|error| format!("cannot read {}: {error}", library.display()))?;
+            let bytes =
+                std::fs::read(&library).map_err(|error| format!("cannot read {}: {error}", library.display()))?;
             let info = connect(cli.address)?.deploy_plugin(&bytes)?;
             println!("deployed {} {} ({})", info.name, info.version, &info.digest[..info.digest.len().min(16)]);
             println!("  workflows: {}", info.workflows.join(", "));
@@ -162,7 +213,13 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Plugins => {
             for plugin in connect(cli.address)?.list_plugins()? {
-                println!("{} {} [{}] workflows: {}", plugin.name, plugin.version, plugin.build_info, plugin.workflows.join(", "));
+                println!(
+                    "{} {} [{}] workflows: {}",
+                    plugin.name,
+                    plugin.version,
+                    plugin.build_info,
+                    plugin.workflows.join(", ")
+                );
                 for table in plugin.tables {
                     println!("  table {} (values up to {} bytes)", table.name, table.value_bytes_max);
                 }
@@ -170,7 +227,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Invoke { plugin, workflow, arguments, request_id } => {
-            serde_json::from_str::<serde_json::Value>(&arguments).map_err(|error| format!("arguments are not valid JSON: {error}"))?;
+            serde_json::from_str::<serde_json::Value>(&arguments)
+                .map_err(|error| format!("arguments are not valid JSON: {error}"))?;
             let invocation = Invocation::json(plugin, workflow, arguments).with_request_id(request_id.into_bytes());
             match connect(cli.address)?.invoke(invocation)? {
                 InvokeResult::Committed { timestamp, output_json, output } => {
@@ -185,7 +243,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
                         timestamp.epoch, timestamp.node, timestamp.sequence
                     ),
                 }),
-                InvokeResult::Rejected { kind, message } => Err(Failure { code: 1, message: format!("rejected ({kind}): {message}") }),
+                InvokeResult::Rejected { kind, message } => {
+                    Err(Failure { code: 1, message: format!("rejected ({kind}): {message}") })
+                }
             }
         }
         Command::Read { plugin, table, key } => {
@@ -198,21 +258,34 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Status => {
             let status = connect(cli.address)?.status()?;
-            println!("node {} (leasehold {}), concurrency control {}, fsync {}", status.node, status.version, status.cc, status.fsync);
-            println!("  up {:.1} s, durable epoch {}, {} epochs", status.uptime_ms as f64 / 1000.0, status.durable_epoch, status.epochs_total);
+            println!(
+                "node {} (leasehold {}), concurrency control {}, fsync {}",
+                status.node, status.version, status.cc, status.fsync
+            );
+            println!(
+                "  up {:.1} s, durable epoch {}, {} epochs",
+                status.uptime_ms as f64 / 1000.0,
+                status.durable_epoch,
+                status.epochs_total
+            );
             println!(
                 "  {} committed, {} aborted, {} rejected; {} resident keys",
                 status.committed_total, status.aborted_total, status.rejected_total, status.resident_keys
             );
-            println!("  plugins: {}", if status.plugins.is_empty() { "none".to_string() } else { status.plugins.join(", ") });
+            println!(
+                "  plugins: {}",
+                if status.plugins.is_empty() { "none".to_string() } else { status.plugins.join(", ") }
+            );
             Ok(())
         }
         Command::Bench(arguments) => bench(cli.address, arguments),
+        Command::Compare(arguments) => compare(arguments),
     }
 }
 
 fn connect(address: SocketAddr) -> Result<BlockingClient, Failure> {
-    BlockingClient::connect(address).map_err(|error| Failure { code: 1, message: format!("{error} (is a node running at {address}?)") })
+    BlockingClient::connect(address)
+        .map_err(|error| Failure { code: 1, message: format!("{error} (is a node running at {address}?)") })
 }
 
 fn parse_key(key: &str) -> Result<Vec<u8>, Failure> {
@@ -231,7 +304,9 @@ fn parse_key(key: &str) -> Result<Vec<u8>, Failure> {
         }
         return (0..hex.len())
             .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| Failure::from(format!("{hex:?} is not hexadecimal"))))
+            .map(|i| {
+                u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| Failure::from(format!("{hex:?} is not hexadecimal")))
+            })
             .collect();
     }
     Ok(key.as_bytes().to_vec())
@@ -249,7 +324,12 @@ fn run_node(overrides: ConfigOverrides) -> Result<(), Failure> {
     let config = overrides.resolve()?;
     let node = Node::start(config.clone())?;
     let server = RpcServer::start(&config, node.handle())?;
-    println!("leasehold node {} listening on {} (data in {})", config.node_id, server.local_address(), config.data_dir.display());
+    println!(
+        "leasehold node {} listening on {} (data in {})",
+        config.node_id,
+        server.local_address(),
+        config.data_dir.display()
+    );
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(tokio::signal::ctrl_c())?;
     server.stop();
@@ -268,26 +348,45 @@ fn plugin_next_to_executable(plugin: &str) -> Result<PathBuf, Failure> {
     }
 }
 
+/// Runs `config` against an embedded node started with `overrides` (data in a fresh
+/// temporary directory unless the overrides name one), with `library` deployed.
+fn run_embedded(
+    library: &[u8],
+    mut overrides: ConfigOverrides,
+    config: &BenchConfig,
+    progress: &dyn Fn(&str),
+) -> Result<BenchReport, Failure> {
+    let temporary = tempfile::tempdir()?;
+    overrides.data_dir = Some(overrides.data_dir.take().unwrap_or_else(|| temporary.path().to_path_buf()));
+    overrides.client_address = Some("127.0.0.1:0".parse().expect("literal address"));
+    let node_config = overrides.resolve()?;
+    progress(&format!(
+        "embedded node: fsync {}, {} executor threads, data in {}",
+        node_config.fsync.as_str(),
+        node_config.executor_threads,
+        node_config.data_dir.display()
+    ));
+    let node = Node::start(node_config.clone())?;
+    let server = RpcServer::start(&node_config, node.handle())?;
+    let info = node.handle().deploy_plugin(library)?;
+    progress(&format!("deployed plugin {} {}", info.name, info.version));
+    let report = leasehold_bench::run::run(server.local_address(), config, progress);
+    let status = node.handle().status();
+    server.stop();
+    node.shutdown()?;
+    progress(&format!(
+        "node: {} epochs, {} transactions committed in total",
+        status.epochs_total, status.committed_total
+    ));
+    Ok(report?)
+}
+
+fn read_library(path: &Path) -> Result<Vec<u8>, Failure> {
+    std::fs::read(path).map_err(|error| format!("cannot read {}: {error}", path.display()).into())
+}
+
 fn bench(address: SocketAddr, arguments: BenchArguments) -> Result<(), Failure> {
-    let workload = match arguments.workload {
-        Workload::Banking => WorkloadKind::Banking,
-        Workload::YcsbT => WorkloadKind::YcsbT,
-    };
-    let (default_keys, initial_value) = workload.defaults();
-    let config = BenchConfig {
-        workload,
-        keys: arguments.keys.unwrap_or(default_keys),
-        initial_value,
-        theta: arguments.theta,
-        clients: arguments.clients.max(1),
-        batch: arguments.batch.max(1),
-        pipeline: arguments.pipeline.max(1),
-        warmup: Duration::from_secs_f64(arguments.warmup_seconds.max(0.0)),
-        duration: Duration::from_secs_f64(arguments.duration_seconds.max(0.1)),
-        rate: arguments.rate,
-        seed: arguments.seed,
-        load: !arguments.no_load,
-    };
+    let config = arguments.load.bench_config(arguments.rate, !arguments.no_load);
     let progress = |message: &str| {
         if !arguments.json {
             eprintln!("bench: {message}");
@@ -295,39 +394,20 @@ fn bench(address: SocketAddr, arguments: BenchArguments) -> Result<(), Failure> 
     };
     let library = match &arguments.plugin {
         Some(path) => path.clone(),
-        None => plugin_next_to_executable(workload.plugin())?,
+        None => plugin_next_to_executable(config.workload.plugin())?,
     };
-    let library = std::fs::read(&library).map_err(|error| format!("cannot read {}: {error}", library.display()))?;
+    let library = read_library(&library)?;
     let report = if arguments.remote {
         connect(address)?.deploy_plugin(&library)?;
         leasehold_bench::run::run(address, &config, progress)?
     } else {
-        let temporary = tempfile::tempdir()?;
         let overrides = ConfigOverrides {
-            data_dir: Some(arguments.data_dir.clone().unwrap_or_else(|| temporary.path().to_path_buf())),
-            client_address: Some("127.0.0.1:0".parse().expect("literal address")),
+            data_dir: arguments.data_dir.clone(),
             fsync: Some(arguments.fsync),
             executor_threads: arguments.executor_threads,
             ..ConfigOverrides::default()
         };
-        let node_config = overrides.resolve()?;
-        progress(&format!(
-            "embedded node: fsync {}, {} executor threads, data in {}",
-            node_config.fsync.as_str(),
-            node_config.executor_threads,
-            node_config.data_dir.display()
-        ));
-        let node = Node::start(node_config.clone())?;
-        let server = RpcServer::start(&node_config, node.handle())?;
-        let info = node.handle().deploy_plugin(&library)?;
-        progress(&format!("deployed plugin {} {}", info.name, info.version));
-        let report = leasehold_bench::run::run(server.local_address(), &config, progress);
-        let status = node.handle().status();
-        server.stop();
-        node.shutdown()?;
-        let report = report?;
-        progress(&format!("node: {} epochs, {} transactions committed in total", status.epochs_total, status.committed_total));
-        report
+        run_embedded(&library, overrides, &config, &progress)?
     };
     print_report(&report, arguments.json)
 }
@@ -344,4 +424,52 @@ fn print_report(report: &BenchReport, json: bool) -> Result<(), Failure> {
         }
         _ => Ok(()),
     }
+}
+
+/// `leasehold compare`: Leasehold on an embedded node (as `bench` runs it), then the Redis
+/// and PostgreSQL peers, sequentially in this process with the same generator parameters.
+fn compare(arguments: CompareArguments) -> Result<(), Failure> {
+    use leasehold_bench::peers::compare::{self, Comparison, Outcome, SystemKind};
+    use leasehold_bench::peers::{self, Durability};
+    let config = arguments.load.bench_config(None, true);
+    let progress = |message: &str| {
+        if !arguments.json {
+            eprintln!("compare: {message}");
+        }
+    };
+    let load_average_before = compare::load_average();
+    let selected = |system: SystemKind| arguments.systems.contains(&system);
+    let leasehold = selected(SystemKind::Leasehold).then(|| {
+        progress("leasehold: embedded node");
+        // The embedded-node path of `bench`, with the fsync policy matched to the peers'.
+        let fsync = match arguments.durability {
+            Durability::Fsync => FsyncPolicy::EveryEpoch,
+            Durability::Async => FsyncPolicy::Asynchronous,
+        };
+        let result = plugin_next_to_executable(config.workload.plugin()).and_then(|path| read_library(&path)).and_then(
+            |library| {
+                let overrides = ConfigOverrides { fsync: Some(fsync), ..ConfigOverrides::default() };
+                run_embedded(&library, overrides, &config, &progress)
+            },
+        );
+        Outcome::from(result.map_err(|failure| failure.message))
+    });
+    let redis = selected(SystemKind::Redis).then(|| {
+        progress("redis: starting");
+        Outcome::from(peers::redis::run(&config, arguments.durability, &progress))
+    });
+    let postgres = selected(SystemKind::Postgres).then(|| {
+        progress("postgresql: starting");
+        Outcome::from(peers::postgres::run(&config, arguments.durability, &progress))
+    });
+    let comparison = Comparison::new(arguments.durability, config, load_average_before, leasehold, redis, postgres);
+    if arguments.json {
+        println!("{}", serde_json::to_string_pretty(&comparison)?);
+    } else {
+        print!("{}", comparison.table());
+    }
+    if comparison.failed() {
+        return Err("a system failed or broke the invariant (see above)".to_string().into());
+    }
+    Ok(())
 }
