@@ -7,3 +7,7 @@ cd "$(dirname "$0")/.."
 source tools/setup.sh
 cargo build --release --workspace --locked
 cargo test --release --workspace --locked "$@"
+# The RDMA fabric backend must compile everywhere, even where no RDMA device exists to run
+# it. leasehold-fabric does not depend on RocksDB, so this separate feature set rebuilds
+# only the fabric and its bindings, never RocksDB.
+cargo build --release -p leasehold-fabric --features rdma --locked

@@ -149,6 +149,9 @@ struct BenchArguments {
     /// Embedded node: data directory (default: a fresh temporary one).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Embedded node: a TOML configuration file (the flags above override it).
+    #[arg(long)]
+    node_config: Option<PathBuf>,
     /// Print the report as JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -402,6 +405,7 @@ fn bench(address: SocketAddr, arguments: BenchArguments) -> Result<(), Failure> 
         leasehold_bench::run::run(address, &config, progress)?
     } else {
         let overrides = ConfigOverrides {
+            config: arguments.node_config.clone(),
             data_dir: arguments.data_dir.clone(),
             fsync: Some(arguments.fsync),
             executor_threads: arguments.executor_threads,

@@ -52,7 +52,8 @@ pub mod tcp;
 use std::fmt;
 use std::sync::Arc;
 
-pub use crate::model::NodeId;
+/// Identifies a node of the cluster (the engine's `model::NodeId` is the same type).
+pub type NodeId = u16;
 pub use memory::LocalRegion;
 pub use ring::{PushOutcome, RingGeometry, RingReceiver, RingSender};
 
@@ -97,7 +98,9 @@ pub enum FabricError {
     RegionExists { region: RegionId },
     #[error("a region of {size_bytes} bytes cannot be registered: the size must be a positive multiple of 8")]
     InvalidRegionSize { size_bytes: u64 },
-    #[error("{length} bytes at offset {offset} are out of bounds of region {region} of node {node} ({size_bytes} bytes)")]
+    #[error(
+        "{length} bytes at offset {offset} are out of bounds of region {region} of node {node} ({size_bytes} bytes)"
+    )]
     OutOfBounds { node: NodeId, region: RegionId, offset: u64, length: u64, size_bytes: u64 },
     #[error("offset {offset} in region {region} of node {node} is not 8-byte aligned, as atomic operations need")]
     Misaligned { node: NodeId, region: RegionId, offset: u64 },

@@ -46,6 +46,9 @@ pub struct RingGeometry {
 
 impl RingGeometry {
     /// A ring of `slot_count` slots for messages of at most `max_message_bytes`.
+    ///
+    /// Panics (a programmer error) without slots, or when a message and its length word
+    /// would not fit in one fabric transfer ([`MAX_TRANSFER_BYTES`]).
     pub fn new(slot_count: u32, max_message_bytes: u32) -> RingGeometry {
         assert!(slot_count > 0, "a ring needs at least one slot");
         assert!(
@@ -279,7 +282,7 @@ impl RingSender {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fabric::tcp::TcpFabric;
+    use crate::tcp::TcpFabric;
 
     /// A fabric whose regions are only reached locally: the tcp backend without peers.
     fn local_fabric() -> Arc<TcpFabric> {

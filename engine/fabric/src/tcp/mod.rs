@@ -5,9 +5,9 @@
 //! One connection per ordered pair of nodes, opened on first use and reopened after a
 //! failure; threads of a node that address the same peer share it (one batch in flight at
 //! a time, a batch pipelines its operations). The responder runs one thread per accepted
-//! connection and performs a connection's batches in arrival order with the same
-//! [`RegionMemory`](super::memory::RegionMemory) operations as the owner, so the memory
-//! model holds: a client's WRITE has taken effect before its next operation is sent.
+//! connection and performs a connection's batches in arrival order with the same memory
+//! operations as the owner (`memory.rs`), so the memory model holds: a client's WRITE has
+//! taken effect before its next operation is sent.
 //!
 //! Frames from the network are untrusted: the responder checks sizes before allocating,
 //! parses strictly, and closes a connection that sends a malformed frame.
@@ -15,7 +15,7 @@
 mod wire;
 
 use super::{check_batch_limits, Fabric, FabricError, LocalRegion, NodeId, Operation, RegionId, RemoteRegion};
-use crate::fabric::memory::{check_range, check_word, RegionMemory};
+use crate::memory::{check_range, check_word, RegionMemory};
 use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
 use std::io::{BufReader, Read, Write};
@@ -36,6 +36,8 @@ pub struct TcpFabric {
     local_address: SocketAddr,
     shared: Arc<ResponderShared>,
     peers: RwLock<FxHashMap<NodeId, Arc<PeerConnection>>>,
+    /// Joined on drop, so that the listening port is free once the fabric is gone.
+    acceptor: Option<std::thread::JoinHandle<()>>,
 }
 
 /// What the responder threads share with the fabric.
@@ -63,11 +65,17 @@ impl TcpFabric {
             next_connection_id: AtomicU64::new(0),
         });
         let acceptor_shared = Arc::clone(&shared);
-        std::thread::Builder::new()
+        let acceptor = std::thread::Builder::new()
             .name(format!("fabric-tcp-accept-{node}"))
             .spawn(move || accept_connections(listener, acceptor_shared))
             .map_err(|error| FabricError::io("start the fabric responder", error))?;
-        Ok(Arc::new(TcpFabric { node, local_address, shared, peers: RwLock::new(FxHashMap::default()) }))
+        Ok(Arc::new(TcpFabric {
+            node,
+            local_address,
+            shared,
+            peers: RwLock::new(FxHashMap::default()),
+            acceptor: Some(acceptor),
+        }))
     }
 
     /// The address the responder listens on.
@@ -118,8 +126,9 @@ impl Fabric for TcpFabric {
         }
         let connection = self.peers.read().get(&node).cloned().ok_or(FabricError::UnknownPeer { node })?;
         let size_bytes = connection.round_trip(
-            |frame| wire::encode_describe(frame, region),
-            |body| wire::decode_describe_response(body),
+            &mut (),
+            |(), frame| wire::encode_describe(frame, region),
+            |(), body| wire::decode_describe_response(body),
         )?;
         match size_bytes {
             Some(size_bytes) => Ok(Arc::new(TcpRemoteRegion { region, size_bytes, connection })),
@@ -131,8 +140,12 @@ impl Fabric for TcpFabric {
 impl Drop for TcpFabric {
     fn drop(&mut self) {
         self.shared.shutting_down.store(true, Ordering::SeqCst);
-        // Wake the acceptor, which then sees the flag and stops listening.
-        let _ = TcpStream::connect_timeout(&self.local_address, CONNECT_TIMEOUT);
+        // Wake the acceptor, which then sees the flag and stops listening. If the wake-up
+        // connection fails, the acceptor is left to its fate rather than waited for.
+        let woken = TcpStream::connect_timeout(&self.local_address, CONNECT_TIMEOUT).is_ok();
+        if let (true, Some(acceptor)) = (woken, self.acceptor.take()) {
+            let _ = acceptor.join();
+        }
         for (_, stream) in self.shared.connections.lock().drain() {
             let _ = stream.shutdown(Shutdown::Both);
         }
@@ -182,27 +195,29 @@ impl PeerConnection {
             .map_err(|error| self.unreachable(format!("send hello: {error}")))?;
         let mut welcome = [0u8; wire::WELCOME_BYTES];
         reader.read_exact(&mut welcome).map_err(|error| self.unreachable(format!("read welcome: {error}")))?;
-        wire::decode_welcome(&welcome, self.node)
-            .map_err(|reason| FabricError::Protocol { node: self.node, reason: format!("{}: {reason}", self.address) })?;
+        wire::decode_welcome(&welcome, self.node).map_err(|reason| FabricError::Protocol {
+            node: self.node,
+            reason: format!("{}: {reason}", self.address),
+        })?;
         Ok(ConnectedStream { reader, writer, request: Vec::new(), response: Vec::new() })
     }
 
-    /// Sends one request frame (built by `encode`) and decodes its response (with
-    /// `decode`), connecting first if needed. A failed connection is dropped, so the next
-    /// call reconnects.
-    fn round_trip<T>(
+    /// Sends one request frame (built by `encode` from `state`) and decodes its response
+    /// (with `decode`, into `state`), connecting first if needed. A failed connection is
+    /// dropped, so the next call reconnects.
+    fn round_trip<S: ?Sized, T>(
         &self,
-        encode: impl FnOnce(&mut Vec<u8>),
-        decode: impl FnOnce(&[u8]) -> Result<T, String>,
+        state: &mut S,
+        encode: impl FnOnce(&S, &mut Vec<u8>),
+        decode: impl FnOnce(&mut S, &[u8]) -> Result<T, String>,
     ) -> Result<T, FabricError> {
         let mut guard = self.stream.lock();
         if guard.is_none() {
             *guard = Some(self.connect()?);
         }
         let connected = guard.as_mut().expect("connected just above");
-        let outcome = Self::exchange(connected, encode).and_then(|()| {
-            decode(&connected.response).map_err(|reason| RoundTripError::Protocol(reason))
-        });
+        let outcome = Self::exchange(connected, |frame| encode(state, frame))
+            .and_then(|()| decode(state, &connected.response).map_err(RoundTripError::Protocol));
         match outcome {
             Ok(value) => Ok(value),
             Err(error) => {
@@ -267,28 +282,29 @@ impl RemoteRegion for TcpRemoteRegion {
         }
         // Addressing errors are found here without a round trip; the responder checks
         // again. Operations before the first bad one still run, as the batch rule says.
-        let valid_prefix = operations.iter().position(|operation| self.check(operation).is_err());
-        let (sent, invalid) = match valid_prefix {
+        let first_invalid = operations.iter().position(|operation| self.check(operation).is_err());
+        let (sent, invalid) = match first_invalid {
             Some(index) => operations.split_at_mut(index),
             None => (operations, &mut [][..]),
         };
         if !sent.is_empty() {
+            // A refused request means the responder closed the connection: reporting it
+            // as a protocol error makes the next call reconnect.
             let failure = self.connection.round_trip(
-                |frame| wire::encode_batch(frame, self.region, sent),
-                |body| wire::decode_batch_response(body, sent),
+                sent,
+                |sent, frame| wire::encode_batch(frame, self.region, sent),
+                |sent, body| match wire::decode_batch_response(body, sent)? {
+                    Some(BatchFailure::BadRequest) => Err("the responder refused our request as malformed".to_string()),
+                    failure => Ok(failure),
+                },
             )?;
             match failure {
-                None => {}
+                // A refusal became a protocol error above.
+                None | Some(BatchFailure::BadRequest) => {}
                 Some(BatchFailure::UnknownRegion) => {
                     return Err(FabricError::UnknownRegion { node: self.node(), region: self.region })
                 }
                 Some(BatchFailure::Access(error)) => return Err(error.at(self.node(), self.region)),
-                Some(BatchFailure::BadRequest) => {
-                    return Err(FabricError::Protocol {
-                        node: self.node(),
-                        reason: "the responder refused our request as malformed".to_string(),
-                    })
-                }
             }
         }
         match invalid.first() {
@@ -329,14 +345,13 @@ fn accept_connections(listener: TcpListener, shared: Arc<ResponderShared>) {
             shared.connections.lock().insert(connection_id, tracked);
         }
         let connection_shared = Arc::clone(&shared);
-        let spawned = std::thread::Builder::new().name(format!("fabric-tcp-respond-{}", shared.node)).spawn(
-            move || {
+        let spawned =
+            std::thread::Builder::new().name(format!("fabric-tcp-respond-{}", shared.node)).spawn(move || {
                 if let Err(error) = respond(stream, &connection_shared) {
                     tracing::debug!(%error, "fabric responder: connection closed");
                 }
                 connection_shared.connections.lock().remove(&connection_id);
-            },
-        );
+            });
         if let Err(error) = spawned {
             tracing::warn!(%error, "fabric responder: cannot start a connection thread");
             shared.connections.lock().remove(&connection_id);
@@ -442,10 +457,86 @@ fn perform(shared: &ResponderShared, body: &[u8], response: &mut Vec<u8>) -> boo
                 }
             }
             if let Some(error) = failure {
-                response[status_index] = wire::encode_access_error(response, error);
+                let status = wire::encode_access_error(response, error);
+                response[status_index] = status;
             }
             response[status_index + 1..status_index + 3].copy_from_slice(&completed.to_le_bytes());
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_frame(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+        let mut length = [0u8; 4];
+        stream.read_exact(&mut length)?;
+        let mut body = vec![0u8; u32::from_le_bytes(length) as usize];
+        stream.read_exact(&mut body)?;
+        Ok(body)
+    }
+
+    /// A raw connection to `fabric`'s responder that passed the handshake as node 9.
+    fn raw_client(fabric: &TcpFabric) -> TcpStream {
+        let mut stream = TcpStream::connect(fabric.local_address()).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        stream.write_all(&wire::encode_hello(9, fabric.node_id())).expect("hello");
+        let mut welcome = [0u8; wire::WELCOME_BYTES];
+        stream.read_exact(&mut welcome).expect("welcome");
+        wire::decode_welcome(&welcome, fabric.node_id()).expect("accepted");
+        stream
+    }
+
+    #[test]
+    fn a_malformed_frame_closes_only_its_own_connection() {
+        let fabric = TcpFabric::start(0, "127.0.0.1:0".parse().expect("literal address")).expect("start");
+        fabric.register_region(RegionId(1), 64).expect("register");
+
+        // A length far above the frame limit: refused before anything is allocated.
+        let mut oversized = raw_client(&fabric);
+        oversized.write_all(&u32::MAX.to_le_bytes()).expect("send");
+        assert_eq!(read_frame(&mut oversized).expect("response"), vec![wire::STATUS_BAD_REQUEST, 0, 0]);
+        assert!(read_frame(&mut oversized).is_err(), "the responder closed the connection");
+
+        // A frame of the right size with an unknown request kind.
+        let mut garbage = raw_client(&fabric);
+        garbage.write_all(&[3, 0, 0, 0, 99, 1, 2]).expect("send");
+        assert_eq!(read_frame(&mut garbage).expect("response"), vec![wire::STATUS_BAD_REQUEST, 0, 0]);
+
+        // A client that greets the wrong node is turned away.
+        let mut lost = TcpStream::connect(fabric.local_address()).expect("connect");
+        lost.write_all(&wire::encode_hello(9, 5)).expect("hello");
+        let mut welcome = [0u8; wire::WELCOME_BYTES];
+        lost.read_exact(&mut welcome).expect("welcome");
+        assert!(wire::decode_welcome(&welcome, 5).is_err());
+
+        // Well-behaved peers are unaffected.
+        let peer = TcpFabric::start(1, "127.0.0.1:0".parse().expect("literal address")).expect("start");
+        peer.add_peer(0, fabric.local_address());
+        let remote = peer.open_remote(0, RegionId(1)).expect("open");
+        assert_eq!(remote.fetch_add(0, 1).expect("fetch_add"), 0);
+    }
+
+    #[test]
+    fn a_peer_that_went_away_is_unreachable_and_reconnected_when_back() {
+        let owner = TcpFabric::start(0, "127.0.0.1:0".parse().expect("literal address")).expect("start");
+        owner.register_region(RegionId(1), 64).expect("register");
+        let address = owner.local_address();
+        let peer = TcpFabric::start(1, "127.0.0.1:0".parse().expect("literal address")).expect("start");
+        peer.add_peer(0, address);
+        let remote = peer.open_remote(0, RegionId(1)).expect("open");
+        remote.write(0, &[1; 8]).expect("write");
+        drop(owner);
+        let error = remote.read(0, &mut [0; 8]).expect_err("the owner is gone");
+        assert!(matches!(error, FabricError::PeerUnreachable { node: 0, .. }), "{error}");
+
+        // The owner restarts on the same address with a fresh, zeroed region.
+        let restarted = TcpFabric::start(0, address).expect("restart on the same port");
+        restarted.register_region(RegionId(1), 64).expect("register");
+        let mut word = [9u8; 8];
+        remote.read(0, &mut word).expect("the handle reconnects");
+        assert_eq!(word, [0; 8]);
+    }
 }

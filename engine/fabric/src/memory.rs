@@ -53,7 +53,7 @@ pub(crate) fn check_range(offset: u64, length: u64, size_bytes: u64) -> Result<(
 
 /// Checks that `offset` addresses a whole, aligned word of a region of `size_bytes`.
 pub(crate) fn check_word(offset: u64, size_bytes: u64) -> Result<(), AccessError> {
-    if offset % 8 != 0 {
+    if !offset.is_multiple_of(8) {
         return Err(AccessError::Misaligned { offset });
     }
     check_range(offset, 8, size_bytes)
@@ -83,7 +83,7 @@ impl RegionMemory {
     /// Allocates `size_bytes` of zeroed, page-aligned heap memory.
     pub(crate) fn zeroed_heap(size_bytes: u64) -> Result<RegionMemory, FabricError> {
         let size = usize::try_from(size_bytes).map_err(|_| FabricError::InvalidRegionSize { size_bytes })?;
-        if size == 0 || size % 8 != 0 {
+        if size == 0 || !size.is_multiple_of(8) {
             return Err(FabricError::InvalidRegionSize { size_bytes });
         }
         let layout = Layout::from_size_align(size, HEAP_REGION_ALIGNMENT_BYTES)
@@ -96,9 +96,9 @@ impl RegionMemory {
 
     /// Wraps a shared mapping of a whole region file.
     pub(crate) fn mapped(mapping: memmap2::MmapRaw) -> RegionMemory {
-        assert!(mapping.len() % 8 == 0 && mapping.len() > 0, "region files hold whole words");
+        assert!(mapping.len().is_multiple_of(8) && mapping.len() > 0, "region files hold whole words");
         let base = NonNull::new(mapping.as_mut_ptr()).expect("a mapping is never at address 0");
-        assert!(base.as_ptr() as usize % 8 == 0, "mappings are page aligned");
+        assert!((base.as_ptr() as usize).is_multiple_of(8), "mappings are page aligned");
         RegionMemory { base, size_bytes: mapping.len() as u64, backing: Backing::Mapped { _mapping: mapping } }
     }
 
@@ -189,19 +189,23 @@ impl Drop for RegionMemory {
 /// # Safety
 /// `source .. source + buffer.len()` must be valid memory that is only accessed atomically.
 unsafe fn load_bytes(source: *const u8, buffer: &mut [u8]) {
+    // SAFETY (for every access below): the caller guarantees the range is valid and only
+    // accessed atomically; each access stays inside it and word accesses are aligned.
+    let byte = |index: usize| unsafe { AtomicU8::from_ptr(source.add(index).cast_mut()) }.load(Ordering::Relaxed);
     let length = buffer.len();
     let mut index = 0;
-    while index < length && (source as usize + index) % 8 != 0 {
-        buffer[index] = AtomicU8::from_ptr(source.add(index).cast_mut()).load(Ordering::Relaxed);
+    while index < length && !(source as usize + index).is_multiple_of(8) {
+        buffer[index] = byte(index);
         index += 1;
     }
     while index + 8 <= length {
-        let word = AtomicU64::from_ptr(source.add(index).cast_mut().cast::<u64>()).load(Ordering::Relaxed);
+        // SAFETY: see above; the address is 8-byte aligned here.
+        let word = unsafe { AtomicU64::from_ptr(source.add(index).cast_mut().cast::<u64>()) }.load(Ordering::Relaxed);
         buffer[index..index + 8].copy_from_slice(&word.to_ne_bytes());
         index += 8;
     }
     while index < length {
-        buffer[index] = AtomicU8::from_ptr(source.add(index).cast_mut()).load(Ordering::Relaxed);
+        buffer[index] = byte(index);
         index += 1;
     }
 }
@@ -213,19 +217,24 @@ unsafe fn load_bytes(source: *const u8, buffer: &mut [u8]) {
 /// `destination .. destination + bytes.len()` must be valid memory that is only accessed
 /// atomically.
 unsafe fn store_bytes(destination: *mut u8, bytes: &[u8]) {
+    // SAFETY (for every access below): the caller guarantees the range is valid and only
+    // accessed atomically; each access stays inside it and word accesses are aligned.
+    let store_byte =
+        |index: usize| unsafe { AtomicU8::from_ptr(destination.add(index)) }.store(bytes[index], Ordering::Relaxed);
     let length = bytes.len();
     let mut index = 0;
-    while index < length && (destination as usize + index) % 8 != 0 {
-        AtomicU8::from_ptr(destination.add(index)).store(bytes[index], Ordering::Relaxed);
+    while index < length && !(destination as usize + index).is_multiple_of(8) {
+        store_byte(index);
         index += 1;
     }
     while index + 8 <= length {
         let word = u64::from_ne_bytes(bytes[index..index + 8].try_into().expect("eight bytes"));
-        AtomicU64::from_ptr(destination.add(index).cast::<u64>()).store(word, Ordering::Relaxed);
+        // SAFETY: see above; the address is 8-byte aligned here.
+        unsafe { AtomicU64::from_ptr(destination.add(index).cast::<u64>()) }.store(word, Ordering::Relaxed);
         index += 8;
     }
     while index < length {
-        AtomicU8::from_ptr(destination.add(index)).store(bytes[index], Ordering::Relaxed);
+        store_byte(index);
         index += 1;
     }
 }
@@ -324,8 +333,14 @@ mod tests {
     #[test]
     fn addressing_errors_are_reported_before_touching_memory() {
         let memory = RegionMemory::zeroed_heap(32).expect("allocate");
-        assert_eq!(memory.write(30, &[1, 2, 3]), Err(AccessError::OutOfBounds { offset: 30, length: 3, size_bytes: 32 }));
-        assert_eq!(memory.write(u64::MAX, &[1]), Err(AccessError::OutOfBounds { offset: u64::MAX, length: 1, size_bytes: 32 }));
+        assert_eq!(
+            memory.write(30, &[1, 2, 3]),
+            Err(AccessError::OutOfBounds { offset: 30, length: 3, size_bytes: 32 })
+        );
+        assert_eq!(
+            memory.write(u64::MAX, &[1]),
+            Err(AccessError::OutOfBounds { offset: u64::MAX, length: 1, size_bytes: 32 })
+        );
         assert_eq!(memory.compare_and_swap(4, 0, 1), Err(AccessError::Misaligned { offset: 4 }));
         assert_eq!(memory.fetch_add(32, 1), Err(AccessError::OutOfBounds { offset: 32, length: 8, size_bytes: 32 }));
         let mut buffer = [0u8; 32];

@@ -19,8 +19,8 @@
 //!                                          then the error's details unless status=ok
 //! ```
 
-use crate::fabric::memory::AccessError;
-use crate::fabric::{Operation, RegionId, MAX_BATCH_OPERATIONS, MAX_TRANSFER_BYTES};
+use crate::memory::AccessError;
+use crate::{Operation, RegionId, MAX_BATCH_OPERATIONS, MAX_TRANSFER_BYTES};
 
 pub(super) const MAGIC: u32 = u32::from_le_bytes(*b"LHFB");
 pub(super) const VERSION: u16 = 1;

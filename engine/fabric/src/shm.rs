@@ -75,7 +75,7 @@ impl Fabric for ShmFabric {
     }
 
     fn register_region(&self, region: RegionId, size_bytes: u64) -> Result<Arc<LocalRegion>, FabricError> {
-        if size_bytes == 0 || size_bytes % 8 != 0 || usize::try_from(size_bytes).is_err() {
+        if size_bytes == 0 || !size_bytes.is_multiple_of(8) || usize::try_from(size_bytes).is_err() {
             return Err(FabricError::InvalidRegionSize { size_bytes });
         }
         let mut regions = self.regions.lock();
@@ -141,7 +141,7 @@ impl Fabric for ShmFabric {
         };
         let size_bytes =
             file.metadata().map_err(|error| FabricError::io(format!("inspect {}", path.display()), error))?.len();
-        if size_bytes == 0 || size_bytes % 8 != 0 {
+        if size_bytes == 0 || !size_bytes.is_multiple_of(8) {
             return Err(FabricError::Protocol {
                 node,
                 reason: format!("region file {} has {size_bytes} bytes, not whole words", path.display()),
@@ -154,8 +154,9 @@ impl Fabric for ShmFabric {
 
 impl Drop for ShmFabric {
     fn drop(&mut self) {
-        for region in self.regions.get_mut().keys() {
-            let _ = std::fs::remove_file(self.region_path(self.node, *region));
+        let regions: Vec<RegionId> = self.regions.get_mut().keys().copied().collect();
+        for region in regions {
+            let _ = std::fs::remove_file(self.region_path(self.node, region));
         }
         // Succeeds only when nothing else is left in the node's directory.
         let _ = std::fs::remove_dir(node_directory(&self.directory, self.node));
