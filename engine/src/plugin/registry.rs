@@ -99,6 +99,7 @@ impl PluginRegistry {
     /// finish on that version.
     pub fn deploy(&self, library: &[u8]) -> Result<PluginInfo, PluginError> {
         let _serialised = self.deploy_lock.lock();
+        let _span = tracing::info_span!("deploy", library_bytes = library.len()).entered();
         let plugin = self.load_bytes(library)?;
         self.storage.store_plugin(plugin.name(), library)?;
         let info = plugin.info.clone();

@@ -70,6 +70,7 @@ impl Checkpointer {
                 continue;
             }
             let started = Instant::now();
+            let _span = tracing::debug_span!("checkpoint", epoch = newest, records = records.len()).entered();
             // Not synced: the records are durable in the log, and the next synced write (or
             // the log itself after a crash) makes the checkpoint durable too.
             match self.storage.checkpoint(&records, false) {

@@ -166,6 +166,8 @@ impl EpochDriver {
         }
         self.epoch += 1;
         let epoch = self.epoch;
+        // A span per epoch (not per transaction): cheap when debug logging is off.
+        let _span = tracing::debug_span!("epoch", epoch, transactions = runnable.len()).entered();
         let prepared = match self.prepare(epoch, runnable) {
             Ok(prepared) => prepared,
             Err((rejection, submissions)) => {
