@@ -66,9 +66,11 @@ impl Ledger {
     /// Completes a running id with its durable outcome, logged in `epoch`; returns the
     /// replies that waited.
     pub fn complete(&mut self, id: &RequestId, outcome: &Outcome, epoch: u64) -> Vec<Reply> {
-        let waiters = match self.entries.insert(id.clone(), Entry::Done(outcome.clone())) {
-            Some(Entry::Pending(waiters)) => waiters,
-            _ => panic!("completed a request id that was not running"),
+        // The entry is updated in place: the map keeps its own copy of the id.
+        let entry = self.entries.get_mut(id).expect("completed a request id that was not running");
+        let waiters = match std::mem::replace(entry, Entry::Done(outcome.clone())) {
+            Entry::Pending(waiters) => waiters,
+            Entry::Done(_) => panic!("completed a request id twice"),
         };
         self.push_done(id.clone(), epoch);
         waiters
