@@ -7,8 +7,17 @@
 # encoding can use the JSON forms instead).
 #
 # Connecting: open a TCP connection to the node's client address and speak the two-party
-# Cap'n Proto RPC protocol (standard framing, no packing); the bootstrap capability is a
-# `Leasehold`.
+# Cap'n Proto RPC protocol (standard framing, no packing). The bootstrap capability is a
+# `Gate`, never the API itself:
+#   1. connect and bootstrap the `Gate`;
+#   2. call `Gate.authenticate` with the node's shared token (empty when the node has
+#      none configured);
+#   3. use the `Leasehold` capability it returns for everything else.
+# Until step 2 succeeds the connection holds no capability but the `Gate`: calling a
+# `Leasehold` method on the bootstrap capability fails (the server does not implement
+# that interface there). A refused token is an RPC exception of type `failed` whose
+# description is "authentication failed"; after three refusals on one connection the node
+# closes it. (Nodes before the `Gate` bootstrapped `Leasehold` directly.)
 #
 # Layout of this file: the client API (`Leasehold` and the structs it uses) comes first.
 # The peer API, through which the nodes of one cluster talk to each other, will be a
@@ -24,8 +33,19 @@
 const requestIdBytesMax :UInt32 = 64;
 # The longest request id (`Invocation.requestId`) a node accepts.
 
+interface Gate {
+  # The bootstrap capability of a client connection: the only thing an unauthenticated
+  # client can reach.
+
+  authenticate @0 (token :Data) -> (leasehold :Leasehold);
+  # Presents the node's shared token and returns the client API. A wrong token is
+  # refused with a `failed` exception ("authentication failed") and no capability; the
+  # third refusal on one connection also closes it. A node without a configured token
+  # accepts any token, including an empty one.
+}
+
 interface Leasehold {
-  # The client API of one engine node; the bootstrap capability of a client connection.
+  # The client API of one engine node, obtained from `Gate.authenticate`.
 
   deployPlugin @0 (library :Data) -> (result :DeployResult);
   # Deploys a plugin: `library` is the complete shared library (.so) built against the

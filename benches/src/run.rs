@@ -2,8 +2,12 @@
 //!
 //! Each client is one connection on its own thread (a current-thread runtime with a
 //! `LocalSet`, as capnp-rpc needs). A client keeps `pipeline` messages in flight, each an
-//! `invokeMany` of `batch` transfers: many requests per message and several messages in
+//! `invokeMany` of `batch` requests: many requests per message and several messages in
 //! flight is how one connection reaches high throughput.
+//!
+//! After a run that loaded its keys, the workload's invariant is checked: the sum the
+//! workload's `total` reads must equal the loaded sum plus the deltas every committed
+//! request reported (see `workload.rs`), and travel's audit must find nothing wrong.
 //!
 //! Closed loop (no `rate`): a message is sent as soon as one returns. Open loop (`rate`
 //! requests per second over all clients): messages leave on a fixed schedule and latency
@@ -52,9 +56,14 @@ pub struct BenchReport {
     pub latency_p99_us: u64,
     pub latency_p999_us: u64,
     pub latency_max_us: u64,
-    /// Sum of all values before and after the run (transfers must keep it).
+    /// The workload's checked sum after the run, expected and found: the loaded sum plus
+    /// the deltas committed requests reported (transfers keep it; SmallBank's deposits
+    /// and withdrawals move it; for travel it counts reservations).
     pub sum_expected: Option<i64>,
     pub sum_found: Option<i64>,
+    /// A violation of the workload's invariant beyond the sum (travel: over capacity or a
+    /// reservation without both parts).
+    pub invariant_violation: Option<String>,
 }
 
 /// Failures of a run.
@@ -77,8 +86,17 @@ struct Tally {
     rejected: u64,
 }
 
+/// The effect of every request a client committed, inside the measured window or not:
+/// what the invariant check expects the sum to have moved by.
+#[derive(Default)]
+struct Effects {
+    delta: i64,
+    undecodable: u64,
+}
+
 struct ClientResult {
     tally: Tally,
+    effects: Effects,
     latency: Histogram<u64>,
 }
 
@@ -98,20 +116,27 @@ pub fn load(address: SocketAddr, config: &BenchConfig) -> Result<(), BenchError>
     Ok(())
 }
 
-/// Sums every value (in transactions of 10,000 keys).
+/// Sums every value (in transactions of 10,000 keys; travel: counts reservations).
 pub fn total(address: SocketAddr, config: &BenchConfig) -> Result<i64, BenchError> {
+    total_and_audit(address, config).map(|(sum, _)| sum)
+}
+
+/// The sum of [`total`] and the first violation the workload's audit found, if any.
+fn total_and_audit(address: SocketAddr, config: &BenchConfig) -> Result<(i64, Option<String>), BenchError> {
     let client = leasehold_client::BlockingClient::connect(address)?;
     let mut sum = 0i64;
+    let mut violation = None;
     for invocation in workload::total_invocations(config.workload, config.keys) {
         match client.invoke(invocation)? {
             InvokeResult::Committed { output, .. } => {
                 sum += workload::decode_total(config.workload, &output)
                     .ok_or_else(|| BenchError::Load("undecodable total".into()))?;
+                violation = violation.or_else(|| workload::audit_violation(config.workload, &output));
             }
             other => return Err(BenchError::Load(format!("{other:?}"))),
         }
     }
-    Ok(sum)
+    Ok((sum, violation))
 }
 
 /// Runs the benchmark against the node at `address`.
@@ -120,7 +145,6 @@ pub fn run(address: SocketAddr, config: &BenchConfig, progress: impl Fn(&str)) -
         progress(&format!("loading {} keys", config.keys));
         load(address, config)?;
     }
-    let sum_expected = config.load.then(|| config.keys as i64 * config.initial_value);
     progress(&format!(
         "running {} clients x {} messages x {} requests for {:?} (+{:?} warm-up)",
         config.clients, config.pipeline, config.batch, config.duration, config.warmup
@@ -143,15 +167,29 @@ pub fn run(address: SocketAddr, config: &BenchConfig, progress: impl Fn(&str)) -
         .collect::<Result<_, _>>()?;
     let mut tally = Tally::default();
     let mut latency = Histogram::<u64>::new(3).expect("valid histogram precision");
+    let mut effects = Effects::default();
     for thread in threads {
         let result = thread.join().map_err(|_| BenchError::ClientPanicked)??;
+        effects.delta += result.effects.delta;
+        effects.undecodable += result.effects.undecodable;
         tally.committed += result.tally.committed;
         tally.aborted += result.tally.aborted;
         tally.rejected += result.tally.rejected;
         latency.add(&result.latency).expect("histograms have the same precision");
     }
     let measured_seconds = config.duration.as_secs_f64();
-    let sum_found = if sum_expected.is_some() { Some(total(address, config)?) } else { None };
+    // Only a run that loaded knows the starting sum.
+    let sum_expected =
+        config.load.then(|| workload::initial_sum(config.workload, config.keys, config.initial_value) + effects.delta);
+    let (sum_found, mut invariant_violation) = if sum_expected.is_some() {
+        total_and_audit(address, config).map(|(sum, v)| (Some(sum), v))?
+    } else {
+        (None, None)
+    };
+    if effects.undecodable > 0 {
+        // Their deltas are unknown, so the sum check cannot be trusted.
+        invariant_violation.get_or_insert(format!("{} committed outputs did not decode", effects.undecodable));
+    }
     Ok(BenchReport {
         config: config.clone(),
         committed: tally.committed,
@@ -166,6 +204,7 @@ pub fn run(address: SocketAddr, config: &BenchConfig, progress: impl Fn(&str)) -
         latency_max_us: latency.max(),
         sum_expected,
         sum_found,
+        invariant_violation,
     })
 }
 
@@ -192,6 +231,7 @@ fn run_client(
         )));
         let latency = Rc::new(RefCell::new(Histogram::<u64>::new(3).expect("valid histogram precision")));
         let tally = Rc::new(RefCell::new(Tally::default()));
+        let effects = Rc::new(RefCell::new(Effects::default()));
         // Open loop: each of this client's pipeline slots sends one message per interval.
         let interval = config.rate.map(|rate| {
             let messages_per_second = rate / config.batch as f64 / config.clients as f64 / config.pipeline as f64;
@@ -199,8 +239,8 @@ fn run_client(
         });
         let mut slots = Vec::new();
         for slot in 0..config.pipeline {
-            let (connection, generator, latency, tally) =
-                (connection.clone(), generator.clone(), latency.clone(), tally.clone());
+            let (connection, generator, latency, tally, effects) =
+                (connection.clone(), generator.clone(), latency.clone(), tally.clone(), effects.clone());
             slots.push(async move {
                 tokio::time::sleep_until(start.into()).await;
                 // Spread the open-loop slots over one interval so messages do not leave in bursts.
@@ -220,8 +260,20 @@ fn run_client(
                         let mut generator = generator.borrow_mut();
                         (0..config.batch).map(|_| generator.next()).collect()
                     };
+                    let workflows: Vec<String> = invocations.iter().map(|i| i.workflow.clone()).collect();
                     let results = connection.invoke_many(invocations).await?;
                     let done = Instant::now();
+                    {
+                        let mut effects = effects.borrow_mut();
+                        for (workflow, result) in workflows.iter().zip(&results) {
+                            if let InvokeResult::Committed { output, .. } = result {
+                                match workload::committed_delta(config.workload, workflow, output) {
+                                    Some(delta) => effects.delta += delta,
+                                    None => effects.undecodable += 1,
+                                }
+                            }
+                        }
+                    }
                     if intended >= measure_from && done <= stop_at + Duration::from_secs(60) {
                         let micros = done.duration_since(intended).as_micros() as u64;
                         let mut latency = latency.borrow_mut();
@@ -243,7 +295,8 @@ fn run_client(
         }
         let latency = latency.borrow().clone();
         let tally = std::mem::take(&mut *tally.borrow_mut());
-        Ok(ClientResult { tally, latency })
+        let effects = std::mem::take(&mut *effects.borrow_mut());
+        Ok(ClientResult { tally, effects, latency })
     })
 }
 
@@ -276,8 +329,27 @@ impl BenchReport {
         );
         if let (Some(expected), Some(found)) = (self.sum_expected, self.sum_found) {
             let verdict = if expected == found { "holds" } else { "VIOLATED" };
-            text += &format!("  invariant (sum of all values {expected}): found {found}, {verdict}\n");
+            let what = match c.workload {
+                WorkloadKind::Travel => "reservations held = committed reserves",
+                WorkloadKind::Smallbank => "sum of balances = loaded + committed deltas",
+                WorkloadKind::Banking | WorkloadKind::YcsbT => "sum of all values",
+            };
+            text += &format!("  invariant ({what} {expected}): found {found}, {verdict}\n");
+        }
+        if let Some(violation) = &self.invariant_violation {
+            text += &format!("  invariant VIOLATED: {violation}\n");
         }
         text
+    }
+
+    /// Why the run broke its workload's invariant, if it did.
+    pub fn invariant_error(&self) -> Option<String> {
+        match (self.sum_expected, self.sum_found, &self.invariant_violation) {
+            (_, _, Some(violation)) => Some(violation.clone()),
+            (Some(expected), Some(found), None) if expected != found => {
+                Some(format!("sum {found}, expected {expected}"))
+            }
+            _ => None,
+        }
     }
 }

@@ -1,7 +1,15 @@
-//! Seeded, reproducible request generators for the workloads of `shared/WORKLOADS.md`.
+//! Seeded, reproducible request generators for the workloads of `shared/WORKLOADS.md`,
+//! and what the harness needs to load each workload and check its invariant.
 //!
-//! A generator produces invocations in the plugin's own argument encoding; keys are
-//! drawn uniformly (theta 0) or from a Zipfian distribution with the given theta.
+//! A generator produces invocations in the plugin's own argument encoding. Banking and
+//! YCSB-T draw keys uniformly (theta 0) or from a Zipfian distribution with the given
+//! theta; SmallBank uses FaSST's hot set instead and travel draws ids uniformly (both
+//! ignore theta).
+//!
+//! The invariant of every workload is checked the same way: `total_invocations` reads a
+//! sum after the run, which must equal [`initial_sum`] plus the [`committed_delta`] of
+//! every committed request; travel's audit also checks capacity and both-or-neither
+//! ([`audit_violation`]).
 
 use leasehold_client::{Arguments, Invocation};
 use rand::rngs::SmallRng;
@@ -16,6 +24,11 @@ pub enum WorkloadKind {
     Banking,
     /// YCSB-T: transfer(a uniform, b Zipfian).
     YcsbT,
+    /// SmallBank (FaSST/DrTM): six transaction types over savings and checking, with a
+    /// hot set of customers.
+    Smallbank,
+    /// Travel (DeathStarBench hotel reservation): 1:1 search and reserve(hotel, flight).
+    Travel,
 }
 
 impl WorkloadKind {
@@ -23,15 +36,87 @@ impl WorkloadKind {
         match self {
             WorkloadKind::Banking => "banking",
             WorkloadKind::YcsbT => "ycsb-t",
+            WorkloadKind::Smallbank => "smallbank",
+            WorkloadKind::Travel => "travel",
         }
     }
 
-    /// Default key count and initial value (WORKLOADS.md).
+    /// Default key count and initial value (WORKLOADS.md). For SmallBank the keys are
+    /// customers and the value each of their two balances; for travel the keys are the
+    /// number of hotels (and of flights) and the value the capacity of each.
     pub fn defaults(self) -> (u64, i64) {
         match self {
             WorkloadKind::Banking => (100_000, 1_000_000),
             WorkloadKind::YcsbT => (10_000, 1_000_000),
+            WorkloadKind::Smallbank => (100_000, 1_000_000),
+            // Capacity high enough that a 10 s run at ~10^5 requests/s rarely sells out,
+            // so reserve measures reservations rather than sold-out aborts.
+            WorkloadKind::Travel => (100, TRAVEL_CAPACITY),
         }
+    }
+
+    /// Whether the workload is a plain transfer, which the Redis and PostgreSQL peers of
+    /// `leasehold compare` implement.
+    pub fn is_transfer(self) -> bool {
+        matches!(self, WorkloadKind::Banking | WorkloadKind::YcsbT)
+    }
+}
+
+/// Default seats per flight and rooms per hotel for travel.
+pub const TRAVEL_CAPACITY: i64 = 10_000;
+
+/// SmallBank's hot customers (FaSST/DrTM: 4,000 of 100,000 per node).
+pub const SMALLBANK_HOT_CUSTOMERS: u64 = 4_000;
+/// Share of SmallBank transactions whose customers all come from the hot set.
+pub const SMALLBANK_HOT_SHARE: f64 = 0.9;
+/// SmallBank's mix in percent, in the order of [`SmallbankTransaction::ALL`].
+pub const SMALLBANK_MIX: [u32; 6] = [15, 15, 15, 25, 15, 15];
+/// How many hotels and flights one travel search names (DeathStarBench's geo service
+/// returns the few nearest hotels).
+pub const TRAVEL_SEARCH_WIDTH: u64 = 5;
+
+/// SmallBank's transaction types, named as the plugin's workflows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SmallbankTransaction {
+    Amalgamate,
+    Balance,
+    DepositChecking,
+    SendPayment,
+    TransactSavings,
+    WriteCheck,
+}
+
+impl SmallbankTransaction {
+    pub const ALL: [SmallbankTransaction; 6] = [
+        SmallbankTransaction::Amalgamate,
+        SmallbankTransaction::Balance,
+        SmallbankTransaction::DepositChecking,
+        SmallbankTransaction::SendPayment,
+        SmallbankTransaction::TransactSavings,
+        SmallbankTransaction::WriteCheck,
+    ];
+
+    pub fn workflow(self) -> &'static str {
+        match self {
+            SmallbankTransaction::Amalgamate => "amalgamate",
+            SmallbankTransaction::Balance => "balance",
+            SmallbankTransaction::DepositChecking => "deposit_checking",
+            SmallbankTransaction::SendPayment => "send_payment",
+            SmallbankTransaction::TransactSavings => "transact_savings",
+            SmallbankTransaction::WriteCheck => "write_check",
+        }
+    }
+
+    /// Draws a type by [`SMALLBANK_MIX`].
+    fn draw(rng: &mut SmallRng) -> SmallbankTransaction {
+        let mut ticket = rng.random_range(0..SMALLBANK_MIX.iter().sum::<u32>());
+        for (transaction, share) in SmallbankTransaction::ALL.into_iter().zip(SMALLBANK_MIX) {
+            if ticket < share {
+                return transaction;
+            }
+            ticket -= share;
+        }
+        unreachable!("the ticket is below the sum of the shares")
     }
 }
 
@@ -92,23 +177,19 @@ impl Generator {
             WorkloadKind::Banking => (KeySampler::new(keys, theta), KeySampler::new(keys, theta)),
             // YCSB-T: a uniform, b Zipfian.
             WorkloadKind::YcsbT => (KeySampler::new(keys, 0.0), KeySampler::new(keys, theta)),
+            // These draw their own ids (hot set, uniform); the samplers stay unused.
+            WorkloadKind::Smallbank | WorkloadKind::Travel => (KeySampler::new(keys, 0.0), KeySampler::new(keys, 0.0)),
         };
         Generator { kind, rng, first, second, keys, client, sequence: 0, run }
     }
 
-    /// The next transfer, with a unique request id.
+    /// The next request (a transfer for banking and YCSB-T), with a unique request id.
     pub fn next(&mut self) -> Invocation {
-        let from = self.first.sample(&mut self.rng);
-        let mut to = self.second.sample(&mut self.rng);
-        if to == from {
-            to = (to + 1) % self.keys;
-        }
-        let amount = self.rng.random_range(1..=10);
-        let arguments = match self.kind {
-            WorkloadKind::Banking => leasehold_sdk::encode(&leasehold_plugin_banking::Transfer { from, to, amount }),
-            WorkloadKind::YcsbT => leasehold_sdk::encode(&leasehold_plugin_ycsb_t::Transfer { a: from, b: to, amount }),
-        }
-        .expect("transfer arguments encode");
+        let (workflow, arguments) = match self.kind {
+            WorkloadKind::Banking | WorkloadKind::YcsbT => ("transfer", self.next_transfer()),
+            WorkloadKind::Smallbank => self.next_smallbank(),
+            WorkloadKind::Travel => self.next_travel(),
+        };
         self.sequence += 1;
         let mut request_id = Vec::with_capacity(20);
         request_id.extend_from_slice(&self.run.to_be_bytes());
@@ -116,16 +197,88 @@ impl Generator {
         request_id.extend_from_slice(&self.sequence.to_be_bytes());
         Invocation {
             plugin: self.kind.plugin().to_string(),
-            workflow: "transfer".to_string(),
+            workflow: workflow.to_string(),
             arguments: Arguments::Encoded(arguments),
             request_id,
         }
     }
+
+    fn next_transfer(&mut self) -> Vec<u8> {
+        let from = self.first.sample(&mut self.rng);
+        let mut to = self.second.sample(&mut self.rng);
+        if to == from {
+            to = (to + 1) % self.keys;
+        }
+        let amount = self.rng.random_range(1..=10);
+        match self.kind {
+            WorkloadKind::Banking => leasehold_sdk::encode(&leasehold_plugin_banking::Transfer { from, to, amount }),
+            WorkloadKind::YcsbT => leasehold_sdk::encode(&leasehold_plugin_ycsb_t::Transfer { a: from, b: to, amount }),
+            WorkloadKind::Smallbank | WorkloadKind::Travel => unreachable!("only banking and YCSB-T transfer"),
+        }
+        .expect("transfer arguments encode")
+    }
+
+    /// FaSST's SmallBank: the type by the mix; with probability 0.9 every customer of the
+    /// transaction is hot (the first 4,000 ids), otherwise drawn from all customers.
+    fn next_smallbank(&mut self) -> (&'static str, Vec<u8>) {
+        use crate::wire::smallbank;
+        let transaction = SmallbankTransaction::draw(&mut self.rng);
+        let pool =
+            if self.rng.random_bool(SMALLBANK_HOT_SHARE) { SMALLBANK_HOT_CUSTOMERS.min(self.keys) } else { self.keys };
+        let customer = self.rng.random_range(0..pool);
+        // A second, different customer (when there is one) from the same pool.
+        let mut other = self.rng.random_range(0..pool);
+        if other == customer {
+            other = (other + 1) % pool;
+        }
+        let amount = self.rng.random_range(1..=100);
+        let arguments = match transaction {
+            SmallbankTransaction::Amalgamate => {
+                leasehold_sdk::encode(&smallbank::Amalgamate { from: customer, to: other })
+            }
+            SmallbankTransaction::Balance => leasehold_sdk::encode(&smallbank::Customer { customer }),
+            SmallbankTransaction::SendPayment => {
+                leasehold_sdk::encode(&smallbank::SendPayment { from: customer, to: other, amount })
+            }
+            SmallbankTransaction::DepositChecking
+            | SmallbankTransaction::TransactSavings
+            | SmallbankTransaction::WriteCheck => {
+                leasehold_sdk::encode(&smallbank::CustomerAmount { customer, amount })
+            }
+        };
+        (transaction.workflow(), arguments.expect("smallbank arguments encode"))
+    }
+
+    /// Travel: search and reserve 1:1, every id uniform. A search names the hotels and
+    /// flights "near" a uniformly drawn one (consecutive ids), so they are distinct.
+    fn next_travel(&mut self) -> (&'static str, Vec<u8>) {
+        use crate::wire::travel;
+        if self.rng.random_bool(0.5) {
+            let width = TRAVEL_SEARCH_WIDTH.min(self.keys);
+            let near = |start: u64| (0..width).map(|offset| (start + offset) % self.keys).collect::<Vec<_>>();
+            let (hotel, flight) = (self.rng.random_range(0..self.keys), self.rng.random_range(0..self.keys));
+            let search = travel::Search { hotels: near(hotel), flights: near(flight) };
+            ("search", leasehold_sdk::encode(&search).expect("search arguments encode"))
+        } else {
+            let user = travel::user_name(self.rng.random_range(0..travel::USER_COUNT));
+            let (hotel, flight) = (self.rng.random_range(0..self.keys), self.rng.random_range(0..self.keys));
+            (
+                "reserve",
+                leasehold_sdk::encode(&travel::Reserve { user, hotel, flight }).expect("reserve arguments encode"),
+            )
+        }
+    }
 }
 
-/// The invocations that load `keys` keys with `value` each, in chunks.
+/// The invocations that load `keys` keys with `value` each, in chunks (travel: `keys`
+/// hotels and flights with capacity `value`, and the users, in one transaction).
 pub fn load_invocations(kind: WorkloadKind, keys: u64, value: i64) -> Vec<Invocation> {
     const CHUNK: u64 = 10_000;
+    if kind == WorkloadKind::Travel {
+        let capacity = u32::try_from(value).expect("travel capacity fits in a u32");
+        let load = crate::wire::travel::Load { hotels: keys, flights: keys, capacity };
+        return vec![invocation(kind, "load", leasehold_sdk::encode(&load))];
+    }
     (0..keys.div_ceil(CHUNK))
         .map(|chunk| {
             let first = chunk * CHUNK;
@@ -137,6 +290,10 @@ pub fn load_invocations(kind: WorkloadKind, keys: u64, value: i64) -> Vec<Invoca
                 WorkloadKind::YcsbT => {
                     ("load", leasehold_sdk::encode(&leasehold_plugin_ycsb_t::Load { first, count, value }))
                 }
+                WorkloadKind::Smallbank => {
+                    ("load", leasehold_sdk::encode(&crate::wire::smallbank::Load { first, count, balance: value }))
+                }
+                WorkloadKind::Travel => unreachable!("travel loads in one transaction above"),
             };
             Invocation {
                 plugin: kind.plugin().to_string(),
@@ -148,9 +305,23 @@ pub fn load_invocations(kind: WorkloadKind, keys: u64, value: i64) -> Vec<Invoca
         .collect()
 }
 
-/// The invocations that sum all values (for the invariant check), in chunks.
+fn invocation(kind: WorkloadKind, workflow: &str, arguments: Result<Vec<u8>, leasehold_sdk::Abort>) -> Invocation {
+    Invocation {
+        plugin: kind.plugin().to_string(),
+        workflow: workflow.to_string(),
+        arguments: Arguments::Encoded(arguments.expect("harness arguments encode")),
+        request_id: Vec::new(),
+    }
+}
+
+/// The invocations that sum all values (for the invariant check), in chunks. For travel
+/// this is one `audit`, whose sum is the number of reservations held.
 pub fn total_invocations(kind: WorkloadKind, keys: u64) -> Vec<Invocation> {
     const CHUNK: u64 = 10_000;
+    if kind == WorkloadKind::Travel {
+        let audit = crate::wire::travel::Audit { hotels: keys, flights: keys };
+        return vec![invocation(kind, "audit", leasehold_sdk::encode(&audit))];
+    }
     (0..keys.div_ceil(CHUNK))
         .map(|chunk| {
             let first = chunk * CHUNK;
@@ -158,6 +329,8 @@ pub fn total_invocations(kind: WorkloadKind, keys: u64) -> Vec<Invocation> {
             let arguments = match kind {
                 WorkloadKind::Banking => leasehold_sdk::encode(&leasehold_plugin_banking::Range { first, count }),
                 WorkloadKind::YcsbT => leasehold_sdk::encode(&leasehold_plugin_ycsb_t::Range { first, count }),
+                WorkloadKind::Smallbank => leasehold_sdk::encode(&crate::wire::smallbank::Range { first, count }),
+                WorkloadKind::Travel => unreachable!("travel audits in one transaction above"),
             };
             Invocation {
                 plugin: kind.plugin().to_string(),
@@ -174,6 +347,49 @@ pub fn decode_total(kind: WorkloadKind, output: &[u8]) -> Option<i64> {
     match kind {
         WorkloadKind::Banking => leasehold_sdk::decode::<(i64, u64)>(output).ok().map(|(sum, _)| sum),
         WorkloadKind::YcsbT => leasehold_sdk::decode::<i64>(output).ok(),
+        WorkloadKind::Smallbank => leasehold_sdk::decode::<crate::wire::smallbank::Total>(output).ok().map(|t| t.sum),
+        WorkloadKind::Travel => leasehold_sdk::decode::<crate::wire::travel::AuditReport>(output)
+            .ok()
+            .and_then(|audit| i64::try_from(audit.reservations()).ok()),
+    }
+}
+
+/// The sum `total_invocations` report right after `load_invocations`.
+pub fn initial_sum(kind: WorkloadKind, keys: u64, value: i64) -> i64 {
+    match kind {
+        WorkloadKind::Banking | WorkloadKind::YcsbT => keys as i64 * value,
+        // Savings and checking each start with `value`.
+        WorkloadKind::Smallbank => 2 * keys as i64 * value,
+        // Nobody has reserved anything yet.
+        WorkloadKind::Travel => 0,
+    }
+}
+
+/// How much a committed request of `workflow` changed the sum that `total_invocations`
+/// read, from its output; `None` when the output does not decode.
+pub fn committed_delta(kind: WorkloadKind, workflow: &str, output: &[u8]) -> Option<i64> {
+    match (kind, workflow) {
+        (WorkloadKind::Banking | WorkloadKind::YcsbT, _) => Some(0),
+        (WorkloadKind::Smallbank, _) => {
+            leasehold_sdk::decode::<crate::wire::smallbank::Receipt>(output).ok().map(|receipt| receipt.delta)
+        }
+        // Each committed reservation adds one; the output is checked to be one.
+        (WorkloadKind::Travel, "reserve") => {
+            leasehold_sdk::decode::<crate::wire::travel::Reserved>(output).ok().map(|_| 1)
+        }
+        (WorkloadKind::Travel, _) => Some(0),
+    }
+}
+
+/// The violation of an invariant beyond the sum that one `total` output shows, if any
+/// (travel: over capacity, or a reservation without both parts).
+pub fn audit_violation(kind: WorkloadKind, output: &[u8]) -> Option<String> {
+    match kind {
+        WorkloadKind::Travel => match leasehold_sdk::decode::<crate::wire::travel::AuditReport>(output) {
+            Ok(audit) => audit.violation(),
+            Err(error) => Some(format!("undecodable audit: {error}")),
+        },
+        WorkloadKind::Banking | WorkloadKind::YcsbT | WorkloadKind::Smallbank => None,
     }
 }
 
@@ -207,5 +423,165 @@ mod tests {
         // Under theta 0.99 the hottest key gets roughly a tenth of all draws; uniform
         // sampling would give it a handful.
         assert!(hottest > 1000, "hottest key drew {hottest}");
+    }
+
+    /// Decodes generated arguments as plain tuples of the argument types' fields (postcard
+    /// is positional), so the test does not just repeat the encoding's own definition.
+    fn decoded<T: serde::de::DeserializeOwned>(invocation: &Invocation) -> T {
+        let Arguments::Encoded(bytes) = &invocation.arguments else { panic!("generators encode their arguments") };
+        leasehold_sdk::decode(bytes).expect("generated arguments decode")
+    }
+
+    /// The customers a SmallBank request touches.
+    fn smallbank_customers(invocation: &Invocation) -> Vec<u64> {
+        match invocation.workflow.as_str() {
+            "amalgamate" => {
+                let (from, to): (u64, u64) = decoded(invocation);
+                assert_ne!(from, to, "amalgamate moves money between two customers");
+                vec![from, to]
+            }
+            "send_payment" => {
+                let (from, to, amount): (u64, u64, i64) = decoded(invocation);
+                assert_ne!(from, to, "send_payment pays another customer");
+                assert!((1..=100).contains(&amount));
+                vec![from, to]
+            }
+            "balance" => vec![decoded::<u64>(invocation)],
+            "deposit_checking" | "transact_savings" | "write_check" => {
+                let (customer, amount): (u64, i64) = decoded(invocation);
+                assert!((1..=100).contains(&amount));
+                vec![customer]
+            }
+            other => panic!("unexpected smallbank workflow {other}"),
+        }
+    }
+
+    #[test]
+    fn smallbank_follows_the_mix_and_the_hot_set() {
+        const DRAWS: usize = 100_000;
+        let mut generator = Generator::new(WorkloadKind::Smallbank, 100_000, 0.0, 3, 0, 1);
+        let mut per_workflow = std::collections::HashMap::<String, usize>::new();
+        let mut all_hot = 0usize;
+        for _ in 0..DRAWS {
+            let invocation = generator.next();
+            assert_eq!(invocation.plugin, "smallbank");
+            let customers = smallbank_customers(&invocation);
+            assert!(customers.iter().all(|&c| c < 100_000));
+            if customers.iter().all(|&c| c < SMALLBANK_HOT_CUSTOMERS) {
+                all_hot += 1;
+            }
+            *per_workflow.entry(invocation.workflow).or_default() += 1;
+        }
+        for (transaction, percent) in SmallbankTransaction::ALL.into_iter().zip(SMALLBANK_MIX) {
+            let share = per_workflow.get(transaction.workflow()).copied().unwrap_or(0) as f64 / DRAWS as f64;
+            // 100,000 draws: the standard error of a 15% share is about 0.11 points.
+            assert!((share - f64::from(percent) / 100.0).abs() < 0.01, "{transaction:?}: share {share}");
+        }
+        // 90% hot by choice, plus the few cold draws that land in the hot set anyway
+        // (4% of 10% for one customer).
+        let hot_share = all_hot as f64 / DRAWS as f64;
+        assert!((0.895..0.91).contains(&hot_share), "hot share {hot_share}");
+    }
+
+    #[test]
+    fn smallbank_and_travel_are_reproducible_per_seed_and_client() {
+        for kind in [WorkloadKind::Smallbank, WorkloadKind::Travel] {
+            let run = |seed, client| {
+                let mut generator = Generator::new(kind, 1_000, 0.0, seed, client, 9);
+                (0..200).map(|_| generator.next()).map(|i| (i.workflow, i.arguments)).collect::<Vec<_>>()
+            };
+            assert_eq!(run(5, 1), run(5, 1), "{kind:?} repeats with the same seed");
+            assert_ne!(run(5, 1), run(6, 1), "{kind:?} changes with the seed");
+            assert_ne!(run(5, 1), run(5, 2), "{kind:?} differs between clients");
+        }
+    }
+
+    #[test]
+    fn smallbank_with_fewer_customers_than_the_hot_set_stays_in_range() {
+        let mut generator = Generator::new(WorkloadKind::Smallbank, 2, 0.0, 1, 0, 0);
+        for _ in 0..1_000 {
+            assert!(smallbank_customers(&generator.next()).iter().all(|&c| c < 2));
+        }
+    }
+
+    #[test]
+    fn travel_is_one_to_one_with_uniform_ids() {
+        use crate::wire::travel;
+        const DRAWS: usize = 40_000;
+        let mut generator = Generator::new(WorkloadKind::Travel, 100, 0.0, 11, 0, 1);
+        let (mut searches, mut hotel_counts) = (0usize, vec![0usize; 100]);
+        for _ in 0..DRAWS {
+            let invocation = generator.next();
+            match invocation.workflow.as_str() {
+                "search" => {
+                    searches += 1;
+                    let (hotels, flights): (Vec<u64>, Vec<u64>) = decoded(&invocation);
+                    assert_eq!(hotels.len() as u64, TRAVEL_SEARCH_WIDTH);
+                    assert!(hotels.iter().chain(&flights).all(|&id| id < 100));
+                }
+                "reserve" => {
+                    let (user, hotel, flight): (String, u64, u64) = decoded(&invocation);
+                    let user: u64 = user.strip_prefix("Cornell_").and_then(|n| n.parse().ok()).expect("user name");
+                    assert!(user < travel::USER_COUNT && flight < 100);
+                    hotel_counts[hotel as usize] += 1;
+                }
+                other => panic!("unexpected travel workflow {other}"),
+            }
+        }
+        let search_share = searches as f64 / DRAWS as f64;
+        assert!((search_share - 0.5).abs() < 0.01, "search share {search_share}");
+        // Uniform: about 200 reservations per hotel; none far off.
+        let (least, most) = (hotel_counts.iter().min().copied(), hotel_counts.iter().max().copied());
+        assert!(least > Some(120) && most < Some(290), "hotel reservations from {least:?} to {most:?}");
+    }
+
+    /// An audit as the travel plugin encodes it: one hotel and one flight of capacity 2,
+    /// and `holders` users holding (hotel 0, flight 0).
+    fn encoded_audit(hotel_reserved: u32, flight_reserved: u32, holders: usize) -> Vec<u8> {
+        use crate::wire::travel;
+        let inventory = |reserved| Some(travel::Inventory { capacity: 2, reserved, price: 1, rating: 1 });
+        let mut users = vec![Some(travel::User::default()); travel::USER_COUNT as usize];
+        for user in users.iter_mut().take(holders) {
+            user.as_mut().expect("users exist").reservations.push(travel::Reservation { hotel: 0, flight: 0 });
+        }
+        let report = travel::AuditReport {
+            hotels: vec![inventory(hotel_reserved)],
+            flights: vec![inventory(flight_reserved)],
+            users,
+        };
+        leasehold_sdk::encode(&report).expect("encode audit")
+    }
+
+    #[test]
+    fn travel_audit_accepts_consistent_state_and_names_each_violation() {
+        let violation =
+            |hotel, flight, holders| audit_violation(WorkloadKind::Travel, &encoded_audit(hotel, flight, holders));
+        assert_eq!(violation(2, 2, 2), None);
+        assert_eq!(decode_total(WorkloadKind::Travel, &encoded_audit(2, 2, 2)), Some(2));
+        assert!(violation(3, 3, 3).expect("over capacity").contains("over capacity"));
+        // A hotel taken without its flight: the flight counter disagrees with the users.
+        assert!(violation(2, 1, 2).expect("half reservation").contains("flight 0 counts 1"));
+        assert!(violation(1, 1, 2).expect("unrecorded").contains("hotel 0 counts 1"));
+        assert!(audit_violation(WorkloadKind::Travel, &[1, 2]).expect("garbage").contains("undecodable"));
+    }
+
+    #[test]
+    fn invariant_sums_start_right_and_deltas_decode() {
+        assert_eq!(initial_sum(WorkloadKind::Banking, 10, 5), 50);
+        assert_eq!(initial_sum(WorkloadKind::Smallbank, 10, 5), 100);
+        assert_eq!(initial_sum(WorkloadKind::Travel, 10, 5), 0);
+        let receipt = crate::wire::smallbank::Receipt { delta: -7, customer: 1, savings: 2, checking: 3 };
+        let output = leasehold_sdk::encode(&receipt).expect("encode receipt");
+        assert_eq!(committed_delta(WorkloadKind::Smallbank, "write_check", &output), Some(-7));
+        assert_eq!(committed_delta(WorkloadKind::Smallbank, "write_check", &[]), None);
+        let reserved = crate::wire::travel::Reserved {
+            reservation: crate::wire::travel::Reservation { hotel: 1, flight: 2 },
+            user_reservations: 1,
+        };
+        let output = leasehold_sdk::encode(&reserved).expect("encode reservation");
+        assert_eq!(committed_delta(WorkloadKind::Travel, "reserve", &output), Some(1));
+        assert_eq!(committed_delta(WorkloadKind::Travel, "search", &output), Some(0));
+        assert!(load_invocations(WorkloadKind::Smallbank, 25_000, 1).len() == 3);
+        assert!(total_invocations(WorkloadKind::Travel, 100).len() == 1);
     }
 }

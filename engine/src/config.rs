@@ -67,6 +67,10 @@ pub struct Config {
     /// How long a request id's outcome is kept for retries (a retry after that may run
     /// the request again).
     pub request_id_retention_hours: u64,
+    /// A file holding the shared token clients must present (its contents, trimmed of
+    /// surrounding whitespace). A file rather than a value keeps the secret out of `ps`,
+    /// the environment and config files that get shared. None: any client is accepted.
+    pub auth_token_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -88,6 +92,7 @@ impl Default for Config {
             key_bytes_max: 1024,
             recent_results_max: 1_000_000,
             request_id_retention_hours: 7 * 24,
+            auth_token_file: None,
         }
     }
 }
@@ -101,6 +106,45 @@ pub enum ConfigError {
     Parse { path: PathBuf, source: toml::de::Error },
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    #[error("cannot read auth_token_file {path}: {source}")]
+    TokenRead { path: PathBuf, source: std::io::Error },
+    #[error("auth_token_file {path} is empty (or only whitespace); put the shared token in it")]
+    TokenEmpty { path: PathBuf },
+}
+
+/// The shared token clients must present. Its `Debug` does not show it, so that it never
+/// ends up in a log line by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuthToken(Vec<u8>);
+
+impl AuthToken {
+    /// The token's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    #[cfg(test)]
+    pub(crate) fn for_tests(token: &[u8]) -> AuthToken {
+        AuthToken(token.to_vec())
+    }
+}
+
+impl std::fmt::Debug for AuthToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AuthToken({} bytes)", self.0.len())
+    }
+}
+
+/// Reads a token file: its contents without surrounding whitespace (editors and `echo`
+/// add a final newline that is not part of the secret). An empty token is refused rather
+/// than silently turning authentication off.
+pub fn read_token_file(path: &Path) -> Result<AuthToken, ConfigError> {
+    let contents = std::fs::read(path).map_err(|source| ConfigError::TokenRead { path: path.into(), source })?;
+    let token = contents.trim_ascii();
+    if token.is_empty() {
+        return Err(ConfigError::TokenEmpty { path: path.into() });
+    }
+    Ok(AuthToken(token.to_vec()))
 }
 
 impl Config {
@@ -128,7 +172,16 @@ impl Config {
                 return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
             }
         }
+        // Read here too, so that a bad token file stops the node before it opens its
+        // database rather than after.
+        self.auth_token()?;
         Ok(())
+    }
+
+    /// The configured client token, read from `auth_token_file`; `None` when no file is
+    /// configured (the node then accepts every client).
+    pub fn auth_token(&self) -> Result<Option<AuthToken>, ConfigError> {
+        self.auth_token_file.as_deref().map(read_token_file).transpose()
     }
 }
 
@@ -162,6 +215,10 @@ pub struct ConfigOverrides {
     pub epoch_transactions_max: Option<usize>,
     #[arg(long, env = "LEASEHOLD_EPOCH_LINGER_US")]
     pub epoch_linger_us: Option<u64>,
+    /// File holding the shared token clients must present (trimmed); without one any
+    /// client is accepted.
+    #[arg(long, env = "LEASEHOLD_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
 }
 
 impl ConfigOverrides {
@@ -198,6 +255,9 @@ impl ConfigOverrides {
         if let Some(value) = self.epoch_linger_us {
             config.epoch_linger_us = value;
         }
+        if let Some(value) = &self.auth_token_file {
+            config.auth_token_file = Some(value.clone());
+        }
         config.validate()?;
         Ok(config)
     }
@@ -229,5 +289,25 @@ mod tests {
         assert!(error.to_string().contains("executor_thread"), "{error}");
         let overrides = ConfigOverrides { executor_threads: Some(0), ..Default::default() };
         assert!(matches!(overrides.resolve(), Err(ConfigError::Invalid(_))));
+    }
+
+    #[test]
+    fn the_token_file_is_trimmed_and_must_hold_a_token() {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let path = directory.path().join("token");
+        std::fs::write(&path, "  s3cret\n").expect("write token");
+        let overrides = ConfigOverrides { auth_token_file: Some(path.clone()), ..Default::default() };
+        let config = overrides.resolve().expect("valid config");
+        let token = config.auth_token().expect("readable").expect("configured");
+        assert_eq!(token.as_bytes(), b"s3cret");
+        assert!(!format!("{token:?}").contains("s3cret"), "Debug must not show the token");
+        assert!(Config::default().auth_token().expect("nothing to read").is_none());
+
+        std::fs::write(&path, " \n").expect("write token");
+        let error = overrides.resolve().expect_err("an empty token file must be refused");
+        assert!(matches!(error, ConfigError::TokenEmpty { .. }), "{error}");
+        let missing = ConfigOverrides { auth_token_file: Some(directory.path().join("absent")), ..Default::default() };
+        let error = missing.resolve().expect_err("a missing token file must be refused");
+        assert!(matches!(error, ConfigError::TokenRead { .. }) && error.to_string().contains("absent"), "{error}");
     }
 }

@@ -13,6 +13,7 @@ pub const COMMIT_SECONDS: &str = "leasehold_commit_seconds";
 pub const GROUP_COMMIT_EPOCHS: &str = "leasehold_group_commit_epochs";
 pub const CHECKPOINT_SECONDS: &str = "leasehold_checkpoint_seconds";
 pub const PLUGIN_DEPLOYS_TOTAL: &str = "leasehold_plugin_deploys_total";
+pub const AUTHENTICATION_FAILURES_TOTAL: &str = "leasehold_authentication_failures_total";
 
 /// Errors starting the metrics endpoint.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +44,7 @@ fn describe() {
     metrics::describe_histogram!(GROUP_COMMIT_EPOCHS, "Epochs made durable by one group commit.");
     metrics::describe_histogram!(CHECKPOINT_SECONDS, "Time to fold logged epochs into the tables.");
     metrics::describe_counter!(PLUGIN_DEPLOYS_TOTAL, "Plugin deploys that succeeded.");
+    metrics::describe_counter!(AUTHENTICATION_FAILURES_TOTAL, "Client authentications refused for a wrong token.");
 }
 
 /// Sends `tracing` logs to stderr, filtered by `RUST_LOG` or else by `default_filter`

@@ -6,18 +6,25 @@
 //! connections and deals them out round-robin, which spreads a benchmark's few long-lived
 //! connections evenly over the threads. Generated Cap'n Proto types never leave this
 //! module: [`convert`] translates them to and from [`crate::model`].
+//!
+//! Every connection bootstraps its own [`gate::GateService`]; only a client that presents
+//! the node's token gets the thread's `Leasehold` capability from it, so an
+//! unauthenticated connection can reach nothing but the gate.
 
 mod convert;
+mod gate;
 mod service;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::node::NodeHandle;
 use capnp::message::ReaderOptions;
 use capnp_rpc::rpc_twoparty_capnp::Side;
 use capnp_rpc::{twoparty, RpcSystem};
-use leasehold_schema::leasehold_capnp::leasehold;
+use gate::{Expected, GateService};
+use leasehold_schema::leasehold_capnp::{gate as gate_capnp, leasehold};
 use service::{CallTracker, LeaseholdService};
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -58,6 +65,8 @@ pub enum RpcError {
     Runtime(std::io::Error),
     #[error("cannot start an RPC thread: {0}")]
     Thread(std::io::Error),
+    #[error("{0}")]
+    Token(ConfigError),
 }
 
 /// The running RPC server. [`RpcServer::stop`] stops it; dropping it does the same.
@@ -72,6 +81,8 @@ pub struct RpcServer {
 struct ThreadSettings {
     reader_options: ReaderOptions,
     invocations_per_message_max: usize,
+    /// What `Gate.authenticate` checks tokens against.
+    expected_token: Expected,
 }
 
 /// Accepts client connections (on thread 0) and hands each to one RPC thread in turn.
@@ -98,9 +109,17 @@ impl RpcServer {
         let listener = std::net::TcpListener::bind(address).map_err(|source| RpcError::Bind { address, source })?;
         listener.set_nonblocking(true).map_err(RpcError::Listener)?;
         let local_address = listener.local_addr().map_err(RpcError::Listener)?;
+        let token = config.auth_token().map_err(RpcError::Token)?;
+        if token.is_none() {
+            tracing::warn!(
+                address = %local_address,
+                "no auth_token_file configured: this node is unauthenticated and serves every client that connects"
+            );
+        }
         let settings = ThreadSettings {
             reader_options: reader_options(config.message_bytes_max),
             invocations_per_message_max: config.invocations_per_message_max,
+            expected_token: Expected::new(token.as_ref()),
         };
         let thread_count = config.rpc_threads.max(1);
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..thread_count).map(|_| mpsc::unbounded_channel()).unzip();
@@ -202,9 +221,10 @@ async fn serve(
     let accepting =
         acceptor.map(|acceptor| tokio::task::spawn_local(accept_connections(acceptor, stop_signal.clone())));
     let calls = CallTracker::new();
-    // One service object serves all of this thread's connections.
-    let bootstrap: leasehold::Client =
+    // One service object serves all of this thread's authenticated connections.
+    let leasehold: leasehold::Client =
         capnp_rpc::new_client(LeaseholdService::new(node, settings.invocations_per_message_max, calls.clone()));
+    let expected_token = Rc::new(settings.expected_token.clone());
     let (disconnect, disconnect_signal) = watch::channel(false);
     let mut connections = JoinSet::new();
     // Stays true unless the acceptor is gone (which only an unexpected failure causes);
@@ -218,7 +238,8 @@ async fn serve(
                 Some(stream) => {
                     connections.spawn_local(serve_connection(
                         stream,
-                        bootstrap.clone(),
+                        leasehold.clone(),
+                        expected_token.clone(),
                         settings.reader_options,
                         disconnect_signal.clone(),
                     ));
@@ -290,10 +311,12 @@ async fn accept_connections(acceptor: Acceptor, mut stop_signal: watch::Receiver
     }
 }
 
-/// Serves one client connection until the client leaves or the server stops.
+/// Serves one client connection until the client leaves, fails authentication too often
+/// or the server stops.
 async fn serve_connection(
     stream: std::net::TcpStream,
-    bootstrap: leasehold::Client,
+    leasehold: leasehold::Client,
+    expected_token: Rc<Expected>,
     reader_options: ReaderOptions,
     mut disconnect: watch::Receiver<bool>,
 ) {
@@ -317,20 +340,34 @@ async fn serve_connection(
         Side::Server,
         reader_options,
     );
+    let connection = gate::Connection::new();
+    let bootstrap: gate_capnp::Client =
+        capnp_rpc::new_client(GateService::new(expected_token, leasehold, connection.clone(), peer.clone()));
     let mut rpc_system = RpcSystem::new(Box::new(network), Some(bootstrap.client));
     let disconnector = rpc_system.get_disconnector();
-    tokio::select! {
-        result = &mut rpc_system => match result {
-            Ok(()) => tracing::debug!(%peer, "client disconnected"),
-            Err(error) => tracing::debug!(%peer, %error, "client connection failed"),
-        },
-        _ = disconnect.wait_for(|now| *now) => {
-            // The connection must keep running while it closes, to write the last replies
-            // and the closing message.
-            let closing = futures::future::select(disconnector, &mut rpc_system);
-            if tokio::time::timeout(DISCONNECT_GRACE, closing).await.is_err() {
-                tracing::debug!(%peer, "client connection did not close in time");
+    let close_reason = tokio::select! {
+        result = &mut rpc_system => {
+            match result {
+                Ok(()) => tracing::debug!(%peer, "client disconnected"),
+                Err(error) => tracing::debug!(%peer, %error, "client connection failed"),
             }
+            return;
+        },
+        _ = disconnect.wait_for(|now| *now) => "the server is stopping",
+        _ = connection.closing() => {
+            // Lets the refusal of the last attempt reach the client before the close, so
+            // that it learns why.
+            if tokio::time::timeout(REPLY_SETTLE, &mut rpc_system).await.is_ok() {
+                tracing::debug!(%peer, "client disconnected after failing authentication");
+                return;
+            }
+            "too many failed authentications"
         }
+    };
+    // The connection must keep running while it closes, to write the last replies and
+    // the closing message.
+    let closing = futures::future::select(disconnector, &mut rpc_system);
+    if tokio::time::timeout(DISCONNECT_GRACE, closing).await.is_err() {
+        tracing::debug!(%peer, close_reason, "client connection did not close in time");
     }
 }

@@ -19,15 +19,25 @@ pub struct BlockingClient {
 }
 
 impl BlockingClient {
-    /// Connects to a node's client address (`"host:port"`, a `SocketAddr`, ...).
+    /// Connects to a node's client address (`"host:port"`, a `SocketAddr`, ...) without a
+    /// token; see [`Client::connect`].
     pub fn connect<A>(address: A) -> Result<BlockingClient, ClientError>
+    where
+        A: tokio::net::ToSocketAddrs + fmt::Display,
+    {
+        BlockingClient::connect_with_token(address, &[])
+    }
+
+    /// Connects and authenticates with the node's shared `token`; see
+    /// [`Client::connect_with_token`].
+    pub fn connect_with_token<A>(address: A, token: &[u8]) -> Result<BlockingClient, ClientError>
     where
         A: tokio::net::ToSocketAddrs + fmt::Display,
     {
         let runtime =
             tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(ClientError::Runtime)?;
         let local = tokio::task::LocalSet::new();
-        let client = local.block_on(&runtime, Client::connect(address))?;
+        let client = local.block_on(&runtime, Client::connect_with_token(address, token))?;
         Ok(BlockingClient { client, local, runtime })
     }
 

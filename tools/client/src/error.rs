@@ -30,6 +30,11 @@ pub enum ClientError {
     /// The node refused to deploy the plugin; `message` explains why.
     #[error("plugin refused: {message}")]
     DeployRefused { message: String },
+    /// The node refused the token presented when connecting (no token, an empty one or
+    /// a wrong one); the connection holds no capability. After three refusals on one
+    /// connection the node closes it.
+    #[error("authentication failed: the node refused the token")]
+    AuthenticationFailed,
     /// The reply did not have the shape the schema promises.
     #[error("malformed reply from the node: {0}")]
     Protocol(String),

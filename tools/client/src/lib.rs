@@ -11,6 +11,11 @@
 //!
 //! The client has its own plain types ([`Invocation`], [`InvokeResult`], ...) and does
 //! not depend on the engine.
+//!
+//! Connecting authenticates: the client bootstraps the node's `Gate`, presents a token
+//! ([`Client::connect_with_token`]; [`Client::connect`] presents an empty one, which only
+//! a node without a configured token accepts) and uses the `Leasehold` capability it gets
+//! back. A refused token is [`ClientError::AuthenticationFailed`].
 
 mod blocking;
 mod convert;
@@ -26,7 +31,7 @@ pub use types::{
 use capnp::message::ReaderOptions;
 use capnp_rpc::rpc_twoparty_capnp::Side;
 use capnp_rpc::{twoparty, Disconnector, RpcSystem};
-use leasehold_schema::leasehold_capnp::{deploy_result, invoke_many_result, leasehold, read_result};
+use leasehold_schema::leasehold_capnp::{deploy_result, gate, invoke_many_result, leasehold, read_result};
 use std::fmt;
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
@@ -44,9 +49,20 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to a node's client address (`"host:port"`, a `SocketAddr`, ...). Must be
-    /// called inside a [`tokio::task::LocalSet`], which then drives the connection.
+    /// Connects to a node's client address (`"host:port"`, a `SocketAddr`, ...) without a
+    /// token, which works with nodes that have none configured. Must be called inside a
+    /// [`tokio::task::LocalSet`], which then drives the connection.
     pub async fn connect<A>(address: A) -> Result<Client, ClientError>
+    where
+        A: tokio::net::ToSocketAddrs + fmt::Display,
+    {
+        Client::connect_with_token(address, &[]).await
+    }
+
+    /// Connects and authenticates with the node's shared `token`; a node that refuses it
+    /// answers [`ClientError::AuthenticationFailed`]. Must be called inside a
+    /// [`tokio::task::LocalSet`], which then drives the connection.
+    pub async fn connect_with_token<A>(address: A, token: &[u8]) -> Result<Client, ClientError>
     where
         A: tokio::net::ToSocketAddrs + fmt::Display,
     {
@@ -56,11 +72,11 @@ impl Client {
             .map_err(|source| ClientError::Connect { address: described.clone(), source })?;
         // Requests are small and latency matters more than packet count: send them at once.
         stream.set_nodelay(true).map_err(|source| ClientError::Connect { address: described, source })?;
-        Ok(Client::over(stream))
+        Client::over(stream, token).await
     }
 
-    /// Speaks the client API over an open TCP connection.
-    fn over(stream: tokio::net::TcpStream) -> Client {
+    /// Authenticates over an open TCP connection and speaks the client API on it.
+    async fn over(stream: tokio::net::TcpStream, token: &[u8]) -> Result<Client, ClientError> {
         let (reader, writer) = stream.into_split();
         let mut reader_options = ReaderOptions::new();
         reader_options.traversal_limit_in_words(Some(REPLY_BYTES_MAX / 8));
@@ -71,14 +87,22 @@ impl Client {
             reader_options,
         );
         let mut rpc_system = RpcSystem::new(Box::new(network), None);
-        let leasehold = rpc_system.bootstrap(Side::Server);
+        let gate: gate::Client = rpc_system.bootstrap(Side::Server);
         let disconnector = Some(rpc_system.get_disconnector());
         // A failed connection needs no report here: every call on it then fails with the
         // reason.
         let connection = tokio::task::spawn_local(async move {
             let _ = rpc_system.await;
         });
-        Client { leasehold, disconnector, connection }
+        match authenticate(&gate, token).await {
+            Ok(leasehold) => Ok(Client { leasehold, disconnector, connection }),
+            Err(error) => {
+                // The connection is of no use without the capability; close it now rather
+                // than when the LocalSet ends.
+                connection.abort();
+                Err(error)
+            }
+        }
     }
 
     /// Deploys a plugin from its shared library. A library the node refuses comes back as
@@ -179,6 +203,30 @@ impl Client {
         }
     }
 }
+
+/// Presents `token` to the node's gate and returns the client API it hands out. Waited
+/// for here (rather than pipelined into the first call) so that a refused token is
+/// reported by connect, where the caller expects it.
+async fn authenticate(gate: &gate::Client, token: &[u8]) -> Result<leasehold::Client, ClientError> {
+    let mut request = gate.authenticate_request();
+    request.get().set_token(token);
+    let response = request.send().promise.await.map_err(authentication_error)?;
+    response.get().and_then(|results| results.get_leasehold()).map_err(ClientError::protocol)
+}
+
+/// The error of a failed `authenticate` call: a refusal is recognised by the exception
+/// text the schema promises; anything else (lost connection, a node too old to have a
+/// `Gate`) keeps its usual meaning.
+fn authentication_error(error: capnp::Error) -> ClientError {
+    if error.kind == capnp::ErrorKind::Failed && error.extra.contains(AUTHENTICATION_FAILED) {
+        ClientError::AuthenticationFailed
+    } else {
+        ClientError::from(error)
+    }
+}
+
+/// The description of the exception with which a node refuses a token.
+const AUTHENTICATION_FAILED: &str = "authentication failed";
 
 impl Drop for Client {
     fn drop(&mut self) {

@@ -1,7 +1,7 @@
 //! End-to-end tests of the client against a fake node: a small in-process implementation
-//! of the `Leasehold` interface served over TCP on the loopback, so that the whole path
-//! (encoding, RPC, decoding) runs without an engine. The real engine is tested from
-//! `integration/`.
+//! of the `Gate` and `Leasehold` interfaces served over TCP on the loopback, so that the
+//! whole path (authentication, encoding, RPC, decoding) runs without an engine. The real
+//! engine is tested from `integration/`.
 
 use capnp_rpc::rpc_twoparty_capnp::Side;
 use capnp_rpc::{twoparty, RpcSystem};
@@ -9,7 +9,7 @@ use leasehold_client::{
     AbortKind, BlockingClient, Client, ClientError, Invocation, InvokeResult, RejectionKind, TableInfo, Timestamp,
 };
 use leasehold_schema::leasehold_capnp::{
-    invocation, leasehold, result, AbortKind as WireAbortKind, RejectionKind as WireRejectionKind,
+    gate, invocation, leasehold, result, AbortKind as WireAbortKind, RejectionKind as WireRejectionKind,
 };
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -17,6 +17,30 @@ use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
 /// The most invocations the fake node accepts in one `invokeMany`.
 const FAKE_INVOCATIONS_MAX: u32 = 3;
+
+/// The one token the fake gate refuses; it accepts every other, like a node without a
+/// configured token, so that the tests below need none.
+const REFUSED_TOKEN: &[u8] = b"wrong";
+
+/// The fake node's bootstrap: hands out the fake node unless the token is [`REFUSED_TOKEN`].
+struct FakeGate {
+    node: leasehold::Client,
+}
+
+impl gate::Server for FakeGate {
+    async fn authenticate(
+        self: Rc<Self>,
+        params: gate::AuthenticateParams,
+        mut results: gate::AuthenticateResults,
+    ) -> Result<(), capnp::Error> {
+        if params.get()?.get_token()? == REFUSED_TOKEN {
+            // The exception a real node raises for a refused token.
+            return Err(capnp::Error::failed("authentication failed".into()));
+        }
+        results.get().set_leasehold(self.node.clone());
+        Ok(())
+    }
+}
 
 /// Answers like a node with one plugin, "echo": workflow "run" commits with the arguments
 /// as output, workflow "refuse" aborts, anything else is rejected.
@@ -152,7 +176,7 @@ impl leasehold::Server for FakeNode {
 async fn serve_fake_node() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the loopback");
     let address = listener.local_addr().expect("local address");
-    let node: leasehold::Client = capnp_rpc::new_client(FakeNode);
+    let node: gate::Client = capnp_rpc::new_client(FakeGate { node: capnp_rpc::new_client(FakeNode) });
     tokio::task::spawn_local(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let (reader, writer) = stream.into_split();
@@ -241,6 +265,20 @@ fn every_call_round_trips() {
         assert_eq!(status.plugins, vec!["echo".to_string()]);
 
         client.disconnect().await.expect("disconnect");
+    });
+}
+
+#[test]
+fn a_refused_token_is_an_authentication_failure() {
+    in_local_set(async {
+        let address = serve_fake_node().await;
+        match Client::connect_with_token(address, REFUSED_TOKEN).await {
+            Err(ClientError::AuthenticationFailed) => {}
+            Err(other) => panic!("expected an authentication failure, got {other:?}"),
+            Ok(_) => panic!("the refused token was accepted"),
+        }
+        let client = Client::connect_with_token(address, b"right").await.expect("an accepted token");
+        assert_eq!(client.status().await.expect("status").node, 1);
     });
 }
 
