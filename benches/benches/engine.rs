@@ -12,7 +12,7 @@ use leasehold_engine::node::Node;
 use leasehold_engine::storage::{EpochRecord, Storage};
 use leasehold_engine::txn::access::AccessMode;
 use leasehold_engine::txn::tpg::GraphBuilder;
-use leasehold_plugin_banking::{Open, Transfer};
+use leasehold_plugin_api::banking::{Open, Transfer};
 use std::path::PathBuf;
 
 fn banking_library() -> Vec<u8> {

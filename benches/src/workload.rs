@@ -211,8 +211,8 @@ impl Generator {
         }
         let amount = self.rng.random_range(1..=10);
         match self.kind {
-            WorkloadKind::Banking => leasehold_sdk::encode(&leasehold_plugin_banking::Transfer { from, to, amount }),
-            WorkloadKind::YcsbT => leasehold_sdk::encode(&leasehold_plugin_ycsb_t::Transfer { a: from, b: to, amount }),
+            WorkloadKind::Banking => leasehold_sdk::encode(&leasehold_plugin_api::banking::Transfer { from, to, amount }),
+            WorkloadKind::YcsbT => leasehold_sdk::encode(&leasehold_plugin_api::ycsb_t::Transfer { a: from, b: to, amount }),
             WorkloadKind::Smallbank | WorkloadKind::Travel => unreachable!("only banking and YCSB-T transfer"),
         }
         .expect("transfer arguments encode")
@@ -285,10 +285,10 @@ pub fn load_invocations(kind: WorkloadKind, keys: u64, value: i64) -> Vec<Invoca
             let count = CHUNK.min(keys - first);
             let (workflow, arguments) = match kind {
                 WorkloadKind::Banking => {
-                    ("open", leasehold_sdk::encode(&leasehold_plugin_banking::Open { first, count, balance: value }))
+                    ("open", leasehold_sdk::encode(&leasehold_plugin_api::banking::Open { first, count, balance: value }))
                 }
                 WorkloadKind::YcsbT => {
-                    ("load", leasehold_sdk::encode(&leasehold_plugin_ycsb_t::Load { first, count, value }))
+                    ("load", leasehold_sdk::encode(&leasehold_plugin_api::ycsb_t::Load { first, count, value }))
                 }
                 WorkloadKind::Smallbank => {
                     ("load", leasehold_sdk::encode(&crate::wire::smallbank::Load { first, count, balance: value }))
@@ -327,8 +327,8 @@ pub fn total_invocations(kind: WorkloadKind, keys: u64) -> Vec<Invocation> {
             let first = chunk * CHUNK;
             let count = CHUNK.min(keys - first);
             let arguments = match kind {
-                WorkloadKind::Banking => leasehold_sdk::encode(&leasehold_plugin_banking::Range { first, count }),
-                WorkloadKind::YcsbT => leasehold_sdk::encode(&leasehold_plugin_ycsb_t::Range { first, count }),
+                WorkloadKind::Banking => leasehold_sdk::encode(&leasehold_plugin_api::banking::Range { first, count }),
+                WorkloadKind::YcsbT => leasehold_sdk::encode(&leasehold_plugin_api::ycsb_t::Range { first, count }),
                 WorkloadKind::Smallbank => leasehold_sdk::encode(&crate::wire::smallbank::Range { first, count }),
                 WorkloadKind::Travel => unreachable!("travel audits in one transaction above"),
             };

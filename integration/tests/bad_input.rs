@@ -12,7 +12,7 @@ use leasehold_client::{
     AbortKind, BlockingClient, ClientError, Invocation, InvokeResult, PluginInfo, RejectionKind, Timestamp,
 };
 use leasehold_integration::{plugin_bytes, EngineProcess};
-use leasehold_plugin_testkit::{Op, Program, UNDECLARED_KEY_BASE};
+use leasehold_plugin_api::testkit::{Op, Program, UNDECLARED_KEY_BASE};
 use leasehold_sdk::key_u64;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};

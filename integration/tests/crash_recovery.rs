@@ -9,7 +9,7 @@
 
 use leasehold_client::{BlockingClient, Invocation, InvokeResult};
 use leasehold_integration::{plugin_bytes, EngineProcess};
-use leasehold_plugin_banking::{Account, Open, Transfer};
+use leasehold_plugin_api::banking::{Account, Open, Transfer};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

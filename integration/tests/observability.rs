@@ -2,7 +2,7 @@
 
 use leasehold_client::{BlockingClient, Invocation};
 use leasehold_integration::{plugin_bytes, EngineProcess};
-use leasehold_plugin_banking::{Open, Transfer};
+use leasehold_plugin_api::banking::{Open, Transfer};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 

@@ -9,7 +9,7 @@ use leasehold_engine::config::Config;
 use leasehold_engine::model::{Arguments, Invocation, RequestId};
 use leasehold_engine::node::Node;
 use leasehold_integration::plugin_bytes;
-use leasehold_plugin_testkit::{Op, Program};
+use leasehold_plugin_api::testkit::{Op, Program};
 
 fn add_one(request: u32) -> Invocation {
     let program = Program { steps: [vec![Op::Add(0, 1)], vec![], vec![Op::Read(0)]] };

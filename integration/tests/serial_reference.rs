@@ -10,7 +10,7 @@ use leasehold_engine::config::Config;
 use leasehold_engine::model::{AbortKind, Arguments, Invocation, Outcome, RequestId};
 use leasehold_engine::node::Node;
 use leasehold_integration::plugin_bytes;
-use leasehold_plugin_testkit::{Op, Program};
+use leasehold_plugin_api::testkit::{Op, Program};
 use proptest::prelude::*;
 use std::collections::HashMap;
 

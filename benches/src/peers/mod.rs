@@ -270,11 +270,11 @@ mod tests {
         let Arguments::Encoded(bytes) = arguments else { panic!("the generator encodes its arguments") };
         match kind {
             WorkloadKind::Banking => {
-                let t: leasehold_plugin_banking::Transfer = leasehold_sdk::decode(bytes).expect("banking transfer");
+                let t: leasehold_plugin_api::banking::Transfer = leasehold_sdk::decode(bytes).expect("banking transfer");
                 Transfer { from: t.from, to: t.to, amount: t.amount }
             }
             WorkloadKind::YcsbT => {
-                let t: leasehold_plugin_ycsb_t::Transfer = leasehold_sdk::decode(bytes).expect("ycsb-t transfer");
+                let t: leasehold_plugin_api::ycsb_t::Transfer = leasehold_sdk::decode(bytes).expect("ycsb-t transfer");
                 Transfer { from: t.a, to: t.b, amount: t.amount }
             }
             WorkloadKind::Smallbank | WorkloadKind::Travel => panic!("{kind:?} has no transfers"),

@@ -6,51 +6,10 @@
 //! which aborts the whole transaction. The invariant the tests check: transfers never
 //! change the sum of all balances.
 
+pub use leasehold_plugin_api::banking::*;
 use leasehold_sdk::prelude::*;
 
 pub const ACCOUNTS: Table = Table(0);
-
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Transfer {
-    pub from: u64,
-    pub to: u64,
-    pub amount: i64,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TransferResult {
-    pub from_balance: i64,
-    pub to_balance: i64,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Deposit {
-    pub account: u64,
-    pub amount: i64,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Account {
-    pub account: u64,
-}
-
-/// Opens `count` accounts from `first` on, each with `balance`.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Open {
-    pub first: u64,
-    pub count: u64,
-    pub balance: i64,
-}
-
-/// Sums the balances of `count` accounts from `first` on.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Range {
-    pub first: u64,
-    pub count: u64,
-}
-
-/// Largest range one `open` or `total` transaction may cover.
-pub const RANGE_MAX: u64 = 100_000;
 
 fn check_range(first: u64, count: u64) -> Result<(), Abort> {
     if count == 0 || count > RANGE_MAX || first.checked_add(count).is_none() {

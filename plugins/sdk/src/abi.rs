@@ -171,9 +171,11 @@ pub struct PluginDescriptor {
     pub run: extern "C" fn(function: u32, call: *const FunctionCall) -> i32,
     /// Converts JSON arguments of workflow `workflow` into the plugin's argument encoding
     /// (written to `out`), so that any client can call with JSON.
-    pub arguments_from_json: extern "C" fn(workflow: u32, json: RawBytes, out: *const ByteSink, error: *const ByteSink) -> i32,
+    pub arguments_from_json:
+        extern "C" fn(workflow: u32, json: RawBytes, out: *const ByteSink, error: *const ByteSink) -> i32,
     /// Converts an output of workflow `workflow` into JSON (written to `out`).
-    pub output_to_json: extern "C" fn(workflow: u32, output: RawBytes, out: *const ByteSink, error: *const ByteSink) -> i32,
+    pub output_to_json:
+        extern "C" fn(workflow: u32, output: RawBytes, out: *const ByteSink, error: *const ByteSink) -> i32,
 }
 
 // The descriptor is immutable static data describing code; sharing it is sound.

@@ -43,7 +43,11 @@ fn register(plugin: Plugin) -> Registered {
         .map(|w| {
             w.steps
                 .iter()
-                .map(|s| abi::StepDecl { function: s.function, parents: s.parents.as_ptr(), parent_count: s.parents.len() })
+                .map(|s| abi::StepDecl {
+                    function: s.function,
+                    parents: s.parents.as_ptr(),
+                    parent_count: s.parents.len(),
+                })
                 .collect()
         })
         .collect();
@@ -51,7 +55,11 @@ fn register(plugin: Plugin) -> Registered {
         .workflows
         .iter()
         .zip(&steps)
-        .map(|(w, s)| abi::WorkflowDecl { name: RawBytes::from_slice(w.name.as_bytes()), steps: s.as_ptr(), step_count: s.len() })
+        .map(|(w, s)| abi::WorkflowDecl {
+            name: RawBytes::from_slice(w.name.as_bytes()),
+            steps: s.as_ptr(),
+            step_count: s.len(),
+        })
         .collect();
     let descriptor = PluginDescriptor {
         abi_version: abi::ABI_VERSION,
@@ -194,7 +202,12 @@ fn convert(
     }
 }
 
-extern "C" fn sdk_arguments_from_json(workflow: u32, json: RawBytes, out: *const ByteSink, error: *const ByteSink) -> i32 {
+extern "C" fn sdk_arguments_from_json(
+    workflow: u32,
+    json: RawBytes,
+    out: *const ByteSink,
+    error: *const ByteSink,
+) -> i32 {
     convert(workflow, json, out, error, |w| &w.arguments_from_json)
 }
 

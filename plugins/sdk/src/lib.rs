@@ -41,9 +41,9 @@ mod export;
 mod plugin;
 
 pub use context::{Context, Plan};
-pub use plugin::{Plugin, Table, WorkflowBuilder};
 #[doc(hidden)]
 pub use export::{entry, Registered};
+pub use plugin::{Plugin, Table, WorkflowBuilder};
 pub use serde;
 
 /// Why a function or planner refused to go on. The transaction aborts and nothing it

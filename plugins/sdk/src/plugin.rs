@@ -49,7 +49,13 @@ pub struct Plugin {
 
 impl Plugin {
     pub fn new(name: &str, version: &str) -> Plugin {
-        Plugin { name: name.into(), version: version.into(), tables: Vec::new(), functions: Vec::new(), workflows: Vec::new() }
+        Plugin {
+            name: name.into(),
+            version: version.into(),
+            tables: Vec::new(),
+            functions: Vec::new(),
+            workflows: Vec::new(),
+        }
     }
 
     /// Declares `table` (whose index must be the next free one) with its value size limit.
@@ -116,7 +122,8 @@ impl WorkflowBuilder {
                 self.step_names
                     .iter()
                     .position(|name| name == parent)
-                    .unwrap_or_else(|| panic!("step {function} names {parent}, which is not an earlier step")) as u32
+                    .unwrap_or_else(|| panic!("step {function} names {parent}, which is not an earlier step"))
+                    as u32
             })
             .collect();
         self.workflow.steps.push(StepDef { function: index as u32, parents });

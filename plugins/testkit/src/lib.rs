@@ -6,35 +6,10 @@
 //! compared with serial execution in timestamp order. It can also panic or touch a key
 //! it did not declare, which the engine must turn into an aborted transaction.
 
+pub use leasehold_plugin_api::testkit::*;
 use leasehold_sdk::prelude::*;
 
 pub const CELLS: Table = Table(0);
-
-/// One operation of a scripted step. Keys are single bytes; a missing value reads as 0.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub enum Op {
-    /// Appends the value of the key to the step's output.
-    Read(u8),
-    /// Adds to the value of the key.
-    Add(u8, i64),
-    /// Sets the value of the key.
-    Set(u8, i64),
-    /// Aborts the transaction (a logic abort) when the value of the key is negative.
-    AbortIfNegative(u8),
-    /// Panics inside the plugin.
-    Panic,
-    /// Writes a key that the plan did not declare (the engine must refuse it).
-    Undeclared(u8),
-}
-
-/// The script of one `program` transaction: the ops of each of its three steps.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
-pub struct Program {
-    pub steps: [Vec<Op>; 3],
-}
-
-/// Keys of [`Op::Undeclared`] are moved here, outside what the plan declares.
-pub const UNDECLARED_KEY_BASE: u16 = 1000;
 
 fn key(cell: u8) -> [u8; 1] {
     [cell]
@@ -76,9 +51,6 @@ fn plan_program(program: &Program, plan: &mut Plan) -> Result<(), Abort> {
     }
     Ok(())
 }
-
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Nothing {}
 
 export_plugin!(|| {
     Plugin::new("testkit", env!("CARGO_PKG_VERSION"))

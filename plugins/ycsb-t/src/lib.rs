@@ -4,37 +4,10 @@
 //! is a single function that reads and writes both keys: it moves `amount` from `a` to
 //! `b` and aborts when `a` would go negative. The sum over all keys never changes.
 
+pub use leasehold_plugin_api::ycsb_t::*;
 use leasehold_sdk::prelude::*;
 
 pub const KEYS: Table = Table(0);
-
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Transfer {
-    pub a: u64,
-    pub b: u64,
-    pub amount: i64,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Load {
-    pub first: u64,
-    pub count: u64,
-    pub value: i64,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Range {
-    pub first: u64,
-    pub count: u64,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Key {
-    pub key: u64,
-}
-
-/// Largest range one `load` or `total` transaction may cover.
-pub const RANGE_MAX: u64 = 100_000;
 
 fn check_range(first: u64, count: u64) -> Result<(), Abort> {
     if count == 0 || count > RANGE_MAX || first.checked_add(count).is_none() {
