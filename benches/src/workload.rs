@@ -221,7 +221,7 @@ impl Generator {
     /// FaSST's SmallBank: the type by the mix; with probability 0.9 every customer of the
     /// transaction is hot (the first 4,000 ids), otherwise drawn from all customers.
     fn next_smallbank(&mut self) -> (&'static str, Vec<u8>) {
-        use crate::wire::smallbank;
+        use leasehold_plugin_api::smallbank;
         let transaction = SmallbankTransaction::draw(&mut self.rng);
         let pool =
             if self.rng.random_bool(SMALLBANK_HOT_SHARE) { SMALLBANK_HOT_CUSTOMERS.min(self.keys) } else { self.keys };
@@ -252,7 +252,7 @@ impl Generator {
     /// Travel: search and reserve 1:1, every id uniform. A search names the hotels and
     /// flights "near" a uniformly drawn one (consecutive ids), so they are distinct.
     fn next_travel(&mut self) -> (&'static str, Vec<u8>) {
-        use crate::wire::travel;
+        use leasehold_plugin_api::travel;
         if self.rng.random_bool(0.5) {
             let width = TRAVEL_SEARCH_WIDTH.min(self.keys);
             let near = |start: u64| (0..width).map(|offset| (start + offset) % self.keys).collect::<Vec<_>>();
@@ -276,7 +276,7 @@ pub fn load_invocations(kind: WorkloadKind, keys: u64, value: i64) -> Vec<Invoca
     const CHUNK: u64 = 10_000;
     if kind == WorkloadKind::Travel {
         let capacity = u32::try_from(value).expect("travel capacity fits in a u32");
-        let load = crate::wire::travel::Load { hotels: keys, flights: keys, capacity };
+        let load = leasehold_plugin_api::travel::Load { hotels: keys, flights: keys, capacity };
         return vec![invocation(kind, "load", leasehold_sdk::encode(&load))];
     }
     (0..keys.div_ceil(CHUNK))
@@ -291,7 +291,7 @@ pub fn load_invocations(kind: WorkloadKind, keys: u64, value: i64) -> Vec<Invoca
                     ("load", leasehold_sdk::encode(&leasehold_plugin_api::ycsb_t::Load { first, count, value }))
                 }
                 WorkloadKind::Smallbank => {
-                    ("load", leasehold_sdk::encode(&crate::wire::smallbank::Load { first, count, balance: value }))
+                    ("load", leasehold_sdk::encode(&leasehold_plugin_api::smallbank::Load { first, count, balance: value }))
                 }
                 WorkloadKind::Travel => unreachable!("travel loads in one transaction above"),
             };
@@ -319,7 +319,7 @@ fn invocation(kind: WorkloadKind, workflow: &str, arguments: Result<Vec<u8>, lea
 pub fn total_invocations(kind: WorkloadKind, keys: u64) -> Vec<Invocation> {
     const CHUNK: u64 = 10_000;
     if kind == WorkloadKind::Travel {
-        let audit = crate::wire::travel::Audit { hotels: keys, flights: keys };
+        let audit = leasehold_plugin_api::travel::Audit { hotels: keys, flights: keys };
         return vec![invocation(kind, "audit", leasehold_sdk::encode(&audit))];
     }
     (0..keys.div_ceil(CHUNK))
@@ -329,7 +329,7 @@ pub fn total_invocations(kind: WorkloadKind, keys: u64) -> Vec<Invocation> {
             let arguments = match kind {
                 WorkloadKind::Banking => leasehold_sdk::encode(&leasehold_plugin_api::banking::Range { first, count }),
                 WorkloadKind::YcsbT => leasehold_sdk::encode(&leasehold_plugin_api::ycsb_t::Range { first, count }),
-                WorkloadKind::Smallbank => leasehold_sdk::encode(&crate::wire::smallbank::Range { first, count }),
+                WorkloadKind::Smallbank => leasehold_sdk::encode(&leasehold_plugin_api::smallbank::Range { first, count }),
                 WorkloadKind::Travel => unreachable!("travel audits in one transaction above"),
             };
             Invocation {
@@ -347,8 +347,8 @@ pub fn decode_total(kind: WorkloadKind, output: &[u8]) -> Option<i64> {
     match kind {
         WorkloadKind::Banking => leasehold_sdk::decode::<(i64, u64)>(output).ok().map(|(sum, _)| sum),
         WorkloadKind::YcsbT => leasehold_sdk::decode::<i64>(output).ok(),
-        WorkloadKind::Smallbank => leasehold_sdk::decode::<crate::wire::smallbank::Total>(output).ok().map(|t| t.sum),
-        WorkloadKind::Travel => leasehold_sdk::decode::<crate::wire::travel::AuditReport>(output)
+        WorkloadKind::Smallbank => leasehold_sdk::decode::<leasehold_plugin_api::smallbank::Total>(output).ok().map(|t| t.sum),
+        WorkloadKind::Travel => leasehold_sdk::decode::<leasehold_plugin_api::travel::AuditReport>(output)
             .ok()
             .and_then(|audit| i64::try_from(audit.reservations()).ok()),
     }
@@ -371,11 +371,11 @@ pub fn committed_delta(kind: WorkloadKind, workflow: &str, output: &[u8]) -> Opt
     match (kind, workflow) {
         (WorkloadKind::Banking | WorkloadKind::YcsbT, _) => Some(0),
         (WorkloadKind::Smallbank, _) => {
-            leasehold_sdk::decode::<crate::wire::smallbank::Receipt>(output).ok().map(|receipt| receipt.delta)
+            leasehold_sdk::decode::<leasehold_plugin_api::smallbank::Receipt>(output).ok().map(|receipt| receipt.delta)
         }
         // Each committed reservation adds one; the output is checked to be one.
         (WorkloadKind::Travel, "reserve") => {
-            leasehold_sdk::decode::<crate::wire::travel::Reserved>(output).ok().map(|_| 1)
+            leasehold_sdk::decode::<leasehold_plugin_api::travel::Reserved>(output).ok().map(|_| 1)
         }
         (WorkloadKind::Travel, _) => Some(0),
     }
@@ -385,7 +385,7 @@ pub fn committed_delta(kind: WorkloadKind, workflow: &str, output: &[u8]) -> Opt
 /// (travel: over capacity, or a reservation without both parts).
 pub fn audit_violation(kind: WorkloadKind, output: &[u8]) -> Option<String> {
     match kind {
-        WorkloadKind::Travel => match leasehold_sdk::decode::<crate::wire::travel::AuditReport>(output) {
+        WorkloadKind::Travel => match leasehold_sdk::decode::<leasehold_plugin_api::travel::AuditReport>(output) {
             Ok(audit) => audit.violation(),
             Err(error) => Some(format!("undecodable audit: {error}")),
         },
@@ -506,7 +506,7 @@ mod tests {
 
     #[test]
     fn travel_is_one_to_one_with_uniform_ids() {
-        use crate::wire::travel;
+        use leasehold_plugin_api::travel;
         const DRAWS: usize = 40_000;
         let mut generator = Generator::new(WorkloadKind::Travel, 100, 0.0, 11, 0, 1);
         let (mut searches, mut hotel_counts) = (0usize, vec![0usize; 100]);
@@ -538,7 +538,7 @@ mod tests {
     /// An audit as the travel plugin encodes it: one hotel and one flight of capacity 2,
     /// and `holders` users holding (hotel 0, flight 0).
     fn encoded_audit(hotel_reserved: u32, flight_reserved: u32, holders: usize) -> Vec<u8> {
-        use crate::wire::travel;
+        use leasehold_plugin_api::travel;
         let inventory = |reserved| Some(travel::Inventory { capacity: 2, reserved, price: 1, rating: 1 });
         let mut users = vec![Some(travel::User::default()); travel::USER_COUNT as usize];
         for user in users.iter_mut().take(holders) {
@@ -570,12 +570,12 @@ mod tests {
         assert_eq!(initial_sum(WorkloadKind::Banking, 10, 5), 50);
         assert_eq!(initial_sum(WorkloadKind::Smallbank, 10, 5), 100);
         assert_eq!(initial_sum(WorkloadKind::Travel, 10, 5), 0);
-        let receipt = crate::wire::smallbank::Receipt { delta: -7, customer: 1, savings: 2, checking: 3 };
+        let receipt = leasehold_plugin_api::smallbank::Receipt { delta: -7, customer: 1, savings: 2, checking: 3 };
         let output = leasehold_sdk::encode(&receipt).expect("encode receipt");
         assert_eq!(committed_delta(WorkloadKind::Smallbank, "write_check", &output), Some(-7));
         assert_eq!(committed_delta(WorkloadKind::Smallbank, "write_check", &[]), None);
-        let reserved = crate::wire::travel::Reserved {
-            reservation: crate::wire::travel::Reservation { hotel: 1, flight: 2 },
+        let reserved = leasehold_plugin_api::travel::Reserved {
+            reservation: leasehold_plugin_api::travel::Reservation { hotel: 1, flight: 2 },
             user_reservations: 1,
         };
         let output = leasehold_sdk::encode(&reserved).expect("encode reservation");

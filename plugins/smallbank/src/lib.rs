@@ -20,74 +20,11 @@
 //! `sum after == sum loaded + sum of the deltas of committed transactions`.
 //! `load` and `total` fill and sum a range of customers for that check.
 
+pub use leasehold_plugin_api::smallbank::*;
 use leasehold_sdk::prelude::*;
 
 pub const SAVINGS: Table = Table(0);
 pub const CHECKING: Table = Table(1);
-
-/// Two customers: the source and the destination of money.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Amalgamate {
-    pub from: u64,
-    pub to: u64,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Customer {
-    pub customer: u64,
-}
-
-/// One customer and an amount (deposit_checking, transact_savings, write_check).
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CustomerAmount {
-    pub customer: u64,
-    pub amount: i64,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SendPayment {
-    pub from: u64,
-    pub to: u64,
-    pub amount: i64,
-}
-
-/// What every transaction type returns: the change to the sum of all balances, and one
-/// customer's balances after it (the receiving customer for amalgamate and send_payment).
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Receipt {
-    pub delta: i64,
-    pub customer: u64,
-    pub savings: i64,
-    pub checking: i64,
-}
-
-/// Opens `count` customers from `first` on, each with `balance` in savings and in checking.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Load {
-    pub first: u64,
-    pub count: u64,
-    pub balance: i64,
-}
-
-/// Sums both balances of `count` customers from `first` on.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Range {
-    pub first: u64,
-    pub count: u64,
-}
-
-/// What `total` returns: the sum over both tables and how many customers exist.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Total {
-    pub sum: i64,
-    pub customers: u64,
-}
-
-/// Largest range one `load` or `total` transaction may cover (two keys per customer).
-pub const RANGE_MAX: u64 = 50_000;
-
-/// WriteCheck's overdraft penalty, as in H-Store's SmallBank.
-pub const OVERDRAFT_PENALTY: i64 = 1;
 
 fn check_range(first: u64, count: u64) -> Result<(), Abort> {
     if count == 0 || count > RANGE_MAX || first.checked_add(count).is_none() {

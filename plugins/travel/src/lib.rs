@@ -15,107 +15,16 @@
 //!   capacity, and every reservation holds both parts (each hotel's and each flight's
 //!   counter equals the number of user reservations naming it).
 
+pub use leasehold_plugin_api::travel::*;
 use leasehold_sdk::prelude::*;
 
 pub const HOTELS: Table = Table(0);
 pub const FLIGHTS: Table = Table(1);
 pub const USERS: Table = Table(2);
 
-/// Users `Cornell_0`..=`Cornell_500`: DeathStarBench's loader includes both ends.
-pub const USER_COUNT: u64 = 501;
-
-/// Most hotels or flights one `search` may name (it declares a read of each).
-pub const SEARCH_MAX: usize = 64;
-
-/// How many hotels and flights `search` returns.
-pub const SEARCH_RESULTS: usize = 5;
-
-/// Most hotels or flights `load` and `audit` may cover in one transaction.
-pub const INVENTORY_MAX: u64 = 10_000;
-
 /// Largest user record: capacity bounds the number of reservations, and each takes a few
 /// bytes, so a user with this many bytes of reservations is far beyond any sane load.
 const USER_BYTES_MAX: u32 = 4 << 20;
-
-/// The name of user number `index`.
-pub fn user_name(index: u64) -> String {
-    format!("Cornell_{index}")
-}
-
-/// A hotel's rooms or a flight's seats.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Inventory {
-    pub capacity: u32,
-    pub reserved: u32,
-    /// Price per night or per seat, in whole currency units.
-    pub price: u32,
-    /// Rating 0..=50 (tenths of a star).
-    pub rating: u8,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Reservation {
-    pub hotel: u64,
-    pub flight: u64,
-}
-
-/// A user's record: every reservation they made, in commit order.
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
-pub struct User {
-    pub reservations: Vec<Reservation>,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct Reserve {
-    pub user: String,
-    pub hotel: u64,
-    pub flight: u64,
-}
-
-/// What `reserve` returns: the reservation and how many the user now holds.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Reserved {
-    pub reservation: Reservation,
-    pub user_reservations: u64,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct Search {
-    pub hotels: Vec<u64>,
-    pub flights: Vec<u64>,
-}
-
-/// The best hotels and flights with room left, best first.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct Ranking {
-    pub hotels: Vec<u64>,
-    pub flights: Vec<u64>,
-}
-
-/// Creates hotels and flights `0..count` with `capacity` each, and the users (with no
-/// reservations).
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Load {
-    pub hotels: u64,
-    pub flights: u64,
-    pub capacity: u32,
-}
-
-/// Reads hotels and flights `0..count` and every user.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Audit {
-    pub hotels: u64,
-    pub flights: u64,
-}
-
-/// What `audit` returns; missing hotels, flights or users are `None`. The harness checks
-/// it (`leasehold_bench::wire::travel::AuditReport::violation`).
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct AuditReport {
-    pub hotels: Vec<Option<Inventory>>,
-    pub flights: Vec<Option<Inventory>>,
-    pub users: Vec<Option<User>>,
-}
 
 fn check_inventory_count(count: u64) -> Result<(), Abort> {
     if count == 0 || count > INVENTORY_MAX {
