@@ -300,6 +300,12 @@ fn run_client(
     })
 }
 
+/// The latency line of a summary, from p50, p90, p99, p99.9 and max in microseconds.
+pub fn latency_line(micros: [u64; 5]) -> String {
+    let [p50, p90, p99, p999, max] = micros.map(|us| us as f64 / 1000.0);
+    format!("  latency p50 {p50:.2} ms, p90 {p90:.2} ms, p99 {p99:.2} ms, p99.9 {p999:.2} ms, max {max:.2} ms\n")
+}
+
 impl BenchReport {
     /// A human-readable summary.
     pub fn summary(&self) -> String {
@@ -319,14 +325,13 @@ impl BenchReport {
             "  {} committed, {} aborted, {} rejected in {:.1} s: {:.0} transactions/s\n",
             self.committed, self.aborted, self.rejected, self.measured_seconds, self.throughput_per_second
         );
-        text += &format!(
-            "  latency p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms\n",
-            self.latency_p50_us as f64 / 1000.0,
-            self.latency_p90_us as f64 / 1000.0,
-            self.latency_p99_us as f64 / 1000.0,
-            self.latency_p999_us as f64 / 1000.0,
-            self.latency_max_us as f64 / 1000.0,
-        );
+        text += &latency_line([
+            self.latency_p50_us,
+            self.latency_p90_us,
+            self.latency_p99_us,
+            self.latency_p999_us,
+            self.latency_max_us,
+        ]);
         if let (Some(expected), Some(found)) = (self.sum_expected, self.sum_found) {
             let verdict = if expected == found { "holds" } else { "VIOLATED" };
             let what = match c.workload {

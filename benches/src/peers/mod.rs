@@ -231,14 +231,13 @@ impl PeerReport {
             "  {} committed, {} aborted, {} retries in {:.1} s: {:.0} transactions/s\n",
             self.committed, self.aborted, self.retries, self.measured_seconds, self.throughput_per_second
         );
-        text += &format!(
-            "  latency p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms\n",
-            self.latency_p50_us as f64 / 1000.0,
-            self.latency_p90_us as f64 / 1000.0,
-            self.latency_p99_us as f64 / 1000.0,
-            self.latency_p999_us as f64 / 1000.0,
-            self.latency_max_us as f64 / 1000.0,
-        );
+        text += &crate::run::latency_line([
+            self.latency_p50_us,
+            self.latency_p90_us,
+            self.latency_p99_us,
+            self.latency_p999_us,
+            self.latency_max_us,
+        ]);
         if let (Some(expected), Some(found)) = (self.sum_expected, self.sum_found) {
             let verdict = if expected == found { "holds" } else { "VIOLATED" };
             text += &format!("  invariant (sum of all values {expected}): found {found}, {verdict}\n");
@@ -270,7 +269,8 @@ mod tests {
         let Arguments::Encoded(bytes) = arguments else { panic!("the generator encodes its arguments") };
         match kind {
             WorkloadKind::Banking => {
-                let t: leasehold_plugin_api::banking::Transfer = leasehold_sdk::decode(bytes).expect("banking transfer");
+                let t: leasehold_plugin_api::banking::Transfer =
+                    leasehold_sdk::decode(bytes).expect("banking transfer");
                 Transfer { from: t.from, to: t.to, amount: t.amount }
             }
             WorkloadKind::YcsbT => {
