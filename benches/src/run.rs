@@ -51,11 +51,8 @@ pub struct BenchReport {
     pub rejected: u64,
     pub measured_seconds: f64,
     pub throughput_per_second: f64,
-    pub latency_p50_us: u64,
-    pub latency_p90_us: u64,
-    pub latency_p99_us: u64,
-    pub latency_p999_us: u64,
-    pub latency_max_us: u64,
+    #[serde(flatten)]
+    pub latency: Latency,
     /// The workload's checked sum after the run, expected and found: the loaded sum plus
     /// the deltas committed requests reported (transfers keep it; SmallBank's deposits
     /// and withdrawals move it; for travel it counts reservations).
@@ -197,11 +194,7 @@ pub fn run(address: SocketAddr, config: &BenchConfig, progress: impl Fn(&str)) -
         rejected: tally.rejected,
         measured_seconds,
         throughput_per_second: (tally.committed + tally.aborted) as f64 / measured_seconds,
-        latency_p50_us: latency.value_at_quantile(0.50),
-        latency_p90_us: latency.value_at_quantile(0.90),
-        latency_p99_us: latency.value_at_quantile(0.99),
-        latency_p999_us: latency.value_at_quantile(0.999),
-        latency_max_us: latency.max(),
+        latency: Latency::of(&latency),
         sum_expected,
         sum_found,
         invariant_violation,
@@ -300,10 +293,40 @@ fn run_client(
     })
 }
 
-/// The latency line of a summary, from p50, p90, p99, p99.9 and max in microseconds.
-pub fn latency_line(micros: [u64; 5]) -> String {
-    let [p50, p90, p99, p999, max] = micros.map(|us| us as f64 / 1000.0);
-    format!("  latency p50 {p50:.2} ms, p90 {p90:.2} ms, p99 {p99:.2} ms, p99.9 {p999:.2} ms, max {max:.2} ms\n")
+/// Latency percentiles of a run, in microseconds (serialised under the `latency_*_us`
+/// names the reports have always used).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Latency {
+    #[serde(rename = "latency_p50_us")]
+    pub p50_us: u64,
+    #[serde(rename = "latency_p90_us")]
+    pub p90_us: u64,
+    #[serde(rename = "latency_p99_us")]
+    pub p99_us: u64,
+    #[serde(rename = "latency_p999_us")]
+    pub p999_us: u64,
+    #[serde(rename = "latency_max_us")]
+    pub max_us: u64,
+}
+
+impl Latency {
+    /// The percentiles of a histogram of microseconds.
+    pub fn of(histogram: &Histogram<u64>) -> Latency {
+        Latency {
+            p50_us: histogram.value_at_quantile(0.50),
+            p90_us: histogram.value_at_quantile(0.90),
+            p99_us: histogram.value_at_quantile(0.99),
+            p999_us: histogram.value_at_quantile(0.999),
+            max_us: histogram.max(),
+        }
+    }
+
+    /// The latency line of a summary.
+    pub fn line(&self) -> String {
+        let [p50, p90, p99, p999, max] =
+            [self.p50_us, self.p90_us, self.p99_us, self.p999_us, self.max_us].map(|us| us as f64 / 1000.0);
+        format!("  latency p50 {p50:.2} ms, p90 {p90:.2} ms, p99 {p99:.2} ms, p99.9 {p999:.2} ms, max {max:.2} ms\n")
+    }
 }
 
 impl BenchReport {
@@ -325,13 +348,7 @@ impl BenchReport {
             "  {} committed, {} aborted, {} rejected in {:.1} s: {:.0} transactions/s\n",
             self.committed, self.aborted, self.rejected, self.measured_seconds, self.throughput_per_second
         );
-        text += &latency_line([
-            self.latency_p50_us,
-            self.latency_p90_us,
-            self.latency_p99_us,
-            self.latency_p999_us,
-            self.latency_max_us,
-        ]);
+        text += &self.latency.line();
         if let (Some(expected), Some(found)) = (self.sum_expected, self.sum_found) {
             let verdict = if expected == found { "holds" } else { "VIOLATED" };
             let what = match c.workload {

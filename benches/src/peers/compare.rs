@@ -91,11 +91,11 @@ struct Figures {
 
 impl Figures {
     fn of_leasehold(report: &BenchReport) -> Figures {
-        Figures { throughput_per_second: report.throughput_per_second, latency_p99_us: report.latency_p99_us }
+        Figures { throughput_per_second: report.throughput_per_second, latency_p99_us: report.latency.p99_us }
     }
 
     fn of_peer(report: &PeerReport) -> Figures {
-        Figures { throughput_per_second: report.throughput_per_second, latency_p99_us: report.latency_p99_us }
+        Figures { throughput_per_second: report.throughput_per_second, latency_p99_us: report.latency.p99_us }
     }
 }
 
@@ -200,9 +200,9 @@ impl Comparison {
                     },
                     shape: format!("{}x{}x{}", c.clients, c.pipeline, c.batch),
                     throughput: report.throughput_per_second,
-                    p50_us: report.latency_p50_us,
-                    p99_us: report.latency_p99_us,
-                    p999_us: report.latency_p999_us,
+                    p50_us: report.latency.p50_us,
+                    p99_us: report.latency.p99_us,
+                    p999_us: report.latency.p999_us,
                     committed: report.committed,
                     aborted: report.aborted,
                     retries: None,
@@ -221,9 +221,9 @@ impl Comparison {
                         report.connections, report.in_flight_per_connection, report.transfers_per_round_trip
                     ),
                     throughput: report.throughput_per_second,
-                    p50_us: report.latency_p50_us,
-                    p99_us: report.latency_p99_us,
-                    p999_us: report.latency_p999_us,
+                    p50_us: report.latency.p50_us,
+                    p99_us: report.latency.p99_us,
+                    p999_us: report.latency.p999_us,
                     committed: report.committed,
                     aborted: report.aborted,
                     retries: Some(report.retries),
@@ -336,11 +336,7 @@ mod tests {
             retries: 0,
             measured_seconds: 1.0,
             throughput_per_second: throughput,
-            latency_p50_us: 1,
-            latency_p90_us: 1,
-            latency_p99_us: p99_us,
-            latency_p999_us: 1,
-            latency_max_us: 1,
+            latency: crate::run::Latency { p50_us: 1, p90_us: 1, p99_us, p999_us: 1, max_us: 1 },
             sum_expected: Some(1000),
             sum_found: Some(sum_found),
         }

@@ -161,11 +161,8 @@ pub struct PeerReport {
     pub measured_seconds: f64,
     /// Committed and aborted transfers per second, as Leasehold's report counts them.
     pub throughput_per_second: f64,
-    pub latency_p50_us: u64,
-    pub latency_p90_us: u64,
-    pub latency_p99_us: u64,
-    pub latency_p999_us: u64,
-    pub latency_max_us: u64,
+    #[serde(flatten)]
+    pub latency: crate::run::Latency,
     /// Sum of all balances before and after the run (transfers must keep it).
     pub sum_expected: Option<i64>,
     pub sum_found: Option<i64>,
@@ -198,11 +195,7 @@ impl PeerReport {
             retries: measurement.tally.retries,
             measured_seconds: measurement.measured_seconds,
             throughput_per_second: transactions as f64 / measurement.measured_seconds.max(1e-9),
-            latency_p50_us: latency.value_at_quantile(0.50),
-            latency_p90_us: latency.value_at_quantile(0.90),
-            latency_p99_us: latency.value_at_quantile(0.99),
-            latency_p999_us: latency.value_at_quantile(0.999),
-            latency_max_us: latency.max(),
+            latency: crate::run::Latency::of(&latency),
             sum_expected,
             sum_found,
         }
@@ -231,13 +224,7 @@ impl PeerReport {
             "  {} committed, {} aborted, {} retries in {:.1} s: {:.0} transactions/s\n",
             self.committed, self.aborted, self.retries, self.measured_seconds, self.throughput_per_second
         );
-        text += &crate::run::latency_line([
-            self.latency_p50_us,
-            self.latency_p90_us,
-            self.latency_p99_us,
-            self.latency_p999_us,
-            self.latency_max_us,
-        ]);
+        text += &self.latency.line();
         if let (Some(expected), Some(found)) = (self.sum_expected, self.sum_found) {
             let verdict = if expected == found { "holds" } else { "VIOLATED" };
             text += &format!("  invariant (sum of all values {expected}): found {found}, {verdict}\n");
