@@ -223,6 +223,11 @@ enum RejectionKind {
   tooManyInvocations @11;
   # An `invokeMany` call carried more invocations than the node accepts in one message
   # (see `InvokeManyResult.rejected`).
+
+  retry @12;
+  # A node of the cluster restarted before the request's epoch was durable on every node,
+  # so the cluster rolled that epoch back: nothing of the request took effect. Send it
+  # again with the same request id.
 }
 
 struct InvokeManyResult {
@@ -345,4 +350,34 @@ struct NodeStatus {
   fsync @11 :Text;
   # When epochs are forced to disk: "every-epoch" (an acknowledged transaction survives a
   # machine crash) or "asynchronous" (it survives a process crash).
+  clusterNodes @12 :UInt16;
+  # Nodes in the node's cluster (1 for a single node).
+
+  clusterGeneration @13 :UInt64;
+  # The generation of the cluster view the node runs in (the sum of every node's
+  # incarnation); it grows whenever a node restarts. 0 for a single node.
+
+  clusterSynced @14 :Bool;
+  # Whether the node agreed on the current view with every peer and runs epochs (a
+  # node waiting for a restarted peer shows false). Always true for a single node.
+
+  leaseTableDigest @15 :UInt64;
+  # A digest of the node's lease table: nodes that agree on every key's holder show the
+  # same digest.
+
+  leasesLent @16 :UInt64;
+  # Keys of this node lent to another node for a running transaction (0 when idle).
+
+  localAccesses @17 :UInt64;
+  # Key accesses of this node's transactions to keys it holds, since it started.
+
+  remoteAccesses @18 :UInt64;
+  # Key accesses of this node's transactions to keys other nodes hold, since it started.
+
+  fencedTotal @19 :UInt64;
+  # Write-backs this node refused because they carried a stale lease (fencing).
+
+  fabric @20 :Text;
+  # The fabric backend between the nodes ("shm", "tcp", "rdma"), or "none" for a single
+  # node.
 }

@@ -71,6 +71,10 @@ pub struct Config {
     /// surrounding whitespace). A file rather than a value keeps the secret out of `ps`,
     /// the environment and config files that get shared. None: any client is accepted.
     pub auth_token_file: Option<PathBuf>,
+    /// The cluster file (see `cluster::ClusterSpec`). With one, the node runs as node
+    /// `node_id` of that cluster and takes its client address, data directory and metrics
+    /// address from its entry there. Without one, it runs alone.
+    pub cluster_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -93,6 +97,7 @@ impl Default for Config {
             recent_results_max: 1_000_000,
             request_id_retention_hours: 7 * 24,
             auth_token_file: None,
+            cluster_file: None,
         }
     }
 }
@@ -110,6 +115,8 @@ pub enum ConfigError {
     TokenRead { path: PathBuf, source: std::io::Error },
     #[error("auth_token_file {path} is empty (or only whitespace); put the shared token in it")]
     TokenEmpty { path: PathBuf },
+    #[error(transparent)]
+    Cluster(#[from] Box<crate::cluster::ClusterError>),
 }
 
 /// The shared token clients must present. Its `Debug` does not show it, so that it never
@@ -178,6 +185,23 @@ impl Config {
         Ok(())
     }
 
+    /// Takes this node's addresses and data directory from the cluster file, if any.
+    pub fn apply_cluster_file(&mut self) -> Result<(), ConfigError> {
+        let Some(path) = &self.cluster_file else { return Ok(()) };
+        let spec = crate::cluster::ClusterSpec::from_file(path).map_err(Box::new)?;
+        let entry = spec.node(self.node_id).ok_or_else(|| {
+            Box::new(crate::cluster::ClusterError::UnknownNode { node: self.node_id, path: path.clone() })
+        })?;
+        self.client_address = entry.client_address;
+        if let Some(directory) = &entry.data_dir {
+            self.data_dir = directory.clone();
+        }
+        if entry.metrics_address.is_some() {
+            self.metrics_address = entry.metrics_address;
+        }
+        Ok(())
+    }
+
     /// The configured client token, read from `auth_token_file`; `None` when no file is
     /// configured (the node then accepts every client).
     pub fn auth_token(&self) -> Result<Option<AuthToken>, ConfigError> {
@@ -219,6 +243,10 @@ pub struct ConfigOverrides {
     /// client is accepted.
     #[arg(long, env = "LEASEHOLD_AUTH_TOKEN_FILE")]
     pub auth_token_file: Option<PathBuf>,
+    /// Cluster file: run as node `--node-id` of that cluster (addresses and data
+    /// directory come from its entry).
+    #[arg(long, env = "LEASEHOLD_CLUSTER_FILE")]
+    pub cluster_file: Option<PathBuf>,
 }
 
 impl ConfigOverrides {
@@ -258,6 +286,10 @@ impl ConfigOverrides {
         if let Some(value) = &self.auth_token_file {
             config.auth_token_file = Some(value.clone());
         }
+        if let Some(value) = &self.cluster_file {
+            config.cluster_file = Some(value.clone());
+        }
+        config.apply_cluster_file()?;
         config.validate()?;
         Ok(config)
     }

@@ -14,6 +14,10 @@ pub const GROUP_COMMIT_EPOCHS: &str = "leasehold_group_commit_epochs";
 pub const CHECKPOINT_SECONDS: &str = "leasehold_checkpoint_seconds";
 pub const PLUGIN_DEPLOYS_TOTAL: &str = "leasehold_plugin_deploys_total";
 pub const AUTHENTICATION_FAILURES_TOTAL: &str = "leasehold_authentication_failures_total";
+pub const LOCAL_ACCESSES_TOTAL: &str = "leasehold_local_accesses_total";
+pub const REMOTE_ACCESSES_TOTAL: &str = "leasehold_remote_accesses_total";
+pub const EPOCH_BARRIER_SECONDS: &str = "leasehold_epoch_barrier_seconds";
+pub const FENCED_TOTAL: &str = "leasehold_fenced_write_backs_total";
 
 /// Errors starting the metrics endpoint.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +49,10 @@ fn describe() {
     metrics::describe_histogram!(CHECKPOINT_SECONDS, "Time to fold logged epochs into the tables.");
     metrics::describe_counter!(PLUGIN_DEPLOYS_TOTAL, "Plugin deploys that succeeded.");
     metrics::describe_counter!(AUTHENTICATION_FAILURES_TOTAL, "Client authentications refused for a wrong token.");
+    metrics::describe_counter!(LOCAL_ACCESSES_TOTAL, "Key accesses of this node's transactions to keys it holds.");
+    metrics::describe_counter!(REMOTE_ACCESSES_TOTAL, "Key accesses of this node's transactions to keys held elsewhere.");
+    metrics::describe_histogram!(EPOCH_BARRIER_SECONDS, "Time from sending an epoch's batches to having every peer's.");
+    metrics::describe_counter!(FENCED_TOTAL, "Write-backs refused for a stale lease word or lease epoch (fencing).");
 }
 
 /// Sends `tracing` logs to stderr, filtered by `RUST_LOG` or else by `default_filter`

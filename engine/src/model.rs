@@ -141,6 +141,10 @@ pub enum Rejection {
     ShuttingDown,
     #[error("storage failed: {0}")]
     Storage(String),
+    /// The cluster rolled back the request's epoch (a node restarted before the epoch was
+    /// durable everywhere); nothing of it took effect and the client should retry.
+    #[error("the cluster rolled back this request's epoch ({0}); nothing took effect, retry with the same id")]
+    Retry(String),
 }
 
 /// What a deployed plugin declares, as shown to clients.
@@ -177,4 +181,13 @@ pub struct NodeStatus {
     pub uptime_ms: u64,
     pub cc: String,
     pub fsync: String,
+    pub cluster_nodes: u16,
+    pub cluster_generation: u64,
+    pub cluster_synced: bool,
+    pub lease_table_digest: u64,
+    pub leases_lent: u64,
+    pub local_accesses: u64,
+    pub remote_accesses: u64,
+    pub fenced_total: u64,
+    pub fabric: String,
 }

@@ -2,14 +2,19 @@
 //! pool and commit thread, and offers [`NodeHandle`], the in-process API that the RPC
 //! server (and embedding programs) call.
 
+use crate::cluster::driver::{ClusterDriver, ClusterStats, DriverState};
+use crate::cluster::lease::{LeaseTable, LeaseTables};
+use crate::cluster::transport::{Deliver, Transport};
+use crate::cluster::wire::Frame;
+use crate::cluster::{ClusterError, ClusterSpec};
 use crate::config::{Config, ConfigError};
 use crate::model::{
-    Arguments, Invocation, NodeStatus, Outcome, PluginInfo, Rejection, RequestId, REQUEST_ID_BYTES_MAX,
+    Arguments, Invocation, NodeId, NodeStatus, Outcome, PluginInfo, Rejection, RequestId, REQUEST_ID_BYTES_MAX,
 };
 use crate::plugin::{AccessLimits, LoadedPlugin, PluginError, PluginRegistry};
 use crate::storage::{SlotStore, Storage, StorageError, StorageOptions};
 use crate::txn::access::{AccessMode, AccessSet};
-use crate::txn::commit::{Checkpointer, Committer};
+use crate::txn::commit::{Checkpointer, CommitCluster, Committer};
 use crate::txn::epoch::{DriverMessage, EpochDriver};
 use crate::txn::executor::Executor;
 use crate::txn::ledger::Ledger;
@@ -36,11 +41,31 @@ pub enum NodeError {
     DataDirectory { path: std::path::PathBuf, source: std::io::Error },
     #[error("cannot start threads: {0}")]
     Threads(String),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+}
+
+/// Waiters for the acknowledgements of a plugin deploy sent to the peers, by deploy id.
+type DeployWaiters = Mutex<rustc_hash::FxHashMap<u64, Sender<(NodeId, Option<String>)>>>;
+
+/// How long a deploy waits for every peer to load the plugin.
+const DEPLOY_PATIENCE: Duration = Duration::from_secs(30);
+
+/// What a cluster node keeps beyond a single node's state.
+struct ClusterShared {
+    spec: ClusterSpec,
+    incarnation: u32,
+    transport: Arc<Transport>,
+    stats: Arc<ClusterStats>,
+    leases: Arc<LeaseTables>,
+    deploys: Arc<DeployWaiters>,
+    next_deploy: std::sync::atomic::AtomicU64,
 }
 
 struct Shared {
     config: Config,
-    registry: PluginRegistry,
+    registry: Arc<PluginRegistry>,
+    cluster: Option<ClusterShared>,
     inbox: Sender<DriverMessage>,
     accepting: AtomicBool,
     stats: Arc<TransactionStats>,
@@ -55,6 +80,12 @@ pub struct Node {
     committer: Option<JoinHandle<()>>,
     checkpointer: Option<JoinHandle<()>>,
     storage: Arc<Storage>,
+}
+
+/// The pieces `Node::start` wires differently for a cluster.
+struct ClusterParts {
+    shared: ClusterShared,
+    commit: CommitCluster,
 }
 
 /// A cheap, thread-safe handle to a running node. The node's RocksDB closes once the
@@ -121,11 +152,15 @@ impl Node {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| NodeError::DataDirectory { path: config.data_dir.clone(), source })?;
+        let spec = config.cluster_file.as_deref().map(ClusterSpec::from_file).transpose()?;
         let storage_options = StorageOptions {
             result_retention: Duration::from_secs(config.request_id_retention_hours.saturating_mul(3600)),
+            // A cluster node folds its log only once the cluster agreed what is durable
+            // everywhere (the first view agreement does it).
+            fold_log_on_open: spec.is_none(),
         };
         let storage = Arc::new(Storage::open_with(&config.data_dir.join("rocksdb"), storage_options)?);
-        let registry = PluginRegistry::open(config.data_dir.join("plugins"), storage.clone())?;
+        let registry = Arc::new(PluginRegistry::open(config.data_dir.join("plugins"), storage.clone())?);
         let durable_epoch = storage.durable_epoch()?;
         let stats = Arc::new(TransactionStats::default());
         stats.durable_epoch.store(durable_epoch, Ordering::Relaxed);
@@ -134,21 +169,97 @@ impl Node {
         // A few epochs may wait for the disk; beyond that the driver waits too, which
         // bounds memory when the disk is slower than execution.
         let (commits, commit_receiver) = crossbeam_channel::bounded(1024);
-        let executor = Executor::new(config.executor_threads).map_err(|error| NodeError::Threads(error.to_string()))?;
+        let executor_threads = config.executor_threads;
+        let thread_error = |error: rayon::ThreadPoolBuildError| NodeError::Threads(error.to_string());
 
-        let driver = EpochDriver {
-            node: config.node_id,
-            storage: storage.clone(),
-            ledger: ledger.clone(),
-            stats: stats.clone(),
-            executor,
-            inbox: inbox_receiver,
-            commits,
-            epoch_transactions_max: config.epoch_transactions_max,
-            epoch_linger: Duration::from_micros(config.epoch_linger_us),
-            epoch: durable_epoch,
-            slots: SlotStore::new(),
-            graph_builder: GraphBuilder::new(),
+        let mut cluster_parts = None;
+        let driver: Box<dyn FnOnce() + Send> = match &spec {
+            None => {
+                let driver = EpochDriver {
+                    node: config.node_id,
+                    storage: storage.clone(),
+                    ledger: ledger.clone(),
+                    stats: stats.clone(),
+                    executor: Executor::new(executor_threads).map_err(thread_error)?,
+                    inbox: inbox_receiver,
+                    commits,
+                    epoch_transactions_max: config.epoch_transactions_max,
+                    epoch_linger: Duration::from_micros(config.epoch_linger_us),
+                    epoch: durable_epoch,
+                    slots: SlotStore::new(),
+                    graph_builder: GraphBuilder::new(),
+                };
+                Box::new(move || driver.run())
+            }
+            Some(spec) => {
+                let me = config.node_id;
+                let incarnation = storage.next_incarnation()?;
+                let fabric = spec.open_fabric(me)?;
+                let (notice_sender, notices) = crossbeam_channel::unbounded();
+                let deploys: Arc<DeployWaiters> = Arc::default();
+                let transport_cell: Arc<std::sync::OnceLock<Arc<Transport>>> = Arc::default();
+                let deliver = peer_delivery(
+                    inbox.clone(),
+                    notice_sender,
+                    deploys.clone(),
+                    registry.clone(),
+                    transport_cell.clone(),
+                );
+                let transport = Transport::start(fabric, me, spec.node_count(), incarnation, deliver)
+                    .map_err(|source| ClusterError::Fabric { backend: spec.fabric.as_str(), source })?;
+                let _ = transport_cell.set(transport.clone());
+                let table = LeaseTable::home(spec.node_count());
+                let cluster_stats = Arc::new(ClusterStats::default());
+                cluster_stats.node_count.store(u64::from(spec.node_count()), Ordering::Relaxed);
+                cluster_stats.lease_table_digest.store(table.digest(), Ordering::Relaxed);
+                let leases = Arc::new(LeaseTables::new(table));
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(executor_threads)
+                    .thread_name(|i| format!("leasehold-executor-{i}"))
+                    .build()
+                    .map_err(thread_error)?;
+                let driver = ClusterDriver {
+                    node: me,
+                    node_count: spec.node_count(),
+                    incarnation,
+                    storage: storage.clone(),
+                    ledger: ledger.clone(),
+                    stats: stats.clone(),
+                    cluster_stats: cluster_stats.clone(),
+                    pool,
+                    inbox: inbox_receiver,
+                    loopback: inbox.clone(),
+                    commits,
+                    transport: transport.clone(),
+                    leases: leases.clone(),
+                    epoch_transactions_max: config.epoch_transactions_max,
+                    state: DriverState::new(spec.node_count(), me, incarnation, durable_epoch),
+                };
+                tracing::info!(
+                    node = me,
+                    incarnation,
+                    nodes = spec.node_count(),
+                    fabric = spec.fabric.as_str(),
+                    "joining the cluster"
+                );
+                cluster_parts = Some(ClusterParts {
+                    shared: ClusterShared {
+                        spec: spec.clone(),
+                        incarnation,
+                        transport: transport.clone(),
+                        stats: cluster_stats,
+                        leases,
+                        deploys,
+                        next_deploy: std::sync::atomic::AtomicU64::new(0),
+                    },
+                    commit: CommitCluster { transport, notices },
+                });
+                Box::new(move || driver.run())
+            }
+        };
+        let (cluster_shared, commit_cluster) = match cluster_parts {
+            Some(parts) => (Some(parts.shared), Some(parts.commit)),
+            None => (None, None),
         };
         // Few checkpoints queue up: each carries up to a checkpoint interval of epochs.
         let (checkpoints, checkpoint_receiver) = crossbeam_channel::bounded(2);
@@ -166,6 +277,7 @@ impl Node {
             fsync: config.fsync,
             epochs: commit_receiver,
             checkpoint_interval: Duration::from_millis(config.checkpoint_interval_ms),
+            cluster: commit_cluster,
         };
         let checkpointer = std::thread::Builder::new()
             .name("leasehold-checkpoint".into())
@@ -177,13 +289,14 @@ impl Node {
             .map_err(|error| NodeError::Threads(error.to_string()))?;
         let driver = std::thread::Builder::new()
             .name("leasehold-epoch".into())
-            .spawn(move || driver.run())
+            .spawn(driver)
             .map_err(|error| NodeError::Threads(error.to_string()))?;
         let limits = AccessLimits { keys_max: config.access_set_keys_max, key_bytes_max: config.key_bytes_max };
         tracing::info!(node = config.node_id, data_dir = %config.data_dir.display(), durable_epoch, "node started");
         let shared = Shared {
             config,
             registry,
+            cluster: cluster_shared,
             inbox,
             accepting: AtomicBool::new(true),
             stats,
@@ -223,6 +336,9 @@ impl Node {
         if let Some(checkpointer) = self.checkpointer.take() {
             let _ = checkpointer.join();
         }
+        if let Some(cluster) = &self.handle.shared.cluster {
+            cluster.transport.stop();
+        }
         self.storage.flush()?;
         tracing::info!(node = self.handle.shared.config.node_id, "node stopped");
         Ok(())
@@ -243,6 +359,9 @@ impl NodeHandle {
     pub fn deploy_plugin(&self, library: &[u8]) -> Result<PluginInfo, PluginError> {
         let info = self.shared.registry.deploy(library)?;
         metrics::counter!(crate::metrics::PLUGIN_DEPLOYS_TOTAL).increment(1);
+        if let Some(cluster) = &self.shared.cluster {
+            deploy_to_peers(cluster, library)?;
+        }
         Ok(info)
     }
 
@@ -346,6 +465,7 @@ impl NodeHandle {
     pub fn status(&self) -> NodeStatus {
         let stats = &self.shared.stats;
         let config = &self.shared.config;
+        let cluster = self.shared.cluster.as_ref();
         NodeStatus {
             node: config.node_id,
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -359,6 +479,91 @@ impl NodeHandle {
             uptime_ms: self.shared.started.elapsed().as_millis() as u64,
             cc: "lease".to_string(),
             fsync: config.fsync.as_str().to_string(),
+            cluster_nodes: cluster.map_or(1, |c| c.spec.node_count()),
+            cluster_generation: cluster.map_or(0, |c| c.stats.generation.load(Ordering::Acquire)),
+            cluster_synced: cluster.is_none_or(|c| c.stats.synced.load(Ordering::Acquire)),
+            lease_table_digest: cluster.map_or(0, |c| c.leases.current().digest()),
+            leases_lent: cluster.map_or(0, |c| c.stats.leases_lent.load(Ordering::Acquire)),
+            local_accesses: cluster.map_or(0, |c| c.stats.local_accesses.load(Ordering::Relaxed)),
+            remote_accesses: cluster.map_or(0, |c| c.stats.remote_accesses.load(Ordering::Relaxed)),
+            fenced_total: cluster.map_or(0, |c| c.stats.fenced_total.load(Ordering::Relaxed)),
+            fabric: cluster.map_or("none", |c| c.spec.fabric.as_str()).to_string(),
         }
+    }
+}
+
+/// Routes frames from peers: durability notices to the commit thread, plugin deploys to
+/// a loading thread and their acknowledgements to the waiting deploy, everything else to
+/// the epoch driver.
+fn peer_delivery(
+    inbox: Sender<DriverMessage>,
+    notices: Sender<crate::txn::commit::DurableNotice>,
+    deploys: Arc<DeployWaiters>,
+    registry: Arc<PluginRegistry>,
+    transport: Arc<std::sync::OnceLock<Arc<Transport>>>,
+) -> Deliver {
+    Box::new(move |from, frame| match frame {
+        Frame::Durable { generation, epoch } => {
+            let _ = notices.send((from, generation, epoch));
+        }
+        Frame::Deploy { deploy_id, library } => {
+            let (registry, transport) = (registry.clone(), transport.clone());
+            // Loading takes milliseconds; the receiver thread must not wait for it.
+            let spawned = std::thread::Builder::new().name("leasehold-peer-deploy".into()).spawn(move || {
+                let error = match registry.deploy(&library) {
+                    Ok(info) => {
+                        tracing::info!(plugin = %info.name, version = %info.version, peer = from, "plugin deployed by a peer");
+                        None
+                    }
+                    Err(error) => Some(error.to_string()),
+                };
+                if let Some(transport) = transport.get() {
+                    transport.send(from, &Frame::DeployAck { deploy_id, error });
+                }
+            });
+            if let Err(error) = spawned {
+                tracing::error!(%error, "cannot start a thread to load a peer's plugin");
+            }
+        }
+        Frame::DeployAck { deploy_id, error } => {
+            if let Some(waiter) = deploys.lock().get(&deploy_id) {
+                let _ = waiter.send((from, error));
+            }
+        }
+        frame => {
+            let _ = inbox.send(DriverMessage::Peer { from, frame });
+        }
+    })
+}
+
+/// Sends a deployed library to every peer and waits until each loaded it.
+fn deploy_to_peers(cluster: &ClusterShared, library: &[u8]) -> Result<(), PluginError> {
+    let sequence = cluster.next_deploy.fetch_add(1, Ordering::Relaxed);
+    let deploy_id = (u64::from(cluster.incarnation) << 32) | (sequence & 0xffff_ffff);
+    let (waiter, acknowledgements) = crossbeam_channel::unbounded();
+    cluster.deploys.lock().insert(deploy_id, waiter);
+    cluster.transport.broadcast(&Frame::Deploy { deploy_id, library: library.to_vec() });
+    let deadline = Instant::now() + DEPLOY_PATIENCE;
+    let mut answered = vec![false; usize::from(cluster.spec.node_count())];
+    let mut failures = Vec::new();
+    while cluster.transport.peers().any(|peer| !answered[usize::from(peer)]) {
+        match acknowledgements.recv_deadline(deadline) {
+            Ok((peer, error)) => {
+                answered[usize::from(peer)] = true;
+                if let Some(error) = error {
+                    failures.push(format!("node {peer} refused it: {error}"));
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    cluster.deploys.lock().remove(&deploy_id);
+    for peer in cluster.transport.peers().filter(|&peer| !answered[usize::from(peer)]) {
+        failures.push(format!("node {peer} did not answer within {} s", DEPLOY_PATIENCE.as_secs()));
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(PluginError::NotEverywhere(failures.join("; ")))
     }
 }

@@ -5,6 +5,9 @@
 //! disk in a temporary directory, plugins loaded from their built shared libraries, and
 //! Cap'n Proto over loopback sockets.
 
+
+pub mod cluster;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -66,7 +69,7 @@ impl EngineProcess {
             .arg("--client-address")
             .arg(address.to_string())
             .args(&extra_arguments)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", std::env::var("LEASEHOLD_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

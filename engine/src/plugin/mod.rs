@@ -37,4 +37,6 @@ pub enum PluginError {
     TooLarge { bytes: usize, max: usize },
     #[error(transparent)]
     Storage(#[from] crate::storage::StorageError),
+    #[error("deployed on this node, but not on every node of the cluster: {0}")]
+    NotEverywhere(String),
 }

@@ -51,6 +51,7 @@ fn rejection_kind(rejection: &Rejection) -> wire::RejectionKind {
         Rejection::KeyTooLong { .. } => Kind::KeyTooLong,
         Rejection::ShuttingDown => Kind::ShuttingDown,
         Rejection::Storage(_) => Kind::Storage,
+        Rejection::Retry(_) => Kind::Retry,
     }
 }
 
@@ -198,6 +199,15 @@ pub(super) fn write_node_status(mut builder: wire::node_status::Builder<'_>, sta
     builder.set_uptime_ms(status.uptime_ms);
     builder.set_cc(&status.cc);
     builder.set_fsync(&status.fsync);
+    builder.set_cluster_nodes(status.cluster_nodes);
+    builder.set_cluster_generation(status.cluster_generation);
+    builder.set_cluster_synced(status.cluster_synced);
+    builder.set_lease_table_digest(status.lease_table_digest);
+    builder.set_leases_lent(status.leases_lent);
+    builder.set_local_accesses(status.local_accesses);
+    builder.set_remote_accesses(status.remote_accesses);
+    builder.set_fenced_total(status.fenced_total);
+    builder.set_fabric(&status.fabric);
     write_text_list(builder.init_plugins(list_length(status.plugins.len())), &status.plugins);
 }
 

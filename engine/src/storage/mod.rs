@@ -35,7 +35,8 @@ const CF_PLUGINS: &str = "plugins";
 
 const META_DURABLE_EPOCH: &[u8] = b"durable_epoch";
 const META_CHECKPOINT_EPOCH: &[u8] = b"checkpoint_epoch";
-const META_NEXT_TABLE_ID: &[u8] = b"next_table_id";
+const META_INCARNATION: &[u8] = b"incarnation";
+const META_TABLE_OWNER_PREFIX: &[u8] = b"table-id/";
 const META_TABLE_PREFIX: &[u8] = b"table/";
 
 /// Storage failures. They are operating errors (disk full, corruption, permissions).
@@ -47,6 +48,19 @@ pub enum StorageError {
     Rocks(#[from] rocksdb::Error),
     #[error("corrupt {what} in storage")]
     Corrupt { what: &'static str },
+    #[error("table {table} hashes to the same id as table {other}; rename one of them")]
+    TableIdCollision { table: String, other: String },
+}
+
+/// The id of a new table: FNV-1a of "plugin/table", with the top bit clear (ids of
+/// tables created by counter before are small numbers, so they do not collide).
+fn table_id_of(plugin: &str, table: &str) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for &byte in plugin.as_bytes().iter().chain(b"/").chain(table.as_bytes()) {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    (hash & 0x7fff_ffff).max(1)
 }
 
 /// The node's RocksDB database.
@@ -87,7 +101,8 @@ impl EpochRecord {
     }
 }
 
-fn unix_seconds_now() -> u64 {
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_seconds_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs())
 }
 
@@ -97,11 +112,15 @@ pub struct StorageOptions {
     /// How long the outcome of a request id is kept for retries. Older outcomes are
     /// dropped when RocksDB compacts them, so a retry after this may run again.
     pub result_retention: std::time::Duration,
+    /// Fold the log into the tables when opening. A cluster node leaves the log alone
+    /// until the cluster agreed which epochs are durable everywhere
+    /// ([`Storage::rollback_to`] folds then).
+    pub fold_log_on_open: bool,
 }
 
 impl Default for StorageOptions {
     fn default() -> StorageOptions {
-        StorageOptions { result_retention: std::time::Duration::from_secs(7 * 24 * 3600) }
+        StorageOptions { result_retention: std::time::Duration::from_secs(7 * 24 * 3600), fold_log_on_open: true }
     }
 }
 
@@ -161,7 +180,9 @@ impl Storage {
         let db = DB::open_cf_descriptors(&options, path, families)
             .map_err(|source| StorageError::Open { path: path.into(), source })?;
         let storage = Storage { db };
-        storage.recover()?;
+        if storage_options.fold_log_on_open {
+            storage.recover()?;
+        }
         Ok(storage)
     }
 
@@ -191,6 +212,44 @@ impl Storage {
             None => Ok(0),
             Some(bytes) => codec::decode_u64(&bytes).ok_or(StorageError::Corrupt { what: "durable epoch" }),
         }
+    }
+
+    /// Counts this start of the node (durably) and returns the count: a cluster node's
+    /// incarnation, which tells its peers that it restarted.
+    pub fn next_incarnation(&self) -> Result<u32, StorageError> {
+        let meta = self.cf(CF_META);
+        let current = match self.db.get_cf(meta, META_INCARNATION)? {
+            None => 0,
+            Some(bytes) => codec::decode_u64(&bytes).ok_or(StorageError::Corrupt { what: "incarnation" })?,
+        };
+        let next = u32::try_from(current + 1).map_err(|_| StorageError::Corrupt { what: "incarnation" })?;
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        self.db.put_cf_opt(meta, META_INCARNATION, u64::from(next).to_be_bytes(), &options)?;
+        Ok(next)
+    }
+
+    /// The newest epoch folded into the tables (0 when none).
+    pub fn checkpoint_epoch(&self) -> Result<u64, StorageError> {
+        match self.db.get_cf(self.cf(CF_META), META_CHECKPOINT_EPOCH)? {
+            None => Ok(0),
+            Some(bytes) => codec::decode_u64(&bytes).ok_or(StorageError::Corrupt { what: "checkpoint epoch" }),
+        }
+    }
+
+    /// Undoes every logged epoch after `agreed` (a cluster agreed that they were not
+    /// durable on every node) and folds the rest of the log into the tables. The epochs
+    /// after the last checkpoint are only in the log, so undoing one is deleting its
+    /// record.
+    pub fn rollback_to(&self, agreed: u64) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(self.cf(CF_LOG), (agreed + 1).to_be_bytes(), u64::MAX.to_be_bytes());
+        batch.delete_cf(self.cf(CF_LOG), u64::MAX.to_be_bytes());
+        batch.put_cf(self.cf(CF_META), META_DURABLE_EPOCH, agreed.to_be_bytes());
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        self.db.write_opt(batch, &options)?;
+        self.recover()
     }
 
     /// Reads the values of several storage keys (see [`data_key_into`]) at once.
@@ -297,14 +356,21 @@ impl Storage {
             let id = codec::decode_u64(&bytes).ok_or(StorageError::Corrupt { what: "table id" })?;
             return u32::try_from(id).map_err(|_| StorageError::Corrupt { what: "table id" });
         }
-        let next = match self.db.get_cf(meta, META_NEXT_TABLE_ID)? {
-            None => 1,
-            Some(bytes) => codec::decode_u64(&bytes).ok_or(StorageError::Corrupt { what: "next table id" })?,
-        };
-        let id = u32::try_from(next).map_err(|_| StorageError::Corrupt { what: "next table id" })?;
+        // Every node of a cluster must give a table the same id (keys travel between nodes
+        // as storage keys), so new ids derive from the names rather than from a counter.
+        let id = table_id_of(plugin, table);
+        let owner_key = [META_TABLE_OWNER_PREFIX, &id.to_be_bytes()[..]].concat();
+        if let Some(owner) = self.db.get_cf(meta, &owner_key)? {
+            if owner != name[META_TABLE_PREFIX.len()..] {
+                return Err(StorageError::TableIdCollision {
+                    table: format!("{plugin}/{table}"),
+                    other: String::from_utf8_lossy(&owner).into_owned(),
+                });
+            }
+        }
         let mut batch = WriteBatch::default();
         batch.put_cf(meta, &name, u64::from(id).to_be_bytes());
-        batch.put_cf(meta, META_NEXT_TABLE_ID, (next + 1).to_be_bytes());
+        batch.put_cf(meta, &owner_key, &name[META_TABLE_PREFIX.len()..]);
         let mut options = WriteOptions::default();
         options.set_sync(true);
         self.db.write_opt(batch, &options)?;
@@ -389,7 +455,7 @@ mod tests {
     #[test]
     fn outcomes_past_their_retention_are_dropped_by_compaction() {
         let directory = tempfile::tempdir().expect("temporary directory");
-        let options = StorageOptions { result_retention: std::time::Duration::ZERO };
+        let options = StorageOptions { result_retention: std::time::Duration::ZERO, ..Default::default() };
         let storage = Storage::open_with(directory.path(), options).expect("open");
         let id = RequestId(b"old".to_vec().into());
         let mut record = EpochRecord::new(1);

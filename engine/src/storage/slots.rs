@@ -27,12 +27,31 @@ pub struct Slot {
     storage_key: Box<[u8]>,
     value: UnsafeCell<Option<Vec<u8>>>,
     dirty_epoch: AtomicU64,
+    /// In a cluster: the lease word (`cluster::lease::LeaseWord`) of the key; unused by a
+    /// single node.
+    lease_word: AtomicU64,
 }
 
 // SAFETY: see the concurrency note on `Slot`.
 unsafe impl Sync for Slot {}
 
 impl Slot {
+    /// A slot outside any store: a node's private copy of a key it borrowed from its
+    /// holder for one transaction.
+    pub fn detached(storage_key: &[u8], value: Option<Vec<u8>>) -> Slot {
+        Slot {
+            storage_key: storage_key.into(),
+            value: UnsafeCell::new(value),
+            dirty_epoch: AtomicU64::new(0),
+            lease_word: AtomicU64::new(0),
+        }
+    }
+
+    /// The key's lease word.
+    pub fn lease_word(&self) -> &AtomicU64 {
+        &self.lease_word
+    }
+
     /// The RocksDB key (table id and key) of this slot.
     pub fn storage_key(&self) -> &[u8] {
         &self.storage_key
@@ -80,6 +99,12 @@ unsafe impl Send for SlotPointer {}
 unsafe impl Sync for SlotPointer {}
 
 impl SlotPointer {
+    /// A pointer to a slot the caller keeps alive (and in place) for as long as the
+    /// pointer is used.
+    pub fn to(slot: &Slot) -> SlotPointer {
+        SlotPointer(NonNull::from(slot))
+    }
+
     /// # Safety
     /// The store that created the slot must still be alive.
     pub unsafe fn get<'a>(self) -> &'a Slot {
@@ -120,11 +145,7 @@ impl SlotStore {
             self.chunks.push(Vec::with_capacity(SLOTS_PER_CHUNK));
         }
         let chunk = self.chunks.last_mut().expect("a chunk was just ensured");
-        chunk.push(Slot {
-            storage_key: storage_key.into(),
-            value: UnsafeCell::new(value),
-            dirty_epoch: AtomicU64::new(0),
-        });
+        chunk.push(Slot::detached(storage_key, value));
         // The chunk never grows past its capacity, so this address is stable.
         let pointer = SlotPointer(NonNull::from(chunk.last().expect("just pushed")));
         let number = u32::try_from(self.index.len()).expect("fewer than 2^32 resident keys");

@@ -4,22 +4,34 @@
 //! Epochs arrive from the driver as finished epoch records. Whatever has queued up while
 //! the previous fsync ran is written together and fsynced once (group commit): every
 //! record but the last is written without sync, and the synced write of the last one
-//! makes all of them durable. Only then are the replies of those epochs sent and their
-//! request ids marked done in the ledger. If storage fails, the node stops taking work:
-//! its memory would otherwise run ahead of its disk.
+//! makes all of them durable. If storage fails, the node stops taking work: its memory
+//! would otherwise run ahead of its disk.
 //!
-//! Durable records are handed to the checkpoint thread every `checkpoint_interval` (or
+//! Alone, a node releases an epoch's replies (and marks its request ids done in the
+//! ledger) as soon as the epoch is durable here. In a cluster, it tells its peers which
+//! epoch it made durable and releases an epoch's replies only once every node has made
+//! that epoch durable, so nothing acknowledged can be lost when a node dies. When the
+//! nodes agree on a new view after a restart, the driver sends [`CommitMessage::Rollback`]:
+//! epochs up to the agreed one are released, newer ones are undone here (their replies
+//! become [`Rejection::Retry`]) and dropped from the log.
+//!
+//! Released records are handed to the checkpoint thread every `checkpoint_interval` (or
 //! sooner when they grow large, and at shutdown), which folds them into the tables off
 //! the commit path. The ledger may forget a request id only once its outcome is
 //! checkpointed, because only then can a retry find it in the `results` column family.
+//! Only epochs durable everywhere are checkpointed, so a rollback never has to undo a
+//! checkpoint: it only deletes log records.
 
 use super::ledger::Ledger;
 use super::{Reply, TransactionStats};
+use crate::cluster::transport::Transport;
+use crate::cluster::wire::Frame;
 use crate::config::FsyncPolicy;
-use crate::model::{Outcome, Rejection, RequestId};
-use crate::storage::{EpochRecord, Storage};
+use crate::model::{NodeId, Outcome, Rejection, RequestId};
+use crate::storage::{EpochRecord, Storage, StorageError};
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,6 +43,36 @@ pub struct EpochCommit {
     pub replies: Vec<(RequestId, Outcome, Reply)>,
     /// When the epoch closed, for the epoch latency metric.
     pub closed_at: Instant,
+}
+
+/// What the driver sends the commit thread.
+pub enum CommitMessage {
+    Epoch(EpochCommit),
+    /// Answers with this node's durable epoch once every epoch sent before is written.
+    Flush(Sender<u64>),
+    /// The cluster agreed to keep epochs up to `agreed` and undo newer ones; frames of
+    /// `generation` follow.
+    Rollback {
+        agreed: u64,
+        generation: u64,
+        done: Sender<Result<(), StorageError>>,
+    },
+}
+
+/// What the commit thread sends the checkpoint thread.
+pub enum CheckpointMessage {
+    Records(Vec<EpochRecord>),
+    /// Answered once everything sent before is checkpointed.
+    Barrier(Sender<()>),
+}
+
+/// A peer's durability notice: (peer, generation, epoch).
+pub type DurableNotice = (NodeId, u64, u64);
+
+/// The commit thread's link to the rest of a cluster.
+pub struct CommitCluster {
+    pub transport: Arc<Transport>,
+    pub notices: Receiver<DurableNotice>,
 }
 
 /// Most epochs made durable by one fsync.
@@ -48,9 +90,10 @@ pub struct Committer {
     pub ledger: Arc<Mutex<Ledger>>,
     pub stats: Arc<TransactionStats>,
     pub fsync: FsyncPolicy,
-    pub epochs: Receiver<EpochCommit>,
+    pub epochs: Receiver<CommitMessage>,
     pub checkpoint_interval: Duration,
-    pub checkpoints: Sender<Vec<EpochRecord>>,
+    pub checkpoints: Sender<CheckpointMessage>,
+    pub cluster: Option<CommitCluster>,
 }
 
 /// The checkpoint thread: folds durable epoch records into the tables.
@@ -58,13 +101,20 @@ pub struct Checkpointer {
     pub storage: Arc<Storage>,
     pub ledger: Arc<Mutex<Ledger>>,
     pub stats: Arc<TransactionStats>,
-    pub records: Receiver<Vec<EpochRecord>>,
+    pub records: Receiver<CheckpointMessage>,
 }
 
 impl Checkpointer {
     /// Runs until the commit thread hangs up, after checkpointing everything it sent.
     pub fn run(self) {
-        while let Ok(records) = self.records.recv() {
+        while let Ok(message) = self.records.recv() {
+            let records = match message {
+                CheckpointMessage::Records(records) => records,
+                CheckpointMessage::Barrier(done) => {
+                    let _ = done.send(());
+                    continue;
+                }
+            };
             let Some(newest) = records.last().map(|r| r.epoch) else { continue };
             if self.stats.failed.load(Ordering::Acquire) {
                 continue;
@@ -88,100 +138,237 @@ impl Checkpointer {
     }
 }
 
+/// The commit thread's bookkeeping.
+struct CommitState {
+    uncheckpointed: Vec<EpochRecord>,
+    last_checkpoint: Instant,
+    /// Durable here, waiting for the peers (cluster only), in epoch order.
+    awaiting: VecDeque<EpochCommit>,
+    local_durable: u64,
+    /// The newest epoch each node reported durable (own entry unused).
+    peer_durable: Vec<u64>,
+    generation: u64,
+}
+
 impl Committer {
     /// Runs until the driver hangs up, then returns after the last epoch is durable and
     /// checkpointed.
     pub fn run(self) {
+        let node_count = self.cluster.as_ref().map_or(1, |cluster| cluster.transport.node_count());
+        let local_durable = self.stats.durable_epoch.load(Ordering::Acquire);
+        let mut state = CommitState {
+            uncheckpointed: Vec::new(),
+            last_checkpoint: Instant::now(),
+            awaiting: VecDeque::new(),
+            local_durable,
+            peer_durable: vec![local_durable; node_count],
+            generation: 0,
+        };
+        let notices = self.cluster.as_ref().map_or_else(crossbeam_channel::never, |cluster| cluster.notices.clone());
         let mut group: Vec<EpochCommit> = Vec::new();
-        let mut uncheckpointed: Vec<EpochRecord> = Vec::new();
-        let mut last_checkpoint = Instant::now();
         loop {
-            let first = match self.epochs.recv_timeout(self.checkpoint_interval) {
-                Ok(first) => first,
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                    self.checkpoint(&mut uncheckpointed, &mut last_checkpoint);
-                    continue;
-                }
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
-            };
-            group.push(first);
-            while group.len() < GROUP_EPOCHS_MAX {
-                match self.epochs.try_recv() {
-                    Ok(next) => group.push(next),
+            crossbeam_channel::select! {
+                recv(self.epochs) -> message => match message {
+                    Ok(CommitMessage::Epoch(first)) => {
+                        group.push(first);
+                        let mut control = None;
+                        while group.len() < GROUP_EPOCHS_MAX {
+                            match self.epochs.try_recv() {
+                                Ok(CommitMessage::Epoch(next)) => group.push(next),
+                                Ok(other) => {
+                                    control = Some(other);
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        self.commit_group(&mut group, &mut state);
+                        if let Some(control) = control {
+                            self.control(control, &mut state);
+                        }
+                    }
+                    Ok(control) => self.control(control, &mut state),
                     Err(_) => break,
+                },
+                recv(notices) -> notice => {
+                    if let Ok((peer, generation, epoch)) = notice {
+                        if generation == state.generation {
+                            let known = &mut state.peer_durable[usize::from(peer)];
+                            *known = (*known).max(epoch);
+                            self.release_durable_everywhere(&mut state);
+                        }
+                    }
                 }
+                default(self.checkpoint_interval) => {}
             }
-            self.commit_group(&mut group, &mut uncheckpointed);
-            let pending_bytes: usize = uncheckpointed.iter().map(EpochRecord::len).sum();
-            if last_checkpoint.elapsed() >= self.checkpoint_interval || pending_bytes >= CHECKPOINT_BYTES_MAX {
-                self.checkpoint(&mut uncheckpointed, &mut last_checkpoint);
+            let pending_bytes: usize = state.uncheckpointed.iter().map(EpochRecord::len).sum();
+            if state.last_checkpoint.elapsed() >= self.checkpoint_interval || pending_bytes >= CHECKPOINT_BYTES_MAX {
+                self.checkpoint(&mut state);
             }
         }
-        self.checkpoint(&mut uncheckpointed, &mut last_checkpoint);
+        self.checkpoint(&mut state);
     }
 
-    fn checkpoint(&self, records: &mut Vec<EpochRecord>, last_checkpoint: &mut Instant) {
-        *last_checkpoint = Instant::now();
-        if records.is_empty() {
+    fn control(&self, message: CommitMessage, state: &mut CommitState) {
+        match message {
+            CommitMessage::Epoch(_) => unreachable!("epochs are committed by the caller"),
+            CommitMessage::Flush(reply) => {
+                let _ = reply.send(state.local_durable);
+            }
+            CommitMessage::Rollback { agreed, generation, done } => {
+                let _ = done.send(self.rollback(agreed, generation, state));
+            }
+        }
+    }
+
+    /// Keeps epochs up to `agreed` (durable on every node, as `agreed` is the smallest
+    /// durable epoch of all) and undoes the newer ones here.
+    fn rollback(&self, agreed: u64, generation: u64, state: &mut CommitState) -> Result<(), StorageError> {
+        assert!(self.cluster.is_some(), "only a cluster rolls epochs back");
+        let mut ledger = self.ledger.lock();
+        while let Some(epoch) = state.awaiting.pop_front() {
+            if epoch.record.epoch <= agreed {
+                Self::release(self.ledger_for_replies(&mut ledger), epoch.replies, epoch.closed_at, None);
+                state.uncheckpointed.push(epoch.record);
+            } else {
+                let rejection = Rejection::Retry(format!("epoch {} was not durable on every node", epoch.record.epoch));
+                Self::release(self.ledger_for_replies(&mut ledger), epoch.replies, epoch.closed_at, Some(&rejection));
+            }
+        }
+        drop(ledger);
+        // Whatever is released gets checkpointed first, so that the fold below finds the
+        // log in epoch order with nothing else writing the tables.
+        self.checkpoint(state);
+        let (barrier, passed) = crossbeam_channel::bounded(1);
+        if self.checkpoints.send(CheckpointMessage::Barrier(barrier)).is_ok() {
+            let _ = passed.recv();
+        }
+        assert!(
+            self.storage.checkpoint_epoch()? <= agreed,
+            "a checkpointed epoch must be durable everywhere, so never newer than the agreed one"
+        );
+        self.storage.rollback_to(agreed)?;
+        state.local_durable = agreed;
+        state.peer_durable.iter_mut().for_each(|known| *known = agreed);
+        state.generation = generation;
+        self.stats.durable_epoch.store(agreed, Ordering::Release);
+        Ok(())
+    }
+
+    /// The ledger, for a single node; a cluster node keeps none.
+    fn ledger_for_replies<'a>(&self, ledger: &'a mut Ledger) -> Option<&'a mut Ledger> {
+        self.cluster.is_none().then_some(ledger)
+    }
+
+    fn checkpoint(&self, state: &mut CommitState) {
+        state.last_checkpoint = Instant::now();
+        if state.uncheckpointed.is_empty() {
             return;
         }
         // The checkpoint thread ends only after this thread, so a send cannot fail.
-        if self.checkpoints.send(std::mem::take(records)).is_err() {
+        if self.checkpoints.send(CheckpointMessage::Records(std::mem::take(&mut state.uncheckpointed))).is_err() {
             panic!("checkpoint thread ended before the commit thread");
         }
     }
 
-    fn commit_group(&self, group: &mut Vec<EpochCommit>, uncheckpointed: &mut Vec<EpochRecord>) {
+    fn commit_group(&self, group: &mut Vec<EpochCommit>, state: &mut CommitState) {
         let started = Instant::now();
         let epochs = group.len();
         let mut failure = None;
-        let mut newest_epoch = 0;
         if self.stats.failed.load(Ordering::Acquire) {
             failure = Some("an earlier epoch could not be written".to_string());
         }
-        let mut releases = Vec::with_capacity(epochs);
-        for (index, epoch) in group.drain(..).enumerate() {
-            releases.push((epoch.replies, epoch.closed_at));
+        for (index, epoch) in group.iter().enumerate() {
             if failure.is_some() {
-                continue;
+                break;
             }
-            newest_epoch = epoch.record.epoch;
             let sync = self.fsync == FsyncPolicy::EveryEpoch && index == epochs - 1;
-            let written = self.storage.write_epoch(&epoch.record, sync);
-            uncheckpointed.push(epoch.record);
-            if let Err(error) = written {
-                tracing::error!(%error, epoch = newest_epoch, "cannot make epoch durable; the node stops taking work");
+            if let Err(error) = self.storage.write_epoch(&epoch.record, sync) {
+                tracing::error!(%error, epoch = epoch.record.epoch, "cannot make epoch durable; the node stops taking work");
                 self.stats.failed.store(true, Ordering::Release);
                 failure = Some(error.to_string());
             }
         }
         metrics::histogram!(crate::metrics::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
         metrics::histogram!(crate::metrics::GROUP_COMMIT_EPOCHS).record(epochs as f64);
-        if failure.is_none() {
-            self.stats.durable_epoch.store(newest_epoch, Ordering::Release);
+        if let Some(message) = failure {
+            let rejection = Rejection::Storage(message);
+            let mut ledger = self.ledger.lock();
+            for epoch in group.drain(..) {
+                Self::release(self.ledger_for_replies(&mut ledger), epoch.replies, epoch.closed_at, Some(&rejection));
+            }
+            return;
+        }
+        let newest = group.last().map_or(state.local_durable, |epoch| epoch.record.epoch);
+        state.local_durable = newest;
+        self.stats.durable_epoch.store(newest, Ordering::Release);
+        match &self.cluster {
+            None => {
+                let mut ledger = self.ledger.lock();
+                for epoch in group.drain(..) {
+                    Self::release(self.ledger_for_replies(&mut ledger), epoch.replies, epoch.closed_at, None);
+                    state.uncheckpointed.push(epoch.record);
+                }
+            }
+            Some(cluster) => {
+                cluster.transport.broadcast(&Frame::Durable { generation: state.generation, epoch: newest });
+                state.awaiting.extend(group.drain(..));
+                self.release_durable_everywhere(state);
+            }
+        }
+    }
+
+    /// Releases the awaiting epochs that every node has made durable.
+    fn release_durable_everywhere(&self, state: &mut CommitState) {
+        let Some(cluster) = &self.cluster else { return };
+        let me = usize::from(cluster.transport.me());
+        let everywhere = state
+            .peer_durable
+            .iter()
+            .enumerate()
+            .filter(|&(node, _)| node != me)
+            .map(|(_, &epoch)| epoch)
+            .fold(state.local_durable, u64::min);
+        if state.awaiting.front().is_none_or(|epoch| epoch.record.epoch > everywhere) {
+            return;
         }
         let mut ledger = self.ledger.lock();
-        for (replies, closed_at) in releases {
-            metrics::histogram!(crate::metrics::EPOCH_LATENCY_SECONDS).record(closed_at.elapsed().as_secs_f64());
-            for (id, outcome, reply) in replies {
-                match &failure {
-                    None => {
-                        if id.is_tracked() {
-                            for waiter in ledger.complete(&id, &outcome, epoch_of(&outcome)) {
-                                let _ = waiter.send(Ok(outcome.clone()));
-                            }
+        while state.awaiting.front().is_some_and(|epoch| epoch.record.epoch <= everywhere) {
+            let epoch = state.awaiting.pop_front().expect("checked above");
+            Self::release(self.ledger_for_replies(&mut ledger), epoch.replies, epoch.closed_at, None);
+            state.uncheckpointed.push(epoch.record);
+        }
+    }
+
+    /// Sends an epoch's outcomes (or `failure` instead) to their callers and to the
+    /// ledger's waiters.
+    ///
+    /// A cluster node keeps no ledger (`None`): a request id's outcome is a key at the id's
+    /// holder, found by a retry through any node (see `cluster::driver`).
+    fn release(
+        mut ledger: Option<&mut Ledger>,
+        replies: Vec<(RequestId, Outcome, Reply)>,
+        closed_at: Instant,
+        failure: Option<&Rejection>,
+    ) {
+        metrics::histogram!(crate::metrics::EPOCH_LATENCY_SECONDS).record(closed_at.elapsed().as_secs_f64());
+        for (id, outcome, reply) in replies {
+            match failure {
+                None => {
+                    if let Some(ledger) = ledger.as_deref_mut().filter(|_| id.is_tracked()) {
+                        for waiter in ledger.complete(&id, &outcome, epoch_of(&outcome)) {
+                            let _ = waiter.send(Ok(outcome.clone()));
                         }
-                        // A closed reply only means the client went away; its outcome
-                        // is durable and a retry will get it.
-                        let _ = reply.send(Ok(outcome));
                     }
-                    Some(message) => {
-                        let rejection = Rejection::Storage(message.clone());
-                        for waiter in ledger.abandon(&id) {
-                            let _ = waiter.send(Err(rejection.clone()));
-                        }
-                        let _ = reply.send(Err(rejection));
+                    // A closed reply only means the client went away; its outcome is
+                    // durable and a retry will get it.
+                    let _ = reply.send(Ok(outcome));
+                }
+                Some(rejection) => {
+                    for waiter in ledger.as_deref_mut().map(|ledger| ledger.abandon(&id)).unwrap_or_default() {
+                        let _ = waiter.send(Err(rejection.clone()));
                     }
+                    let _ = reply.send(Err(rejection.clone()));
                 }
             }
         }

@@ -7,7 +7,7 @@
 //! therefore runs a lone request at once (latency), and a busy node runs large epochs
 //! (throughput). `epoch_linger_us` optionally waits a little for more requests.
 
-use super::commit::EpochCommit;
+use super::commit::{CommitMessage, EpochCommit};
 use super::executor::Executor;
 use super::ledger::{Ledger, Lookup};
 use super::tpg::GraphBuilder;
@@ -24,6 +24,17 @@ use std::time::{Duration, Instant};
 /// What the driver receives.
 pub enum DriverMessage {
     Submit(Submission),
+    /// A frame from a peer (cluster only).
+    Peer {
+        from: NodeId,
+        frame: crate::cluster::wire::Frame,
+    },
+    /// An executor finished a transaction of `epoch` (cluster only).
+    Executed {
+        epoch: u64,
+        transaction: u32,
+        outcome: crate::model::Outcome,
+    },
     /// Finish what was submitted before, then stop.
     Stop,
 }
@@ -35,7 +46,7 @@ pub struct EpochDriver {
     pub stats: Arc<TransactionStats>,
     pub executor: Executor,
     pub inbox: Receiver<DriverMessage>,
-    pub commits: Sender<EpochCommit>,
+    pub commits: Sender<CommitMessage>,
     pub epoch_transactions_max: usize,
     pub epoch_linger: Duration,
     /// The last epoch number used (the durable epoch at start).
@@ -57,6 +68,9 @@ impl EpochDriver {
             match self.inbox.recv() {
                 Ok(DriverMessage::Submit(submission)) => batch.push(submission),
                 Ok(DriverMessage::Stop) | Err(_) => stopping = true,
+                Ok(DriverMessage::Peer { .. } | DriverMessage::Executed { .. }) => {
+                    unreachable!("a single node gets no cluster messages")
+                }
             }
             let linger_until = Instant::now() + self.epoch_linger;
             while batch.len() < self.epoch_transactions_max {
@@ -71,6 +85,9 @@ impl EpochDriver {
                 match message {
                     DriverMessage::Submit(submission) => batch.push(submission),
                     DriverMessage::Stop => stopping = true,
+                    DriverMessage::Peer { .. } | DriverMessage::Executed { .. } => {
+                        unreachable!("a single node gets no cluster messages")
+                    }
                 }
             }
             if !batch.is_empty() {
@@ -93,63 +110,8 @@ impl EpochDriver {
         }
     }
 
-    /// Answers retries and returns the submissions that must run.
     fn admit(&self, batch: Vec<Submission>) -> Vec<Submission> {
-        let mut runnable = Vec::with_capacity(batch.len());
-        let mut unknown: Vec<Submission> = Vec::new();
-        {
-            let mut ledger = self.ledger.lock();
-            for submission in batch {
-                if !submission.transaction.request_id.is_tracked() {
-                    runnable.push(submission);
-                    continue;
-                }
-                let Submission { transaction, reply } = submission;
-                match ledger.lookup(&transaction.request_id, reply) {
-                    // A retry of a completed request gets its durable outcome.
-                    Lookup::Done(outcome, reply) => {
-                        let _ = reply.send(Ok(outcome));
-                    }
-                    Lookup::Joined => {}
-                    Lookup::Unknown(reply) => unknown.push(Submission { transaction, reply }),
-                }
-            }
-        }
-        if unknown.is_empty() {
-            return runnable;
-        }
-        let ids: Vec<_> = unknown.iter().map(|s| &s.transaction.request_id).collect();
-        let stored = match self.storage.read_results(&ids) {
-            Ok(stored) => stored,
-            Err(error) => {
-                let rejection = Rejection::Storage(error.to_string());
-                for submission in unknown {
-                    reject(submission, rejection.clone());
-                }
-                return runnable;
-            }
-        };
-        let mut ledger = self.ledger.lock();
-        for (submission, stored) in unknown.into_iter().zip(stored) {
-            let Submission { transaction, reply } = submission;
-            if let Some(outcome) = stored {
-                let _ = reply.send(Ok(outcome.clone()));
-                ledger.remember(transaction.request_id, outcome);
-                continue;
-            }
-            // Two submissions of one new id in the same batch: the second joins the first.
-            match ledger.lookup(&transaction.request_id, reply) {
-                Lookup::Unknown(reply) => {
-                    ledger.start(transaction.request_id.clone());
-                    runnable.push(Submission { transaction, reply });
-                }
-                Lookup::Joined => {}
-                Lookup::Done(outcome, reply) => {
-                    let _ = reply.send(Ok(outcome));
-                }
-            }
-        }
-        runnable
+        admit(&self.ledger, &self.storage, batch)
     }
 
     fn run_epoch(&mut self, batch: Vec<Submission>) {
@@ -227,7 +189,7 @@ impl EpochDriver {
         metrics::histogram!(crate::metrics::EPOCH_TRANSACTIONS).record((committed + aborted) as f64);
         metrics::histogram!(crate::metrics::EPOCH_EXECUTION_SECONDS).record(closed_at.elapsed().as_secs_f64());
         let commit = EpochCommit { record, replies: to_release, closed_at };
-        if self.commits.send(commit).is_err() {
+        if self.commits.send(CommitMessage::Epoch(commit)).is_err() {
             // The commit thread only exits after the driver; reaching this is a bug.
             panic!("commit thread ended before the epoch driver");
         }
@@ -289,4 +251,64 @@ impl EpochDriver {
         }
         Ok(prepared)
     }
+}
+
+/// Answers retries of completed requests (from the ledger or the `results` column
+/// family), joins duplicates of running ones, and returns the submissions that must run.
+pub(crate) fn admit(ledger_cell: &Mutex<Ledger>, storage: &Storage, batch: Vec<Submission>) -> Vec<Submission> {
+    let mut runnable = Vec::with_capacity(batch.len());
+    let mut unknown: Vec<Submission> = Vec::new();
+    {
+        let mut ledger = ledger_cell.lock();
+        for submission in batch {
+            if !submission.transaction.request_id.is_tracked() {
+                runnable.push(submission);
+                continue;
+            }
+            let Submission { transaction, reply } = submission;
+            match ledger.lookup(&transaction.request_id, reply) {
+                // A retry of a completed request gets its durable outcome.
+                Lookup::Done(outcome, reply) => {
+                    let _ = reply.send(Ok(outcome));
+                }
+                Lookup::Joined => {}
+                Lookup::Unknown(reply) => unknown.push(Submission { transaction, reply }),
+            }
+        }
+    }
+    if unknown.is_empty() {
+        return runnable;
+    }
+    let ids: Vec<_> = unknown.iter().map(|s| &s.transaction.request_id).collect();
+    let stored = match storage.read_results(&ids) {
+        Ok(stored) => stored,
+        Err(error) => {
+            let rejection = Rejection::Storage(error.to_string());
+            for submission in unknown {
+                reject(submission, rejection.clone());
+            }
+            return runnable;
+        }
+    };
+    let mut ledger = ledger_cell.lock();
+    for (submission, stored) in unknown.into_iter().zip(stored) {
+        let Submission { transaction, reply } = submission;
+        if let Some(outcome) = stored {
+            let _ = reply.send(Ok(outcome.clone()));
+            ledger.remember(transaction.request_id, outcome);
+            continue;
+        }
+        // Two submissions of one new id in the same batch: the second joins the first.
+        match ledger.lookup(&transaction.request_id, reply) {
+            Lookup::Unknown(reply) => {
+                ledger.start(transaction.request_id.clone());
+                runnable.push(Submission { transaction, reply });
+            }
+            Lookup::Joined => {}
+            Lookup::Done(outcome, reply) => {
+                let _ = reply.send(Ok(outcome));
+            }
+        }
+    }
+    runnable
 }

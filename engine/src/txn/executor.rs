@@ -216,7 +216,7 @@ fn utf8_lossy(bytes: Vec<u8>) -> String {
 }
 
 /// Runs one transaction to its outcome, applying its writes when it commits.
-fn execute(transaction: &PreparedTransaction) -> Outcome {
+pub(crate) fn execute(transaction: &PreparedTransaction) -> Outcome {
     let timestamp = transaction.timestamp;
     let plugin: &LoadedPlugin = &transaction.planned.plugin;
     let (workflow, arguments) = match &transaction.planned.body {

@@ -72,6 +72,7 @@ pub(crate) fn rejection_kind(kind: Result<wire::RejectionKind, capnp::NotInSchem
         Ok(Wire::Storage) => RejectionKind::Storage,
         Ok(Wire::MalformedRequest) => RejectionKind::MalformedRequest,
         Ok(Wire::TooManyInvocations) => RejectionKind::TooManyInvocations,
+        Ok(Wire::Retry) => RejectionKind::Retry,
         Err(capnp::NotInSchema(ordinal)) => RejectionKind::Unrecognized(ordinal),
     }
 }
@@ -150,6 +151,15 @@ pub(crate) fn read_node_status(status: wire::node_status::Reader<'_>) -> Result<
         uptime_ms: status.get_uptime_ms(),
         cc: read_text(status.get_cc())?,
         fsync: read_text(status.get_fsync())?,
+        cluster_nodes: status.get_cluster_nodes(),
+        cluster_generation: status.get_cluster_generation(),
+        cluster_synced: status.get_cluster_synced(),
+        lease_table_digest: status.get_lease_table_digest(),
+        leases_lent: status.get_leases_lent(),
+        local_accesses: status.get_local_accesses(),
+        remote_accesses: status.get_remote_accesses(),
+        fenced_total: status.get_fenced_total(),
+        fabric: read_text(status.get_fabric())?,
     })
 }
 

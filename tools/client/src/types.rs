@@ -113,6 +113,9 @@ pub enum RejectionKind {
     Storage,
     MalformedRequest,
     TooManyInvocations,
+    /// The cluster rolled the request's epoch back; nothing took effect: retry it with the
+    /// same request id.
+    Retry,
     /// A kind added to the schema after this client was built (its ordinal).
     Unrecognized(u16),
 }
@@ -132,6 +135,7 @@ impl fmt::Display for RejectionKind {
             RejectionKind::Storage => "storage",
             RejectionKind::MalformedRequest => "malformed-request",
             RejectionKind::TooManyInvocations => "too-many-invocations",
+            RejectionKind::Retry => "retry",
             RejectionKind::Unrecognized(ordinal) => return write!(f, "rejection-kind-{ordinal}"),
         };
         f.write_str(name)
@@ -208,4 +212,22 @@ pub struct NodeStatus {
     pub cc: String,
     /// When epochs are forced to disk.
     pub fsync: String,
+    /// Nodes in the node's cluster (1 for a single node).
+    pub cluster_nodes: u16,
+    /// The generation of the cluster view the node runs in (the sum of every node's incarnation); it grows whenever a node restarts. 0 for a single node.
+    pub cluster_generation: u64,
+    /// Whether the node agreed on the current view with every peer and runs epochs (a node waiting for a restarted peer shows false). Always true for a single node.
+    pub cluster_synced: bool,
+    /// A digest of the node's lease table: nodes that agree on every key's holder show the same digest.
+    pub lease_table_digest: u64,
+    /// Keys of this node lent to another node for a running transaction (0 when idle).
+    pub leases_lent: u64,
+    /// Key accesses of this node's transactions to keys it holds, since it started.
+    pub local_accesses: u64,
+    /// Key accesses of this node's transactions to keys other nodes hold, since it started.
+    pub remote_accesses: u64,
+    /// Write-backs this node refused because they carried a stale lease (fencing).
+    pub fenced_total: u64,
+    /// The fabric backend between the nodes ("shm", "tcp", "rdma"), or "none" for a single node.
+    pub fabric: String,
 }

@@ -1,0 +1,952 @@
+//! The cluster epoch driver: runs every epoch together with the other nodes.
+//!
+//! One epoch, at every node:
+//! 1. **Close** the local batch (what arrived since the last epoch; possibly nothing
+//!    when a peer started the epoch), answer retries, give each transaction its timestamp
+//!    (epoch, node, sequence).
+//! 2. **Exchange**: for every peer, send the transactions that touch keys it holds (its
+//!    virtual vertices, possibly none), and wait until every peer's batch has arrived.
+//!    Only then is the epoch's order of operations on this node's keys known.
+//! 3. **Plan**: build the task precedence graph over the local transactions and the
+//!    virtual vertices, in timestamp order, on the keys this node holds.
+//! 4. **Execute**: a local transaction runs once its local predecessors finished and
+//!    every holder of its remote keys handed them over; a virtual vertex, once its local
+//!    predecessors finished, lends its keys: the holder pushes the values with the
+//!    handover (one ring WRITE instead of a READ round trip) and sets the lease word of
+//!    each written key to the borrower. The borrower runs the transaction on private
+//!    copies and writes the values back, which returns the lease; the holder checks the
+//!    lease word and the lease epoch first (fencing) and refuses anything else.
+//! 5. **Commit**: dirty keys this node holds and the outcomes of the transactions it
+//!    sequenced go to the commit thread, which releases replies once every node made the
+//!    epoch durable.
+//!
+//! Views: nodes run epochs only after agreeing on a view (the incarnation of every
+//! node). A node that starts, or learns that a peer restarted, abandons the epoch in
+//! progress (its transactions get [`Rejection::Retry`]), makes what it committed durable,
+//! and announces its view and durable epoch. Once every node announced the same view,
+//! each keeps the epochs up to the smallest durable epoch of all (durable everywhere) and
+//! undoes the newer ones, drops its in-memory keys (they reload from storage), and
+//! continues from there. Frames carry the view's generation, so frames of an abandoned
+//! view are ignored.
+
+use super::lease::{LeaseTables, LeaseWord};
+use super::transport::Transport;
+use super::wire::{Frame, KeyWrite, RemoteTransaction};
+use crate::model::{NodeId, Outcome, Rejection, Timestamp};
+use crate::storage::slots::{Slot, SlotPointer};
+use crate::storage::{data_key_into, EpochRecord, SlotStore, Storage};
+use crate::txn::access::AccessMode;
+use crate::txn::commit::{CommitMessage, EpochCommit};
+use crate::txn::epoch::DriverMessage;
+use crate::txn::ledger::Ledger;
+use crate::txn::tpg::GraphBuilder;
+use crate::txn::{PreparedTransaction, Reply, Submission, TransactionStats};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use parking_lot::Mutex;
+use rustc_hash::FxHashMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The table id of request-id keys: the outcome of every tracked request, stored like
+/// any other key at the request id's holder. Plugin tables never get id 0.
+pub const REQUEST_ID_TABLE: u32 = 0;
+
+/// How often a node that waits for a view agreement announces its view again.
+const RESYNC_REPEAT: Duration = Duration::from_millis(200);
+/// How long a stopping node waits for peers before it gives up on unfinished epochs.
+const STOP_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Cluster figures for status and metrics.
+#[derive(Default)]
+pub struct ClusterStats {
+    pub node_count: AtomicU64,
+    pub generation: AtomicU64,
+    pub synced: AtomicBool,
+    /// Keys of this node currently lent to a borrower (0 between epochs).
+    pub leases_lent: AtomicU64,
+    pub lease_table_digest: AtomicU64,
+    /// Accesses of local transactions to keys held here and elsewhere.
+    pub local_accesses: AtomicU64,
+    pub remote_accesses: AtomicU64,
+    /// Write-backs refused because the lease word or lease epoch did not match.
+    pub fenced_total: AtomicU64,
+    pub view_changes: AtomicU64,
+}
+
+/// A vertex of this node's epoch graph.
+enum Vertex {
+    /// Transaction number `transaction` of this node.
+    Local { transaction: u32 },
+    /// A transaction of `from` that touches keys held here.
+    Virtual { from: NodeId, sequence: u32, keys: Vec<(SlotPointer, AccessMode)> },
+}
+
+/// The keys one local transaction borrows from one holder, as indexes into its access set
+/// (in the order of the batch entry sent to that holder).
+struct RemoteGroup {
+    holder: NodeId,
+    accesses: Vec<u32>,
+}
+
+/// What executor threads share during an epoch: the transactions and the private copies
+/// of borrowed keys their remote slots point to.
+struct EpochWork {
+    transactions: Vec<PreparedTransaction>,
+    /// The request-id slot of each tracked transaction (local or a borrowed copy).
+    id_slots: Vec<Option<SlotPointer>>,
+    /// Never resized after the pointers into it were taken.
+    borrowed: Vec<Slot>,
+}
+
+/// Why an epoch did not finish.
+enum Interrupted {
+    /// The view changed (a node restarted).
+    ViewChanged,
+    /// The node is stopping and its peers did not finish the epoch in time.
+    Stopping,
+}
+
+pub struct ClusterDriver {
+    pub node: NodeId,
+    pub node_count: u16,
+    pub incarnation: u32,
+    pub storage: Arc<Storage>,
+    pub ledger: Arc<Mutex<Ledger>>,
+    pub stats: Arc<TransactionStats>,
+    pub cluster_stats: Arc<ClusterStats>,
+    pub pool: rayon::ThreadPool,
+    pub inbox: Receiver<DriverMessage>,
+    /// The inbox's sending side, for executor threads to report finished transactions.
+    pub loopback: Sender<DriverMessage>,
+    pub commits: Sender<CommitMessage>,
+    pub transport: Arc<Transport>,
+    pub leases: Arc<LeaseTables>,
+    pub epoch_transactions_max: usize,
+    pub state: DriverState,
+}
+
+/// The driver's mutable cluster state.
+pub struct DriverState {
+    slots: SlotStore,
+    graph_builder: GraphBuilder,
+    /// Known incarnation of every node (0: not heard of yet).
+    view: Vec<u32>,
+    /// The generation of the agreed view (sum of incarnations); frames carry it.
+    generation: u64,
+    synced: bool,
+    /// Per node: the view and durable epoch it last announced.
+    announced: Vec<Option<(Vec<u32>, u64)>>,
+    /// What this node announced for the view it agreed on, to answer late askers.
+    agreed_announcement: Option<(Vec<u32>, u64)>,
+    /// The last epoch started.
+    epoch: u64,
+    pending: VecDeque<Submission>,
+    /// Frames of epochs not started yet, by epoch.
+    early: BTreeMap<u64, Vec<(NodeId, Frame)>>,
+    stopping: Option<Instant>,
+}
+
+impl DriverState {
+    pub fn new(node_count: u16, me: NodeId, incarnation: u32, durable_epoch: u64) -> DriverState {
+        let mut view = vec![0; usize::from(node_count)];
+        view[usize::from(me)] = incarnation;
+        DriverState {
+            slots: SlotStore::new(),
+            graph_builder: GraphBuilder::new(),
+            view,
+            generation: 0,
+            synced: false,
+            announced: vec![None; usize::from(node_count)],
+            agreed_announcement: None,
+            epoch: durable_epoch,
+            pending: VecDeque::new(),
+            early: BTreeMap::new(),
+            stopping: None,
+        }
+    }
+}
+
+fn frame_epoch(frame: &Frame) -> Option<(u64, u64)> {
+    match frame {
+        Frame::Batch { generation, epoch, .. }
+        | Frame::Handover { generation, epoch, .. }
+        | Frame::WriteBack { generation, epoch, .. } => Some((*generation, *epoch)),
+        _ => None,
+    }
+}
+
+fn reject_all(
+    replies: impl IntoIterator<Item = (crate::model::RequestId, Reply)>,
+    ledger: &Mutex<Ledger>,
+    rejection: &Rejection,
+) {
+    let mut ledger = ledger.lock();
+    for (id, reply) in replies {
+        if id.is_tracked() {
+            for waiter in ledger.abandon(&id) {
+                let _ = waiter.send(Err(rejection.clone()));
+            }
+        }
+        let _ = reply.send(Err(rejection.clone()));
+    }
+}
+
+impl ClusterDriver {
+    /// Runs until told to stop.
+    pub fn run(mut self) {
+        loop {
+            if !self.state.synced {
+                if !self.agree_on_view() {
+                    break;
+                }
+                continue;
+            }
+            let peer_waits = self.state.early.get(&(self.state.epoch + 1)).is_some_and(|frames| !frames.is_empty());
+            if self.state.pending.is_empty() && !peer_waits {
+                if self.state.stopping.is_some() {
+                    break;
+                }
+                match self.inbox.recv() {
+                    Ok(message) => self.absorb(message),
+                    Err(_) => break,
+                }
+                continue;
+            }
+            // Whatever else arrived joins this epoch.
+            while let Ok(message) = self.inbox.try_recv() {
+                self.absorb(message);
+            }
+            if !self.state.synced {
+                continue;
+            }
+            match self.run_epoch() {
+                Ok(()) => {}
+                Err(Interrupted::ViewChanged) => {}
+                Err(Interrupted::Stopping) => break,
+            }
+        }
+        let pending: Vec<_> = self.state.pending.drain(..).map(|s| (s.transaction.request_id, s.reply)).collect();
+        reject_all(pending, &self.ledger, &Rejection::ShuttingDown);
+        tracing::info!(node = self.node, "cluster driver stopped");
+    }
+
+    fn stopping_too_long(&self) -> bool {
+        self.state.stopping.is_some_and(|since| since.elapsed() > STOP_PATIENCE)
+    }
+
+    /// Takes in a message that is not about the running epoch.
+    fn absorb(&mut self, message: DriverMessage) {
+        match message {
+            DriverMessage::Submit(submission) => self.state.pending.push_back(submission),
+            DriverMessage::Stop => {
+                self.state.stopping.get_or_insert_with(Instant::now);
+            }
+            DriverMessage::Executed { .. } => {
+                // Only an abandoned epoch's executions arrive outside an epoch; they were
+                // waited for, so this is a late duplicate of nothing.
+            }
+            DriverMessage::Peer { from, frame } => self.absorb_frame(from, frame),
+        }
+    }
+
+    fn absorb_frame(&mut self, from: NodeId, frame: Frame) {
+        if let Frame::Resync { view, durable_epoch, answer_wanted } = frame {
+            self.observe_view(from, view, durable_epoch, answer_wanted);
+            return;
+        }
+        match frame_epoch(&frame) {
+            // While the nodes agree on a view, a peer that already agreed may start the
+            // next epoch: keep its frames; the agreement drops those of other views.
+            Some((_, epoch)) if !self.state.synced => self.state.early.entry(epoch).or_default().push((from, frame)),
+            Some((generation, epoch)) if generation == self.state.generation && epoch > self.state.epoch => {
+                self.state.early.entry(epoch).or_default().push((from, frame));
+            }
+            // Frames of older views, or of epochs already over, are ignored.
+            Some(_) => {}
+            None => tracing::warn!(peer = from, "unexpected frame for the epoch driver"),
+        }
+    }
+
+    /// Merges a peer's announced view into ours; any news (a node restarted) means the
+    /// cluster has to agree again.
+    fn observe_view(&mut self, from: NodeId, view: Vec<u32>, durable_epoch: u64, answer_wanted: bool) {
+        if view.len() != self.state.view.len() {
+            tracing::error!(peer = from, nodes = view.len(), "peer announced a view of a different cluster size");
+            return;
+        }
+        if view[usize::from(from)] < self.state.view[usize::from(from)] {
+            return; // From an incarnation that no longer exists.
+        }
+        let mut changed = false;
+        for (node, (&theirs, ours)) in view.iter().zip(self.state.view.iter_mut()).enumerate() {
+            if theirs > *ours {
+                if node == usize::from(self.node) {
+                    tracing::error!(peer = from, "peer claims a newer incarnation of this node; ignoring it");
+                    continue;
+                }
+                *ours = theirs;
+                changed = true;
+                // The node restarted: the ring handle to it may address its old memory.
+                self.transport.reconnect(node as NodeId);
+            }
+        }
+        if view == self.state.view {
+            self.state.announced[usize::from(from)] = Some((view.clone(), durable_epoch));
+            if answer_wanted && self.state.synced {
+                if let Some((agreed_view, announced)) = &self.state.agreed_announcement {
+                    if *agreed_view == view {
+                        let frame =
+                            Frame::Resync { view: view.clone(), durable_epoch: *announced, answer_wanted: false };
+                        self.transport.send(from, &frame);
+                    }
+                }
+            }
+        }
+        if changed {
+            if self.state.synced {
+                tracing::warn!(node = self.node, view = ?self.state.view, "a node restarted; the cluster agrees again");
+            }
+            self.state.synced = false;
+            self.cluster_stats.synced.store(false, Ordering::Release);
+        }
+    }
+
+    /// Agrees with every peer on the view and rolls back what is not durable everywhere.
+    /// Returns false when the node stopped instead.
+    fn agree_on_view(&mut self) -> bool {
+        let (flushed, durable) = crossbeam_channel::bounded(1);
+        if self.commits.send(CommitMessage::Flush(flushed)).is_err() {
+            return false;
+        }
+        let Ok(durable_epoch) = durable.recv() else { return false };
+        let mut announced_view: Option<Vec<u32>> = None;
+        let mut announced_at = Instant::now();
+        loop {
+            if announced_view.as_ref() != Some(&self.state.view) || announced_at.elapsed() >= RESYNC_REPEAT {
+                let frame = Frame::Resync { view: self.state.view.clone(), durable_epoch, answer_wanted: true };
+                self.transport.broadcast(&frame);
+                announced_view = Some(self.state.view.clone());
+                announced_at = Instant::now();
+            }
+            let agreed = self.transport.peers().all(|peer| {
+                self.state.announced[usize::from(peer)].as_ref().is_some_and(|(view, _)| *view == self.state.view)
+            });
+            if agreed {
+                break;
+            }
+            if self.state.stopping.is_some() {
+                return false;
+            }
+            match self.inbox.recv_timeout(Duration::from_millis(20)) {
+                Ok(message) => self.absorb(message),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return false,
+            }
+        }
+        let agreed_epoch = self
+            .transport
+            .peers()
+            .filter_map(|peer| self.state.announced[usize::from(peer)].as_ref().map(|(_, durable)| *durable))
+            .fold(durable_epoch, u64::min);
+        let generation: u64 = self.state.view.iter().map(|&incarnation| u64::from(incarnation)).sum();
+        let (done, finished) = crossbeam_channel::bounded(1);
+        let rollback = CommitMessage::Rollback { agreed: agreed_epoch, generation, done };
+        if self.commits.send(rollback).is_err() {
+            return false;
+        }
+        match finished.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::error!(%error, "cannot roll back to the agreed epoch; the node stops taking work");
+                self.stats.failed.store(true, Ordering::Release);
+            }
+            Err(_) => return false,
+        }
+        // Every key reloads from storage, as of the agreed epoch.
+        self.state.slots = SlotStore::new();
+        self.stats.resident_keys.store(0, Ordering::Relaxed);
+        self.state.epoch = agreed_epoch;
+        self.state.generation = generation;
+        self.state.early.retain(|&epoch, _| epoch > agreed_epoch);
+        for frames in self.state.early.values_mut() {
+            frames.retain(|(_, frame)| frame_epoch(frame).is_some_and(|(g, _)| g == generation));
+        }
+        self.state.agreed_announcement = Some((self.state.view.clone(), durable_epoch));
+        self.state.synced = true;
+        self.cluster_stats.generation.store(generation, Ordering::Release);
+        self.cluster_stats.leases_lent.store(0, Ordering::Release);
+        self.cluster_stats.synced.store(true, Ordering::Release);
+        TransactionStats::count(&self.cluster_stats.view_changes, 1);
+        tracing::info!(node = self.node, view = ?self.state.view, agreed_epoch, generation, "cluster view agreed");
+        true
+    }
+
+    /// The lease epoch of this view: leases granted under an older view are void.
+    fn lease_epoch(&self) -> u64 {
+        self.state.generation
+    }
+
+    /// Waits for the next message while an epoch runs; a stopping node gives up after a
+    /// while (its peers may be gone).
+    fn next_message(&mut self) -> Result<DriverMessage, Interrupted> {
+        loop {
+            match self.inbox.recv_timeout(Duration::from_millis(100)) {
+                Ok(message) => return Ok(message),
+                Err(RecvTimeoutError::Timeout) if self.stopping_too_long() => return Err(Interrupted::Stopping),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Err(Interrupted::Stopping),
+            }
+        }
+    }
+
+    fn run_epoch(&mut self) -> Result<(), Interrupted> {
+        let closed_at = Instant::now();
+        let me = self.node;
+        let take = self.state.pending.len().min(self.epoch_transactions_max);
+        let batch: Vec<Submission> = self.state.pending.drain(..take).collect();
+        let runnable = if self.stats.failed.load(Ordering::Acquire) {
+            let replies = batch.into_iter().map(|s| (crate::model::RequestId(Box::default()), s.reply));
+            reject_all(replies, &self.ledger, &Rejection::Storage("the node stopped after a storage failure".into()));
+            Vec::new()
+        } else {
+            batch
+        };
+        self.state.epoch += 1;
+        let epoch = self.state.epoch;
+        let generation = self.state.generation;
+        let _span = tracing::debug_span!("cluster_epoch", epoch, transactions = runnable.len()).entered();
+
+        // 1. Where each access goes.
+        let table = self.leases.current();
+        let node_count = usize::from(self.node_count);
+        let mut outgoing: Vec<Vec<RemoteTransaction>> = (0..node_count).map(|_| Vec::new()).collect();
+        let mut groups: Vec<Vec<RemoteGroup>> = Vec::with_capacity(runnable.len());
+        // Per transaction, per access: the storage key, whether it is held here, and the
+        // mode. A tracked request has one more access after its declared ones: its
+        // request-id key, which holds its outcome once it ran (exactly-once anywhere in the
+        // cluster: a retry through any node meets the outcome at the id's holder).
+        let mut storage_keys: Vec<Vec<(Vec<u8>, bool, AccessMode)>> = Vec::with_capacity(runnable.len());
+        let (mut local_accesses, mut remote_accesses) = (0u64, 0u64);
+        for (sequence, submission) in runnable.iter().enumerate() {
+            let transaction = &submission.transaction;
+            let mut keys = Vec::with_capacity(transaction.accesses.len());
+            let mut transaction_groups: Vec<RemoteGroup> = Vec::new();
+            let declared = transaction.accesses.entries().iter().map(|entry| {
+                let mut key = Vec::new();
+                let table_id = transaction.plugin.tables[entry.table as usize].table_id;
+                data_key_into(&mut key, table_id, transaction.accesses.key(entry));
+                (key, entry.mode)
+            });
+            let request_id = transaction.request_id.is_tracked().then(|| {
+                let mut key = Vec::new();
+                data_key_into(&mut key, REQUEST_ID_TABLE, &transaction.request_id.0);
+                (key, AccessMode::Write)
+            });
+            for (index, (key, mode)) in declared.chain(request_id).enumerate() {
+                let holder = table.holder(&key);
+                if holder == me {
+                    local_accesses += 1;
+                } else {
+                    remote_accesses += 1;
+                    let batch = &mut outgoing[usize::from(holder)];
+                    if batch.last().is_none_or(|last| last.sequence != sequence as u32) {
+                        batch.push(RemoteTransaction { sequence: sequence as u32, keys: Vec::new() });
+                    }
+                    batch.last_mut().expect("pushed above").keys.push((mode, key.clone()));
+                    match transaction_groups.iter_mut().find(|group| group.holder == holder) {
+                        Some(group) => group.accesses.push(index as u32),
+                        None => transaction_groups.push(RemoteGroup { holder, accesses: vec![index as u32] }),
+                    }
+                }
+                keys.push((key, holder == me, mode));
+            }
+            storage_keys.push(keys);
+            groups.push(transaction_groups);
+        }
+        TransactionStats::count(&self.cluster_stats.local_accesses, local_accesses);
+        TransactionStats::count(&self.cluster_stats.remote_accesses, remote_accesses);
+        metrics::counter!(crate::metrics::LOCAL_ACCESSES_TOTAL).increment(local_accesses);
+        metrics::counter!(crate::metrics::REMOTE_ACCESSES_TOTAL).increment(remote_accesses);
+
+        // 2. Exchange virtual vertices.
+        for peer in self.transport.peers() {
+            let transactions = std::mem::take(&mut outgoing[usize::from(peer)]);
+            self.transport.send(peer, &Frame::Batch { generation, epoch, transactions });
+        }
+        let mut incoming: Vec<Option<Vec<RemoteTransaction>>> = (0..node_count).map(|_| None).collect();
+        let mut deferred: Vec<(NodeId, Frame)> = Vec::new();
+        for (from, frame) in self.state.early.remove(&epoch).unwrap_or_default() {
+            match frame {
+                Frame::Batch { transactions, .. } => incoming[usize::from(from)] = Some(transactions),
+                other => deferred.push((from, other)),
+            }
+        }
+        let barrier_started = Instant::now();
+        while self.transport.peers().any(|peer| incoming[usize::from(peer)].is_none()) {
+            let message = match self.next_message() {
+                Ok(message) => message,
+                Err(interrupted) => return Err(self.abandon(runnable, interrupted)),
+            };
+            match message {
+                DriverMessage::Peer { from, frame } if frame_epoch(&frame) == Some((generation, epoch)) => {
+                    match frame {
+                        Frame::Batch { transactions, .. } => incoming[usize::from(from)] = Some(transactions),
+                        other => deferred.push((from, other)),
+                    }
+                }
+                other => self.absorb(other),
+            }
+            if !self.state.synced {
+                return Err(self.abandon(runnable, Interrupted::ViewChanged));
+            }
+        }
+        metrics::histogram!(crate::metrics::EPOCH_BARRIER_SECONDS).record(barrier_started.elapsed().as_secs_f64());
+
+        // 3. Resident keys: the local keys of local transactions and every key of the
+        // virtual vertices.
+        let lease_epoch = self.lease_epoch();
+        let mut missing: Vec<Vec<u8>> = Vec::new();
+        for keys in &storage_keys {
+            for (key, local, _) in keys {
+                if *local && self.state.slots.lookup(key).is_none() {
+                    missing.push(key.clone());
+                }
+            }
+        }
+        for transactions in incoming.iter().flatten() {
+            for transaction in transactions {
+                for (_, key) in &transaction.keys {
+                    if self.state.slots.lookup(key).is_none() {
+                        missing.push(key.clone());
+                    }
+                }
+            }
+        }
+        if !missing.is_empty() {
+            missing.sort_unstable();
+            missing.dedup();
+            let keys: Vec<&[u8]> = missing.iter().map(Vec::as_slice).collect();
+            match self.storage.read_values(&keys) {
+                Ok(values) => {
+                    for (key, value) in keys.iter().zip(values) {
+                        let (_, slot) = self.state.slots.insert(key, value);
+                        // SAFETY: the store is alive; nothing else uses a new slot.
+                        let slot = unsafe { slot.get() };
+                        slot.lease_word().store(LeaseWord::held(me, lease_epoch).0, Ordering::Release);
+                    }
+                    self.stats.resident_keys.store(self.state.slots.len() as u64, Ordering::Relaxed);
+                }
+                Err(error) => {
+                    // The peers wait for this node's part of the epoch, which it cannot
+                    // give: stop taking work (the node must be restarted).
+                    tracing::error!(%error, "cannot load keys; the node stops taking work");
+                    self.stats.failed.store(true, Ordering::Release);
+                    return Err(self.abandon(runnable, Interrupted::Stopping));
+                }
+            }
+        }
+
+        // 4. The vertices in timestamp order, and the graph over the keys held here.
+        let mut vertices: Vec<Vertex> = Vec::new();
+        let mut vertex_keys: Vec<Vec<(u32, AccessMode)>> = Vec::new();
+        let mut local_base = 0u32;
+        let mut virtual_index: Vec<FxHashMap<u32, u32>> = (0..node_count).map(|_| FxHashMap::default()).collect();
+        for node in 0..self.node_count {
+            if node == me {
+                local_base = vertices.len() as u32;
+                for (sequence, transaction_keys) in storage_keys.iter().enumerate() {
+                    let keys = transaction_keys
+                        .iter()
+                        .filter(|(_, local, _)| *local)
+                        .map(|(key, _, mode)| (self.state.slots.lookup(key).expect("made resident above").0, *mode))
+                        .collect();
+                    vertices.push(Vertex::Local { transaction: sequence as u32 });
+                    vertex_keys.push(keys);
+                }
+                continue;
+            }
+            for transaction in incoming[usize::from(node)].take().unwrap_or_default() {
+                let mut numbers = Vec::with_capacity(transaction.keys.len());
+                let mut keys = Vec::with_capacity(transaction.keys.len());
+                for (mode, key) in &transaction.keys {
+                    let (number, pointer) = self.state.slots.lookup(key).expect("made resident above");
+                    numbers.push((number, *mode));
+                    keys.push((pointer, *mode));
+                }
+                virtual_index[usize::from(node)].insert(transaction.sequence, vertices.len() as u32);
+                vertices.push(Vertex::Virtual { from: node, sequence: transaction.sequence, keys });
+                vertex_keys.push(numbers);
+            }
+        }
+        let graph = self.state.graph_builder.build(vertices.len(), |v| vertex_keys[v].iter().copied());
+
+        // 5. Prepared transactions: local keys point into the store, borrowed keys to
+        // private copies.
+        let mut borrowed: Vec<Slot> = Vec::new();
+        for (keys, transaction_groups) in storage_keys.iter().zip(&groups) {
+            for group in transaction_groups {
+                for &access in &group.accesses {
+                    borrowed.push(Slot::detached(&keys[access as usize].0, None));
+                }
+            }
+        }
+        let mut transactions = Vec::with_capacity(runnable.len());
+        let mut replies = Vec::with_capacity(runnable.len());
+        // Per transaction, per group: the first borrowed copy of the group.
+        let mut group_copies: Vec<Vec<usize>> = Vec::with_capacity(runnable.len());
+        let mut id_slots: Vec<Option<SlotPointer>> = Vec::with_capacity(runnable.len());
+        let mut next_copy = 0usize;
+        for (sequence, submission) in runnable.into_iter().enumerate() {
+            let Submission { transaction, reply } = submission;
+            let mut copy_of_access: Vec<Option<usize>> = vec![None; storage_keys[sequence].len()];
+            let mut firsts = Vec::with_capacity(groups[sequence].len());
+            for group in &groups[sequence] {
+                firsts.push(next_copy);
+                for &access in &group.accesses {
+                    copy_of_access[access as usize] = Some(next_copy);
+                    next_copy += 1;
+                }
+            }
+            let mut slots: Vec<(u32, SlotPointer)> = storage_keys[sequence]
+                .iter()
+                .zip(&copy_of_access)
+                .map(|((key, local, _), copy)| match copy {
+                    None => {
+                        debug_assert!(*local);
+                        self.state.slots.lookup(key).expect("made resident above")
+                    }
+                    Some(copy) => (u32::MAX, SlotPointer::to(&borrowed[*copy])),
+                })
+                .collect();
+            // The request-id slot is not one of the declared accesses the plugin may use.
+            let id_slot = transaction.request_id.is_tracked().then(|| slots.pop().expect("the id access is last").1);
+            id_slots.push(id_slot);
+            group_copies.push(firsts);
+            let timestamp = Timestamp { epoch, node: me, sequence: sequence as u32 };
+            transactions.push(PreparedTransaction { planned: transaction, timestamp, slots });
+            replies.push(reply);
+        }
+        let work = Arc::new(EpochWork { transactions, id_slots, borrowed });
+
+        // 6. Execute.
+        let mut remaining: Vec<u32> = graph.indegree.clone();
+        for (vertex, kind) in vertices.iter().enumerate() {
+            if let Vertex::Local { transaction } = kind {
+                remaining[vertex] += groups[*transaction as usize].len() as u32;
+            }
+        }
+        let mut outcomes: Vec<Option<Outcome>> = (0..work.transactions.len()).map(|_| None).collect();
+        let mut dirty: Vec<SlotPointer> = Vec::new();
+        let mut ready: Vec<u32> = (0..vertices.len() as u32).filter(|&v| remaining[v as usize] == 0).collect();
+        let mut finished = 0usize;
+        let mut in_flight = 0usize;
+        let mut pending_frames: VecDeque<(NodeId, Frame)> = deferred.into();
+        loop {
+            while let Some(vertex) = ready.pop() {
+                match &vertices[vertex as usize] {
+                    Vertex::Local { transaction } => {
+                        let transaction = *transaction;
+                        self.check_local_leases(&work.transactions[transaction as usize], lease_epoch);
+                        in_flight += 1;
+                        let work = work.clone();
+                        let done = self.loopback.clone();
+                        self.pool.spawn(move || {
+                            let index = transaction as usize;
+                            let outcome = run_once(&work.transactions[index], work.id_slots[index]);
+                            // Released before reporting, so that the driver owns the
+                            // epoch's work alone once every transaction reported.
+                            drop(work);
+                            let _ = done.send(DriverMessage::Executed { epoch, transaction, outcome });
+                        });
+                    }
+                    Vertex::Virtual { from, sequence, keys } => {
+                        let mut values = Vec::with_capacity(keys.len());
+                        for (pointer, mode) in keys {
+                            // SAFETY: the graph orders this vertex after every conflicting
+                            // one; concurrent local readers only read.
+                            let slot = unsafe { pointer.get() };
+                            if *mode == AccessMode::Write {
+                                let word = LeaseWord(slot.lease_word().load(Ordering::Acquire));
+                                let lent = word.lend(me, *from, lease_epoch).unwrap_or_else(|error| {
+                                    panic!("lease invariant broken when lending to node {from}: {error}")
+                                });
+                                slot.lease_word().store(lent.0, Ordering::Release);
+                                TransactionStats::count(&self.cluster_stats.leases_lent, 1);
+                            }
+                            // SAFETY: as above.
+                            values.push(unsafe { slot.value() }.map(<[u8]>::to_vec));
+                        }
+                        let frame = Frame::Handover { generation, epoch, sequence: *sequence, lease_epoch, values };
+                        self.transport.send(*from, &frame);
+                    }
+                }
+            }
+            if finished == vertices.len() {
+                break;
+            }
+            let message = match pending_frames.pop_front() {
+                Some((from, frame)) => DriverMessage::Peer { from, frame },
+                None => match self.next_message() {
+                    Ok(message) => message,
+                    Err(interrupted) => {
+                        self.wait_for_executions(in_flight);
+                        return Err(self.abandon_prepared(work, replies, interrupted));
+                    }
+                },
+            };
+            match message {
+                DriverMessage::Executed { epoch: executed_epoch, transaction, outcome } if executed_epoch == epoch => {
+                    in_flight -= 1;
+                    let committed = outcome.is_committed();
+                    let prepared = &work.transactions[transaction as usize];
+                    for (group, &first) in groups[transaction as usize].iter().zip(&group_copies[transaction as usize])
+                    {
+                        let writes = group
+                            .accesses
+                            .iter()
+                            .enumerate()
+                            .map(|(offset, &access)| {
+                                let (_, _, mode) = storage_keys[transaction as usize][access as usize];
+                                let is_request_id = access as usize == prepared.planned.accesses.len();
+                                // The request id records every outcome, aborts included.
+                                if (!committed && !is_request_id) || mode == AccessMode::Read {
+                                    return KeyWrite::Unchanged;
+                                }
+                                // SAFETY: the transaction finished; nothing else uses its copies.
+                                match unsafe { work.borrowed[first + offset].value() } {
+                                    Some(value) => KeyWrite::Set(value.to_vec()),
+                                    None => KeyWrite::Delete,
+                                }
+                            })
+                            .collect();
+                        let frame = Frame::WriteBack { generation, epoch, sequence: transaction, lease_epoch, writes };
+                        self.transport.send(group.holder, &frame);
+                    }
+                    let keys = &storage_keys[transaction as usize];
+                    if committed {
+                        for ((_, local, mode), (_, pointer)) in keys.iter().zip(&prepared.slots) {
+                            // SAFETY: as above; the slot belongs to this node's store.
+                            if *local && *mode == AccessMode::Write && unsafe { pointer.get() }.mark_dirty(epoch) {
+                                dirty.push(*pointer);
+                            }
+                        }
+                    }
+                    if let (Some(pointer), Some((_, true, _))) = (work.id_slots[transaction as usize], keys.last()) {
+                        // SAFETY: as above.
+                        if prepared.planned.request_id.is_tracked() && unsafe { pointer.get() }.mark_dirty(epoch) {
+                            dirty.push(pointer);
+                        }
+                    }
+                    outcomes[transaction as usize] = Some(outcome);
+                    finished += 1;
+                    Self::complete(&graph, local_base + transaction, &mut remaining, &mut ready);
+                }
+                DriverMessage::Peer { from, frame } if frame_epoch(&frame) == Some((generation, epoch)) => {
+                    match frame {
+                        Frame::Handover { sequence, values, .. } => {
+                            let Some(group_index) = groups.get(sequence as usize).and_then(|transaction_groups| {
+                                transaction_groups.iter().position(|g| g.holder == from)
+                            }) else {
+                                tracing::error!(
+                                    peer = from,
+                                    sequence,
+                                    "handover for a transaction that borrows nothing there"
+                                );
+                                continue;
+                            };
+                            let group = &groups[sequence as usize][group_index];
+                            if values.len() != group.accesses.len() {
+                                tracing::error!(peer = from, sequence, "handover with the wrong number of values");
+                                continue;
+                            }
+                            let first = group_copies[sequence as usize][group_index];
+                            for (offset, value) in values.into_iter().enumerate() {
+                                // SAFETY: the transaction has not started: it waits for this.
+                                unsafe { work.borrowed[first + offset].set(value.as_deref()) };
+                            }
+                            let vertex = local_base + sequence;
+                            remaining[vertex as usize] -= 1;
+                            if remaining[vertex as usize] == 0 {
+                                ready.push(vertex);
+                            }
+                        }
+                        Frame::WriteBack { sequence, lease_epoch: offered, writes, .. } => {
+                            let Some(&vertex) = virtual_index[usize::from(from)].get(&sequence) else {
+                                tracing::error!(
+                                    peer = from,
+                                    sequence,
+                                    "write-back for a transaction not lent anything"
+                                );
+                                continue;
+                            };
+                            let Vertex::Virtual { keys, .. } = &vertices[vertex as usize] else {
+                                unreachable!("the virtual index holds virtual vertices only")
+                            };
+                            if writes.len() != keys.len() {
+                                tracing::error!(peer = from, sequence, "write-back with the wrong number of keys");
+                                continue;
+                            }
+                            for ((pointer, mode), write) in keys.iter().zip(writes) {
+                                if *mode == AccessMode::Read {
+                                    continue;
+                                }
+                                // SAFETY: the key is lent to `from`; no local transaction uses it.
+                                let slot = unsafe { pointer.get() };
+                                let word = LeaseWord(slot.lease_word().load(Ordering::Acquire));
+                                match word.take_back(me, from, offered) {
+                                    Ok(returned) => {
+                                        match write {
+                                            KeyWrite::Unchanged => {}
+                                            // SAFETY: as above.
+                                            KeyWrite::Set(value) => unsafe { slot.set(Some(&value)) },
+                                            KeyWrite::Delete => unsafe { slot.set(None) },
+                                        }
+                                        if slot.mark_dirty(epoch) {
+                                            dirty.push(*pointer);
+                                        }
+                                        slot.lease_word().store(returned.0, Ordering::Release);
+                                        self.cluster_stats.leases_lent.fetch_sub(1, Ordering::AcqRel);
+                                    }
+                                    Err(error) => {
+                                        TransactionStats::count(&self.cluster_stats.fenced_total, 1);
+                                        metrics::counter!(crate::metrics::FENCED_TOTAL).increment(1);
+                                        tracing::error!(%error, peer = from, "write-back refused");
+                                    }
+                                }
+                            }
+                            finished += 1;
+                            Self::complete(&graph, vertex, &mut remaining, &mut ready);
+                        }
+                        _ => {}
+                    }
+                }
+                other => self.absorb(other),
+            }
+            if !self.state.synced {
+                self.wait_for_executions(in_flight);
+                return Err(self.abandon_prepared(work, replies, Interrupted::ViewChanged));
+            }
+        }
+
+        // 7. Commit.
+        let mut record = EpochRecord::new(epoch);
+        for pointer in dirty {
+            // SAFETY: execution has finished; the driver is the only user.
+            let slot = unsafe { pointer.get() };
+            record.stage_value(slot.storage_key(), unsafe { slot.value() });
+        }
+        let work =
+            Arc::try_unwrap(work).unwrap_or_else(|_| panic!("every execution finished, so no task holds the epoch"));
+        let (mut committed, mut aborted) = (0u64, 0u64);
+        let mut to_release = Vec::with_capacity(replies.len());
+        for ((transaction, outcome), reply) in work.transactions.into_iter().zip(outcomes).zip(replies) {
+            let outcome = outcome.expect("every local transaction ran");
+            if outcome.is_committed() {
+                committed += 1;
+            } else {
+                aborted += 1;
+            }
+            // A tracked outcome is already staged: its request-id key is a dirty slot.
+            to_release.push((transaction.planned.request_id, outcome, reply));
+        }
+        TransactionStats::count(&self.stats.committed, committed);
+        TransactionStats::count(&self.stats.aborted, aborted);
+        TransactionStats::count(&self.stats.epochs, 1);
+        metrics::counter!(crate::metrics::COMMITTED_TOTAL).increment(committed);
+        metrics::counter!(crate::metrics::ABORTED_TOTAL).increment(aborted);
+        metrics::histogram!(crate::metrics::EPOCH_TRANSACTIONS).record((committed + aborted) as f64);
+        metrics::histogram!(crate::metrics::EPOCH_EXECUTION_SECONDS).record(closed_at.elapsed().as_secs_f64());
+        let commit = EpochCommit { record, replies: to_release, closed_at };
+        if self.commits.send(CommitMessage::Epoch(commit)).is_err() {
+            panic!("commit thread ended before the epoch driver");
+        }
+        Ok(())
+    }
+
+    /// Every key a local transaction uses here must be held by this node under the
+    /// current lease epoch when it starts: a node without the lease must not write.
+    fn check_local_leases(&self, transaction: &PreparedTransaction, lease_epoch: u64) {
+        let held = LeaseWord::held(self.node, lease_epoch);
+        for &(number, pointer) in &transaction.slots {
+            if number == u32::MAX {
+                continue; // A borrowed copy.
+            }
+            // SAFETY: the store is alive.
+            let word = LeaseWord(unsafe { pointer.get() }.lease_word().load(Ordering::Acquire));
+            assert_eq!(
+                word, held,
+                "lease invariant broken: a local transaction starts on a key this node does not hold"
+            );
+        }
+    }
+
+    fn complete(graph: &crate::txn::tpg::TaskGraph, vertex: u32, remaining: &mut [u32], ready: &mut Vec<u32>) {
+        for &successor in graph.successors(vertex as usize) {
+            remaining[successor as usize] -= 1;
+            if remaining[successor as usize] == 0 {
+                ready.push(successor);
+            }
+        }
+    }
+
+    /// Waits until the executor threads finished what they were given, so that the
+    /// keys can be dropped safely.
+    fn wait_for_executions(&mut self, mut in_flight: usize) {
+        while in_flight > 0 {
+            match self.inbox.recv() {
+                Ok(DriverMessage::Executed { .. }) => in_flight -= 1,
+                Ok(other) => self.absorb(other),
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn rejection(interrupted: &Interrupted, epoch: u64) -> Rejection {
+        match interrupted {
+            Interrupted::ViewChanged => Rejection::Retry(format!("a node restarted during epoch {epoch}")),
+            Interrupted::Stopping => Rejection::ShuttingDown,
+        }
+    }
+
+    /// Gives up an epoch before its transactions were prepared.
+    fn abandon(&mut self, runnable: Vec<Submission>, interrupted: Interrupted) -> Interrupted {
+        let rejection = Self::rejection(&interrupted, self.state.epoch);
+        let replies = runnable.into_iter().map(|s| (s.transaction.request_id, s.reply));
+        reject_all(replies, &self.ledger, &rejection);
+        self.state.synced = false;
+        interrupted
+    }
+
+    /// Gives up an epoch during execution. Its effects on this node's keys are dropped
+    /// with the keys when the cluster agrees again.
+    fn abandon_prepared(&mut self, work: Arc<EpochWork>, replies: Vec<Reply>, interrupted: Interrupted) -> Interrupted {
+        let rejection = Self::rejection(&interrupted, self.state.epoch);
+        let ids = work.transactions.iter().map(|t| t.planned.request_id.clone());
+        reject_all(ids.zip(replies), &self.ledger, &rejection);
+        self.state.synced = false;
+        interrupted
+    }
+}
+
+/// Runs a transaction unless its request id already holds an outcome (a retry, possibly
+/// through another node), and records the outcome under the id.
+fn run_once(transaction: &PreparedTransaction, id_slot: Option<SlotPointer>) -> Outcome {
+    let Some(pointer) = id_slot else { return crate::txn::executor::execute(transaction) };
+    // SAFETY: the graph (at the id's holder) gives this transaction the id key alone.
+    let slot = unsafe { pointer.get() };
+    // SAFETY: as above.
+    if let Some(stored) = unsafe { slot.value() } {
+        match crate::storage::codec::decode_stored_result(stored) {
+            Some(outcome) => return outcome,
+            None => tracing::error!("unreadable stored outcome of a request id; running the request"),
+        }
+    }
+    let outcome = crate::txn::executor::execute(transaction);
+    let mut encoded = Vec::new();
+    crate::storage::codec::encode_stored_result_into(&mut encoded, &outcome, crate::storage::unix_seconds_now());
+    // SAFETY: as above.
+    unsafe { slot.set(Some(&encoded)) };
+    outcome
+}

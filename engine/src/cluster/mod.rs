@@ -1,0 +1,196 @@
+//! The cluster: several engine nodes, each holding the leases of part of the keys, that
+//! run every epoch together (DESIGN.md §3).
+//!
+//! * [`ClusterSpec`]: the cluster file (nodes, their addresses, the fabric backend);
+//! * [`lease`]: the lease table (holder of each key) and the lease word that fences
+//!   stale holders;
+//! * [`wire`]: the frames nodes exchange;
+//! * [`transport`]: frames over the fabric's message rings (one inbound ring per peer);
+//! * [`driver`]: the cluster epoch driver: exchange of virtual vertices, planning over
+//!   local and remote transactions, lease handover during execution, and the view
+//!   agreement that rolls back epochs not durable everywhere after a node restarts.
+//!
+//! A single node without a cluster file uses none of this: its epoch driver
+//! (`txn::epoch`) runs alone.
+
+pub mod driver;
+pub mod lease;
+pub mod transport;
+pub mod wire;
+
+use crate::model::NodeId;
+use leasehold_fabric::{Fabric, FabricError};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Most nodes in one cluster (views and peer arrays are sized by it).
+pub const NODES_MAX: usize = 64;
+
+/// The fabric backend a cluster runs over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum FabricBackend {
+    Shm,
+    Tcp,
+    Rdma,
+}
+
+impl FabricBackend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FabricBackend::Shm => "shm",
+            FabricBackend::Tcp => "tcp",
+            FabricBackend::Rdma => "rdma",
+        }
+    }
+}
+
+/// One node's entry in the cluster file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    pub id: NodeId,
+    /// Cap'n Proto client API.
+    pub client_address: SocketAddr,
+    /// Fabric address (tcp responder, rdma bootstrap listener); unused by shm.
+    pub peer_address: SocketAddr,
+    /// Data directory; relative paths are relative to the cluster file. Defaults to the
+    /// node's own configuration.
+    pub data_dir: Option<PathBuf>,
+    /// Prometheus endpoint of this node.
+    pub metrics_address: Option<SocketAddr>,
+}
+
+/// The cluster file: which nodes exist and how they reach each other.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSpec {
+    pub fabric: FabricBackend,
+    /// Where the shm backend keeps region files (default: /dev/shm/leasehold/<cluster
+    /// file's directory name>).
+    pub shm_directory: Option<PathBuf>,
+    pub nodes: Vec<NodeSpec>,
+}
+
+/// Errors reading a cluster file or joining a cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cannot read cluster file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid cluster file {path}: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("invalid cluster file {path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error("node {node} is not listed in cluster file {path}")]
+    UnknownNode { node: NodeId, path: PathBuf },
+    #[error("cannot open the {backend} fabric: {source}")]
+    Fabric { backend: &'static str, source: FabricError },
+}
+
+impl ClusterSpec {
+    /// Reads and checks a cluster file; relative data directories become relative to it.
+    pub fn from_file(path: &Path) -> Result<ClusterSpec, ClusterError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ClusterError::Read { path: path.into(), source })?;
+        let mut spec: ClusterSpec =
+            toml::from_str(&text).map_err(|source| ClusterError::Parse { path: path.into(), source })?;
+        let invalid = |reason: String| ClusterError::Invalid { path: path.into(), reason };
+        if spec.nodes.is_empty() || spec.nodes.len() > NODES_MAX {
+            return Err(invalid(format!("a cluster has 1 to {NODES_MAX} nodes, not {}", spec.nodes.len())));
+        }
+        spec.nodes.sort_by_key(|node| node.id);
+        for (index, node) in spec.nodes.iter().enumerate() {
+            if usize::from(node.id) != index {
+                return Err(invalid(format!("node ids must be 0, 1, ... without gaps or repeats; found {}", node.id)));
+            }
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        for node in &mut spec.nodes {
+            if let Some(directory) = &node.data_dir {
+                if directory.is_relative() {
+                    node.data_dir = Some(base.join(directory));
+                }
+            }
+        }
+        if spec.shm_directory.is_none() {
+            let name = std::fs::canonicalize(base)
+                .ok()
+                .and_then(|directory| directory.file_name().map(|name| name.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| "cluster".into());
+            spec.shm_directory = Some(Path::new(leasehold_fabric::shm::DEFAULT_SHM_DIRECTORY).join(name));
+        }
+        Ok(spec)
+    }
+
+    pub fn node_count(&self) -> u16 {
+        self.nodes.len() as u16
+    }
+
+    pub fn node(&self, id: NodeId) -> Option<&NodeSpec> {
+        self.nodes.get(usize::from(id))
+    }
+
+    /// Opens this node's fabric and makes every peer reachable.
+    pub fn open_fabric(&self, me: NodeId) -> Result<Arc<dyn Fabric>, ClusterError> {
+        let backend = self.fabric.as_str();
+        let fail = |source| ClusterError::Fabric { backend, source };
+        let own = self.node(me).ok_or(ClusterError::UnknownNode { node: me, path: PathBuf::new() })?;
+        match self.fabric {
+            FabricBackend::Shm => {
+                let directory = self.shm_directory.clone().expect("from_file sets a default");
+                Ok(leasehold_fabric::shm::ShmFabric::open(directory, me).map_err(fail)?)
+            }
+            FabricBackend::Tcp => {
+                let fabric = leasehold_fabric::tcp::TcpFabric::start(me, own.peer_address).map_err(fail)?;
+                for node in &self.nodes {
+                    if node.id != me {
+                        fabric.add_peer(node.id, node.peer_address);
+                    }
+                }
+                Ok(fabric)
+            }
+            FabricBackend::Rdma => {
+                let config = leasehold_fabric::rdma::RdmaConfig::new(own.peer_address);
+                let fabric = leasehold_fabric::rdma::RdmaFabric::open(me, &config).map_err(fail)?;
+                for node in &self.nodes {
+                    if node.id != me {
+                        fabric.add_peer(node.id, node.peer_address);
+                    }
+                }
+                Ok(fabric)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_file_lists_contiguous_nodes() {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let path = directory.path().join("cluster.toml");
+        let node = |id: u16| {
+            format!(
+                "[[nodes]]\nid = {id}\nclient_address = \"127.0.0.1:{}\"\npeer_address = \"127.0.0.1:{}\"\n\
+                 data_dir = \"node-{id}\"\n",
+                7420 + id,
+                7520 + id
+            )
+        };
+        std::fs::write(&path, format!("fabric = \"tcp\"\n{}{}", node(1), node(0))).expect("write");
+        let spec = ClusterSpec::from_file(&path).expect("valid file");
+        assert_eq!(spec.node_count(), 2);
+        assert_eq!(spec.nodes[0].id, 0, "sorted by id");
+        assert_eq!(spec.node(1).and_then(|n| n.data_dir.clone()), Some(directory.path().join("node-1")));
+        assert!(spec.shm_directory.is_some());
+
+        std::fs::write(&path, format!("fabric = \"tcp\"\n{}{}", node(0), node(2))).expect("write");
+        let error = ClusterSpec::from_file(&path).expect_err("a gap in node ids is refused");
+        assert!(error.to_string().contains("without gaps"), "{error}");
+        std::fs::write(&path, format!("fabric = \"carrier-pigeon\"\n{}", node(0))).expect("write");
+        assert!(matches!(ClusterSpec::from_file(&path), Err(ClusterError::Parse { .. })));
+    }
+}

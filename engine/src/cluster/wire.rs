@@ -1,0 +1,387 @@
+//! The frames nodes exchange over the fabric's message rings, and their binary encoding.
+//!
+//! A ring carries a byte stream per sender session; the stream is a sequence of frames,
+//! each `[length: u32][kind: u8][fields]`, little-endian. Frames from peers are checked
+//! strictly while decoding (lengths against the remaining bytes, known kinds only), so a
+//! corrupt stream is a [`WireError`], never a panic or a huge allocation.
+
+use crate::txn::access::AccessMode;
+
+/// A transaction of another node that touches keys this node holds (a virtual vertex):
+/// its sequence number in the sender's epoch and the keys, as storage keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteTransaction {
+    pub sequence: u32,
+    pub keys: Vec<(AccessMode, Vec<u8>)>,
+}
+
+/// What a borrower sends back for one key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyWrite {
+    Unchanged,
+    Set(Vec<u8>),
+    Delete,
+}
+
+/// One message between nodes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// "This is the cluster as I know it": the incarnation of every node (0: unknown) and
+    /// my newest durable epoch. Nodes agree on a view before they run epochs. A node
+    /// still gathering answers sets `answer_wanted`; nodes that already agreed on the same
+    /// view answer it with what they reported for that view.
+    Resync { view: Vec<u32>, durable_epoch: u64, answer_wanted: bool },
+    /// The sender's transactions of `epoch` that touch keys the receiver holds (possibly
+    /// none: the receiver plans the epoch only once every peer's batch arrived).
+    Batch { generation: u64, epoch: u64, transactions: Vec<RemoteTransaction> },
+    /// The holder lends the keys of the receiver's transaction `sequence` (in the order of
+    /// the batch entry), with their values.
+    Handover { generation: u64, epoch: u64, sequence: u32, lease_epoch: u64, values: Vec<Option<Vec<u8>>> },
+    /// The borrower returns the keys of its transaction `sequence`, with what it wrote.
+    WriteBack { generation: u64, epoch: u64, sequence: u32, lease_epoch: u64, writes: Vec<KeyWrite> },
+    /// The sender made every epoch up to `epoch` durable.
+    Durable { generation: u64, epoch: u64 },
+    /// Deploy this plugin library (sent by the node a client deployed it on).
+    Deploy { deploy_id: u64, library: Vec<u8> },
+    /// The outcome of a [`Frame::Deploy`]: `None` when it loaded.
+    DeployAck { deploy_id: u64, error: Option<String> },
+}
+
+/// A malformed frame from a peer.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("frame truncated while reading {0}")]
+    Truncated(&'static str),
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    #[error("invalid {0}")]
+    Invalid(&'static str),
+}
+
+const KIND_RESYNC: u8 = 1;
+const KIND_BATCH: u8 = 2;
+const KIND_HANDOVER: u8 = 3;
+const KIND_WRITE_BACK: u8 = 4;
+const KIND_DURABLE: u8 = 5;
+const KIND_DEPLOY: u8 = 6;
+const KIND_DEPLOY_ACK: u8 = 7;
+
+fn put_u32(out: &mut Vec<u8>, value: u32) {
+    out.extend_from_slice(&value.to_le_bytes());
+}
+
+fn put_u64(out: &mut Vec<u8>, value: u64) {
+    out.extend_from_slice(&value.to_le_bytes());
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    put_u32(out, u32::try_from(bytes.len()).expect("frame fields are smaller than 4 GiB"));
+    out.extend_from_slice(bytes);
+}
+
+fn put_optional(out: &mut Vec<u8>, value: Option<&[u8]>) {
+    match value {
+        Some(bytes) => {
+            out.push(1);
+            put_bytes(out, bytes);
+        }
+        None => out.push(0),
+    }
+}
+
+/// Appends `frame`, with its length prefix, to `out`.
+pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
+    let start = out.len();
+    put_u32(out, 0);
+    match frame {
+        Frame::Resync { view, durable_epoch, answer_wanted } => {
+            out.push(KIND_RESYNC);
+            out.push(u8::from(*answer_wanted));
+            put_u32(out, view.len() as u32);
+            for &incarnation in view {
+                put_u32(out, incarnation);
+            }
+            put_u64(out, *durable_epoch);
+        }
+        Frame::Batch { generation, epoch, transactions } => {
+            out.push(KIND_BATCH);
+            put_u64(out, *generation);
+            put_u64(out, *epoch);
+            put_u32(out, transactions.len() as u32);
+            for transaction in transactions {
+                put_u32(out, transaction.sequence);
+                put_u32(out, transaction.keys.len() as u32);
+                for (mode, key) in &transaction.keys {
+                    out.push(u8::from(*mode == AccessMode::Write));
+                    put_bytes(out, key);
+                }
+            }
+        }
+        Frame::Handover { generation, epoch, sequence, lease_epoch, values } => {
+            out.push(KIND_HANDOVER);
+            put_u64(out, *generation);
+            put_u64(out, *epoch);
+            put_u32(out, *sequence);
+            put_u64(out, *lease_epoch);
+            put_u32(out, values.len() as u32);
+            for value in values {
+                put_optional(out, value.as_deref());
+            }
+        }
+        Frame::WriteBack { generation, epoch, sequence, lease_epoch, writes } => {
+            out.push(KIND_WRITE_BACK);
+            put_u64(out, *generation);
+            put_u64(out, *epoch);
+            put_u32(out, *sequence);
+            put_u64(out, *lease_epoch);
+            put_u32(out, writes.len() as u32);
+            for write in writes {
+                match write {
+                    KeyWrite::Unchanged => out.push(0),
+                    KeyWrite::Set(value) => {
+                        out.push(1);
+                        put_bytes(out, value);
+                    }
+                    KeyWrite::Delete => out.push(2),
+                }
+            }
+        }
+        Frame::Durable { generation, epoch } => {
+            out.push(KIND_DURABLE);
+            put_u64(out, *generation);
+            put_u64(out, *epoch);
+        }
+        Frame::Deploy { deploy_id, library } => {
+            out.push(KIND_DEPLOY);
+            put_u64(out, *deploy_id);
+            put_bytes(out, library);
+        }
+        Frame::DeployAck { deploy_id, error } => {
+            out.push(KIND_DEPLOY_ACK);
+            put_u64(out, *deploy_id);
+            put_optional(out, error.as_deref().map(str::as_bytes));
+        }
+    }
+    let length = u32::try_from(out.len() - start - 4).expect("frames are smaller than 4 GiB");
+    out[start..start + 4].copy_from_slice(&length.to_le_bytes());
+}
+
+/// Reads fields from one frame's bytes.
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, count: usize, what: &'static str) -> Result<&'a [u8], WireError> {
+        if self.bytes.len() < count {
+            return Err(WireError::Truncated(what));
+        }
+        let (taken, rest) = self.bytes.split_at(count);
+        self.bytes = rest;
+        Ok(taken)
+    }
+
+    fn u8(&mut self, what: &'static str) -> Result<u8, WireError> {
+        Ok(self.take(1, what)?[0])
+    }
+
+    fn u32(&mut self, what: &'static str) -> Result<u32, WireError> {
+        Ok(u32::from_le_bytes(self.take(4, what)?.try_into().expect("four bytes")))
+    }
+
+    fn u64(&mut self, what: &'static str) -> Result<u64, WireError> {
+        Ok(u64::from_le_bytes(self.take(8, what)?.try_into().expect("eight bytes")))
+    }
+
+    fn bytes(&mut self, what: &'static str) -> Result<Vec<u8>, WireError> {
+        let length = self.u32(what)? as usize;
+        Ok(self.take(length, what)?.to_vec())
+    }
+
+    /// A count of items that each take at least `item_bytes_min`, checked against what is
+    /// left so that a corrupt count cannot make the decoder allocate much.
+    fn count(&mut self, item_bytes_min: usize, what: &'static str) -> Result<usize, WireError> {
+        let count = self.u32(what)? as usize;
+        if count.saturating_mul(item_bytes_min) > self.bytes.len() {
+            return Err(WireError::Truncated(what));
+        }
+        Ok(count)
+    }
+
+    fn optional(&mut self, what: &'static str) -> Result<Option<Vec<u8>>, WireError> {
+        match self.u8(what)? {
+            0 => Ok(None),
+            1 => Ok(Some(self.bytes(what)?)),
+            _ => Err(WireError::Invalid(what)),
+        }
+    }
+}
+
+/// Splits the next complete frame off `stream`: `Ok(None)` when more bytes are needed.
+/// Returns the frame and the number of bytes it took.
+pub fn decode(stream: &[u8]) -> Result<Option<(Frame, usize)>, WireError> {
+    if stream.len() < 4 {
+        return Ok(None);
+    }
+    let length = u32::from_le_bytes(stream[..4].try_into().expect("four bytes")) as usize;
+    if stream.len() < 4 + length {
+        return Ok(None);
+    }
+    let mut reader = Reader { bytes: &stream[4..4 + length] };
+    let frame = match reader.u8("kind")? {
+        KIND_RESYNC => {
+            let answer_wanted = match reader.u8("answer wanted")? {
+                0 => false,
+                1 => true,
+                _ => return Err(WireError::Invalid("answer wanted")),
+            };
+            let count = reader.count(4, "view")?;
+            let view = (0..count).map(|_| reader.u32("view")).collect::<Result<_, _>>()?;
+            Frame::Resync { view, durable_epoch: reader.u64("durable epoch")?, answer_wanted }
+        }
+        KIND_BATCH => {
+            let generation = reader.u64("generation")?;
+            let epoch = reader.u64("epoch")?;
+            let count = reader.count(8, "transactions")?;
+            let mut transactions = Vec::with_capacity(count);
+            for _ in 0..count {
+                let sequence = reader.u32("sequence")?;
+                let key_count = reader.count(5, "keys")?;
+                let mut keys = Vec::with_capacity(key_count);
+                for _ in 0..key_count {
+                    let mode = match reader.u8("access mode")? {
+                        0 => AccessMode::Read,
+                        1 => AccessMode::Write,
+                        _ => return Err(WireError::Invalid("access mode")),
+                    };
+                    keys.push((mode, reader.bytes("key")?));
+                }
+                transactions.push(RemoteTransaction { sequence, keys });
+            }
+            Frame::Batch { generation, epoch, transactions }
+        }
+        KIND_HANDOVER => {
+            let (generation, epoch) = (reader.u64("generation")?, reader.u64("epoch")?);
+            let (sequence, lease_epoch) = (reader.u32("sequence")?, reader.u64("lease epoch")?);
+            let count = reader.count(1, "values")?;
+            let values = (0..count).map(|_| reader.optional("value")).collect::<Result<_, _>>()?;
+            Frame::Handover { generation, epoch, sequence, lease_epoch, values }
+        }
+        KIND_WRITE_BACK => {
+            let (generation, epoch) = (reader.u64("generation")?, reader.u64("epoch")?);
+            let (sequence, lease_epoch) = (reader.u32("sequence")?, reader.u64("lease epoch")?);
+            let count = reader.count(1, "writes")?;
+            let mut writes = Vec::with_capacity(count);
+            for _ in 0..count {
+                writes.push(match reader.u8("write")? {
+                    0 => KeyWrite::Unchanged,
+                    1 => KeyWrite::Set(reader.bytes("value")?),
+                    2 => KeyWrite::Delete,
+                    _ => return Err(WireError::Invalid("write")),
+                });
+            }
+            Frame::WriteBack { generation, epoch, sequence, lease_epoch, writes }
+        }
+        KIND_DURABLE => Frame::Durable { generation: reader.u64("generation")?, epoch: reader.u64("epoch")? },
+        KIND_DEPLOY => Frame::Deploy { deploy_id: reader.u64("deploy id")?, library: reader.bytes("library")? },
+        KIND_DEPLOY_ACK => {
+            let deploy_id = reader.u64("deploy id")?;
+            let error = reader
+                .optional("error")?
+                .map(|bytes| String::from_utf8(bytes).map_err(|_| WireError::Invalid("error text")))
+                .transpose()?;
+            Frame::DeployAck { deploy_id, error }
+        }
+        other => return Err(WireError::UnknownKind(other)),
+    };
+    if !reader.bytes.is_empty() {
+        return Err(WireError::Invalid("frame length (bytes left over)"));
+    }
+    Ok(Some((frame, 4 + length)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples() -> Vec<Frame> {
+        vec![
+            Frame::Resync { view: vec![3, 0, 7], durable_epoch: 42, answer_wanted: true },
+            Frame::Batch {
+                generation: 10,
+                epoch: 43,
+                transactions: vec![
+                    RemoteTransaction {
+                        sequence: 5,
+                        keys: vec![(AccessMode::Write, b"k1".to_vec()), (AccessMode::Read, vec![])],
+                    },
+                    RemoteTransaction { sequence: 9, keys: vec![] },
+                ],
+            },
+            Frame::Batch { generation: 10, epoch: 44, transactions: vec![] },
+            Frame::Handover {
+                generation: 10,
+                epoch: 43,
+                sequence: 5,
+                lease_epoch: 10,
+                values: vec![Some(b"v".to_vec()), None],
+            },
+            Frame::WriteBack {
+                generation: 10,
+                epoch: 43,
+                sequence: 5,
+                lease_epoch: 10,
+                writes: vec![KeyWrite::Set(b"new".to_vec()), KeyWrite::Unchanged, KeyWrite::Delete],
+            },
+            Frame::Durable { generation: 10, epoch: 43 },
+            Frame::Deploy { deploy_id: 1, library: vec![0x7f, b'E', b'L', b'F'] },
+            Frame::DeployAck { deploy_id: 1, error: Some("bad library".into()) },
+            Frame::DeployAck { deploy_id: 2, error: None },
+        ]
+    }
+
+    #[test]
+    fn frames_survive_a_stream_cut_anywhere() {
+        let frames = samples();
+        let mut stream = Vec::new();
+        for frame in &frames {
+            encode(frame, &mut stream);
+        }
+        // Feed the stream in pieces of every size: frames come out whole and in order.
+        for piece in 1..stream.len() {
+            let mut buffer = Vec::new();
+            let mut decoded = Vec::new();
+            for chunk in stream.chunks(piece) {
+                buffer.extend_from_slice(chunk);
+                while let Some((frame, used)) = decode(&buffer).expect("valid stream") {
+                    decoded.push(frame);
+                    buffer.drain(..used);
+                }
+            }
+            assert_eq!(decoded, frames, "piece size {piece}");
+            assert!(buffer.is_empty());
+        }
+    }
+
+    #[test]
+    fn corrupt_frames_are_errors_not_panics() {
+        let mut stream = Vec::new();
+        encode(&samples()[1], &mut stream);
+        // Every truncation of the body under a matching length prefix is refused.
+        for cut in 5..stream.len() {
+            let mut corrupt = stream[..cut].to_vec();
+            let length = (cut - 4) as u32;
+            corrupt[..4].copy_from_slice(&length.to_le_bytes());
+            assert!(decode(&corrupt).is_err(), "cut at {cut} must be refused");
+        }
+        assert_eq!(decode(&[1, 0, 0, 0, 99]), Err(WireError::UnknownKind(99)));
+        // A huge count in a short frame does not allocate: it is refused.
+        let mut huge = vec![0u8; 4];
+        huge.push(KIND_RESYNC);
+        huge.push(0);
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        let length = (huge.len() - 4) as u32;
+        huge[..4].copy_from_slice(&length.to_le_bytes());
+        assert_eq!(decode(&huge), Err(WireError::Truncated("view")));
+    }
+}
