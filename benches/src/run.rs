@@ -7,18 +7,25 @@
 //!
 //! After a run that loaded its keys, the workload's invariant is checked: the sum the
 //! workload's `total` reads must equal the loaded sum plus the deltas every committed
-//! request reported (see `workload.rs`), and travel's audit must find nothing wrong.
+//! request reported (see `workload.rs`), travel's audit must find nothing wrong, and
+//! movie's review lists and social's timelines must hold exactly what the journalled
+//! committed requests put there.
+//!
+//! While the clients run, an [`Observer`] hears what phase the run is in and, a few times
+//! a second, how far it got (the CLI draws a progress bar from that).
 //!
 //! Closed loop (no `rate`): a message is sent as soon as one returns. Open loop (`rate`
 //! requests per second over all clients): messages leave on a fixed schedule and latency
 //! is measured from the intended send time, so queueing in the client is not hidden.
 
-use crate::workload::{self, Generator, WorkloadKind};
+use crate::workload::{self, Generator, Journal, WorkloadKind};
 use hdrhistogram::Histogram;
 use leasehold_client::{Client, InvokeResult};
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Parameters of one run, reported with its results.
@@ -59,8 +66,31 @@ pub struct BenchReport {
     pub sum_expected: Option<i64>,
     pub sum_found: Option<i64>,
     /// A violation of the workload's invariant beyond the sum (travel: over capacity or a
-    /// reservation without both parts).
+    /// reservation without both parts; movie: a review list or rating that differs from the
+    /// committed composes; social: a timeline that differs from the committed posts).
     pub invariant_violation: Option<String>,
+}
+
+/// What a run tells its caller while it goes.
+pub trait Observer {
+    /// A line about what the run is doing (loading, running, checking).
+    fn message(&self, text: &str);
+
+    /// Called about ten times a second while the clients run: the time since they started,
+    /// the planned time (warm-up and measurement), and the requests finished so far.
+    fn tick(&self, _elapsed: Duration, _planned: Duration, _finished: u64) {}
+
+    /// The clients have stopped (no more ticks).
+    fn clients_done(&self) {}
+}
+
+/// An [`Observer`] that passes the messages to a function and ignores the ticks.
+pub struct Messages<F>(pub F);
+
+impl<F: Fn(&str)> Observer for Messages<F> {
+    fn message(&self, text: &str) {
+        (self.0)(text)
+    }
 }
 
 /// Failures of a run.
@@ -84,11 +114,13 @@ struct Tally {
 }
 
 /// The effect of every request a client committed, inside the measured window or not:
-/// what the invariant check expects the sum to have moved by.
+/// what the invariant check expects the sum to have moved by, and the journal of the
+/// workloads that check structure.
 #[derive(Default)]
 struct Effects {
     delta: i64,
     undecodable: u64,
+    journal: Journal,
 }
 
 struct ClientResult {
@@ -113,36 +145,36 @@ pub fn load(address: SocketAddr, config: &BenchConfig) -> Result<(), BenchError>
     Ok(())
 }
 
-/// Sums every value (in transactions of 10,000 keys; travel: counts reservations).
-pub fn total(address: SocketAddr, config: &BenchConfig) -> Result<i64, BenchError> {
-    total_and_audit(address, config).map(|(sum, _)| sum)
-}
-
-/// The sum of [`total`] and the first violation the workload's audit found, if any.
-fn total_and_audit(address: SocketAddr, config: &BenchConfig) -> Result<(i64, Option<String>), BenchError> {
+/// Reads what the workload's invariant check needs (sums, audits, or every list and
+/// journalled write) and checks it against `journal`.
+fn audit(address: SocketAddr, config: &BenchConfig, journal: &Journal) -> Result<workload::Verdict, BenchError> {
     let client = leasehold_client::BlockingClient::connect(address)?;
-    let mut sum = 0i64;
-    let mut violation = None;
-    for invocation in workload::total_invocations(config.workload, config.keys) {
+    let mut outputs = Vec::new();
+    for invocation in workload::audit_invocations(config.workload, config.keys, journal) {
         match client.invoke(invocation)? {
-            InvokeResult::Committed { output, .. } => {
-                sum += workload::decode_total(config.workload, &output)
-                    .ok_or_else(|| BenchError::Load("undecodable total".into()))?;
-                violation = violation.or_else(|| workload::audit_violation(config.workload, &output));
-            }
+            InvokeResult::Committed { output, .. } => outputs.push(output),
             other => return Err(BenchError::Load(format!("{other:?}"))),
         }
     }
-    Ok((sum, violation))
+    Ok(workload::verdict(config.workload, config.keys, journal, &outputs))
 }
 
-/// Runs the benchmark against the node at `address`.
+/// Runs the benchmark against the node at `address`, telling `progress` what it does.
 pub fn run(address: SocketAddr, config: &BenchConfig, progress: impl Fn(&str)) -> Result<BenchReport, BenchError> {
+    run_observed(address, config, &Messages(progress))
+}
+
+/// Runs the benchmark against the node at `address`, reporting to `observer`.
+pub fn run_observed(
+    address: SocketAddr,
+    config: &BenchConfig,
+    observer: &dyn Observer,
+) -> Result<BenchReport, BenchError> {
     if config.load {
-        progress(&format!("loading {} keys", config.keys));
+        observer.message(&format!("loading {} keys", config.keys));
         load(address, config)?;
     }
-    progress(&format!(
+    observer.message(&format!(
         "running {} clients x {} messages x {} requests for {:?} (+{:?} warm-up)",
         config.clients, config.pipeline, config.batch, config.duration, config.warmup
     ));
@@ -153,15 +185,25 @@ pub fn run(address: SocketAddr, config: &BenchConfig, progress: impl Fn(&str)) -
     let start = Instant::now() + Duration::from_millis(100);
     let measure_from = start + config.warmup;
     let stop_at = measure_from + config.duration;
+    let finished = Arc::new(AtomicU64::new(0));
     let threads: Vec<_> = (0..config.clients)
         .map(|client| {
             let config = config.clone();
+            let window = Window { start, measure_from, stop_at };
+            let finished = finished.clone();
             std::thread::Builder::new()
                 .name(format!("bench-client-{client}"))
-                .spawn(move || run_client(address, &config, client as u32, run_id, start, measure_from, stop_at))
+                .spawn(move || run_client(address, &config, client as u32, run_id, window, &finished))
                 .map_err(BenchError::Thread)
         })
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
+    let planned = stop_at.saturating_duration_since(start);
+    while !threads.iter().all(|thread| thread.is_finished()) {
+        let elapsed = Instant::now().saturating_duration_since(start);
+        observer.tick(elapsed, planned, finished.load(Ordering::Relaxed));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    observer.clients_done();
     let mut tally = Tally::default();
     let mut latency = Histogram::<u64>::new(3).expect("valid histogram precision");
     let mut effects = Effects::default();
@@ -169,6 +211,7 @@ pub fn run(address: SocketAddr, config: &BenchConfig, progress: impl Fn(&str)) -
         let result = thread.join().map_err(|_| BenchError::ClientPanicked)??;
         effects.delta += result.effects.delta;
         effects.undecodable += result.effects.undecodable;
+        effects.journal.append(result.effects.journal);
         tally.committed += result.tally.committed;
         tally.aborted += result.tally.aborted;
         tally.rejected += result.tally.rejected;
@@ -179,7 +222,9 @@ pub fn run(address: SocketAddr, config: &BenchConfig, progress: impl Fn(&str)) -
     let sum_expected =
         config.load.then(|| workload::initial_sum(config.workload, config.keys, config.initial_value) + effects.delta);
     let (sum_found, mut invariant_violation) = if sum_expected.is_some() {
-        total_and_audit(address, config).map(|(sum, v)| (Some(sum), v))?
+        observer.message("checking the invariant");
+        let verdict = audit(address, config, &effects.journal)?;
+        (verdict.found, verdict.violation)
     } else {
         (None, None)
     };
@@ -201,15 +246,23 @@ pub fn run(address: SocketAddr, config: &BenchConfig, progress: impl Fn(&str)) -
     })
 }
 
+/// When clients start, when measuring starts, and when they stop sending.
+#[derive(Clone, Copy)]
+struct Window {
+    start: Instant,
+    measure_from: Instant,
+    stop_at: Instant,
+}
+
 fn run_client(
     address: SocketAddr,
     config: &BenchConfig,
     client: u32,
     run_id: u64,
-    start: Instant,
-    measure_from: Instant,
-    stop_at: Instant,
+    window: Window,
+    finished: &AtomicU64,
 ) -> Result<ClientResult, BenchError> {
+    let Window { start, measure_from, stop_at } = window;
     let runtime = runtime().map_err(BenchError::Thread)?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
@@ -256,14 +309,16 @@ fn run_client(
                     let workflows: Vec<String> = invocations.iter().map(|i| i.workflow.clone()).collect();
                     let results = connection.invoke_many(invocations).await?;
                     let done = Instant::now();
+                    finished.fetch_add(results.len() as u64, Ordering::Relaxed);
                     {
                         let mut effects = effects.borrow_mut();
                         for (workflow, result) in workflows.iter().zip(&results) {
-                            if let InvokeResult::Committed { output, .. } = result {
+                            if let InvokeResult::Committed { output, timestamp, .. } = result {
                                 match workload::committed_delta(config.workload, workflow, output) {
                                     Some(delta) => effects.delta += delta,
                                     None => effects.undecodable += 1,
                                 }
+                                effects.journal.record(config.workload, workflow, *timestamp, output);
                             }
                         }
                     }
@@ -353,6 +408,8 @@ impl BenchReport {
             let verdict = if expected == found { "holds" } else { "VIOLATED" };
             let what = match c.workload {
                 WorkloadKind::Travel => "reservations held = committed reserves",
+                WorkloadKind::Movie => "reviews on movie lists = committed composes",
+                WorkloadKind::Social => "posts stored = committed posts",
                 WorkloadKind::Smallbank => "sum of balances = loaded + committed deltas",
                 WorkloadKind::Banking | WorkloadKind::YcsbT => "sum of all values",
             };

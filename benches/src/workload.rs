@@ -4,14 +4,18 @@
 //! A generator produces invocations in the plugin's own argument encoding. Banking and
 //! YCSB-T draw keys uniformly (theta 0) or from a Zipfian distribution with the given
 //! theta; SmallBank uses FaSST's hot set instead and travel draws ids uniformly (both
-//! ignore theta).
+//! ignore theta); movie draws the movie of a review and social the user of a request with
+//! theta (0, uniform, is what DeathStarBench and Boki ran).
 //!
-//! The invariant of every workload is checked the same way: `total_invocations` reads a
-//! sum after the run, which must equal [`initial_sum`] plus the [`committed_delta`] of
-//! every committed request; travel's audit also checks capacity and both-or-neither
-//! ([`audit_violation`]).
+//! The invariant of every workload is checked after the run from what [`audit_invocations`]
+//! read, by [`verdict`]: a sum that must equal [`initial_sum`] plus the [`committed_delta`] of
+//! every committed request (travel's audit also checks capacity and both-or-neither,
+//! [`audit_violation`]). Movie and social check structure (review lists, timelines) against
+//! a [`Journal`] of their committed writes; their own modules ([`crate::movie`],
+//! [`crate::social`]) hold those checks.
 
-use leasehold_client::{Arguments, Invocation};
+use crate::{movie, social};
+use leasehold_client::{Arguments, Invocation, Timestamp};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
@@ -29,6 +33,11 @@ pub enum WorkloadKind {
     Smallbank,
     /// Travel (DeathStarBench hotel reservation): 1:1 search and reserve(hotel, flight).
     Travel,
+    /// Movie (DeathStarBench compose-review): login => rate => store review.
+    Movie,
+    /// Social (Retwis as Boki ran it): login, profile, post list, and post notifying
+    /// followers.
+    Social,
 }
 
 impl WorkloadKind {
@@ -38,12 +47,16 @@ impl WorkloadKind {
             WorkloadKind::YcsbT => "ycsb-t",
             WorkloadKind::Smallbank => "smallbank",
             WorkloadKind::Travel => "travel",
+            WorkloadKind::Movie => movie::PLUGIN,
+            WorkloadKind::Social => social::PLUGIN,
         }
     }
 
     /// Default key count and initial value (WORKLOADS.md). For SmallBank the keys are
     /// customers and the value each of their two balances; for travel the keys are the
-    /// number of hotels (and of flights) and the value the capacity of each.
+    /// number of hotels (and of flights) and the value the capacity of each; for movie the
+    /// keys are the number of movies (and of users), for social the number of users, and
+    /// neither uses the value.
     pub fn defaults(self) -> (u64, i64) {
         match self {
             WorkloadKind::Banking => (100_000, 1_000_000),
@@ -52,6 +65,18 @@ impl WorkloadKind {
             // Capacity high enough that a 10 s run at ~10^5 requests/s rarely sells out,
             // so reserve measures reservations rather than sold-out aborts.
             WorkloadKind::Travel => (100, TRAVEL_CAPACITY),
+            WorkloadKind::Movie => (movie::DEFAULT_KEYS, 0),
+            WorkloadKind::Social => (social::DEFAULT_KEYS, 0),
+        }
+    }
+
+    /// Whether the invariant check needs the outputs of committed `workflow` requests
+    /// (movie's composes and social's posts, in a [`Journal`]).
+    pub fn journals(self, workflow: &str) -> bool {
+        match self {
+            WorkloadKind::Movie => workflow == movie::COMPOSE,
+            WorkloadKind::Social => workflow == social::POST,
+            WorkloadKind::Banking | WorkloadKind::YcsbT | WorkloadKind::Smallbank | WorkloadKind::Travel => false,
         }
     }
 
@@ -156,6 +181,19 @@ fn fnv1a(value: u64) -> u64 {
     hash
 }
 
+/// An id no other request of the same run gets: what movie's reviews and social's posts
+/// are stored under. Two rounds of SplitMix64's finalizer, a bijection, over the run and
+/// over (client, sequence): distinct within a run, and spread out across runs against the
+/// same node (a collision there aborts one request as "id taken", which breaks nothing).
+pub fn unique_id(run: u64, client: u32, sequence: u64) -> u64 {
+    fn mix(mut value: u64) -> u64 {
+        value = (value ^ (value >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        value = (value ^ (value >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        value ^ (value >> 31)
+    }
+    mix(run ^ mix((u64::from(client) << 40) ^ sequence))
+}
+
 /// Generates one client's requests.
 pub struct Generator {
     kind: WorkloadKind,
@@ -166,6 +204,8 @@ pub struct Generator {
     client: u32,
     sequence: u64,
     run: u64,
+    /// Social's follow graph (who a post may notify); empty for the other workloads.
+    followers: Vec<Vec<u64>>,
 }
 
 impl Generator {
@@ -179,8 +219,11 @@ impl Generator {
             WorkloadKind::YcsbT => (KeySampler::new(keys, 0.0), KeySampler::new(keys, theta)),
             // These draw their own ids (hot set, uniform); the samplers stay unused.
             WorkloadKind::Smallbank | WorkloadKind::Travel => (KeySampler::new(keys, 0.0), KeySampler::new(keys, 0.0)),
+            // Movie: the movie by theta (the users stay uniform); social: the user by theta.
+            WorkloadKind::Movie | WorkloadKind::Social => (KeySampler::new(keys, theta), KeySampler::new(keys, 0.0)),
         };
-        Generator { kind, rng, first, second, keys, client, sequence: 0, run }
+        let followers = if kind == WorkloadKind::Social { social::followers(keys) } else { Vec::new() };
+        Generator { kind, rng, first, second, keys, client, sequence: 0, run, followers }
     }
 
     /// The next request (a transfer for banking and YCSB-T), with a unique request id.
@@ -189,6 +232,17 @@ impl Generator {
             WorkloadKind::Banking | WorkloadKind::YcsbT => ("transfer", self.next_transfer()),
             WorkloadKind::Smallbank => self.next_smallbank(),
             WorkloadKind::Travel => self.next_travel(),
+            WorkloadKind::Movie => {
+                let movie = self.first.sample(&mut self.rng);
+                let id = unique_id(self.run, self.client, self.sequence);
+                let compose = movie::compose(&mut self.rng, self.keys, movie, id);
+                (movie::COMPOSE, leasehold_sdk::encode(&compose).expect("compose arguments encode"))
+            }
+            WorkloadKind::Social => {
+                let id = unique_id(self.run, self.client, self.sequence);
+                let first = &self.first;
+                social::next(&mut self.rng, &self.followers, |rng| first.sample(rng), id)
+            }
         };
         self.sequence += 1;
         let mut request_id = Vec::with_capacity(20);
@@ -211,9 +265,15 @@ impl Generator {
         }
         let amount = self.rng.random_range(1..=10);
         match self.kind {
-            WorkloadKind::Banking => leasehold_sdk::encode(&leasehold_plugin_api::banking::Transfer { from, to, amount }),
-            WorkloadKind::YcsbT => leasehold_sdk::encode(&leasehold_plugin_api::ycsb_t::Transfer { a: from, b: to, amount }),
-            WorkloadKind::Smallbank | WorkloadKind::Travel => unreachable!("only banking and YCSB-T transfer"),
+            WorkloadKind::Banking => {
+                leasehold_sdk::encode(&leasehold_plugin_api::banking::Transfer { from, to, amount })
+            }
+            WorkloadKind::YcsbT => {
+                leasehold_sdk::encode(&leasehold_plugin_api::ycsb_t::Transfer { a: from, b: to, amount })
+            }
+            WorkloadKind::Smallbank | WorkloadKind::Travel | WorkloadKind::Movie | WorkloadKind::Social => {
+                unreachable!("only banking and YCSB-T transfer")
+            }
         }
         .expect("transfer arguments encode")
     }
@@ -271,29 +331,49 @@ impl Generator {
 }
 
 /// The invocations that load `keys` keys with `value` each, in chunks (travel: `keys`
-/// hotels and flights with capacity `value`, and the users, in one transaction).
+/// hotels and flights with capacity `value`, and the users, in one transaction; movie:
+/// `keys` movies and users; social: `keys` users with their follow graph).
 pub fn load_invocations(kind: WorkloadKind, keys: u64, value: i64) -> Vec<Invocation> {
     const CHUNK: u64 = 10_000;
-    if kind == WorkloadKind::Travel {
-        let capacity = u32::try_from(value).expect("travel capacity fits in a u32");
-        let load = leasehold_plugin_api::travel::Load { hotels: keys, flights: keys, capacity };
-        return vec![invocation(kind, "load", leasehold_sdk::encode(&load))];
+    match kind {
+        WorkloadKind::Travel => {
+            let capacity = u32::try_from(value).expect("travel capacity fits in a u32");
+            let load = leasehold_plugin_api::travel::Load { hotels: keys, flights: keys, capacity };
+            return vec![invocation(kind, "load", leasehold_sdk::encode(&load))];
+        }
+        WorkloadKind::Movie => {
+            return movie::loads(keys)
+                .iter()
+                .map(|load| invocation(kind, "load", leasehold_sdk::encode(load)))
+                .collect()
+        }
+        WorkloadKind::Social => {
+            return social::loads(keys)
+                .iter()
+                .map(|load| invocation(kind, "load", leasehold_sdk::encode(load)))
+                .collect()
+        }
+        WorkloadKind::Banking | WorkloadKind::YcsbT | WorkloadKind::Smallbank => {}
     }
     (0..keys.div_ceil(CHUNK))
         .map(|chunk| {
             let first = chunk * CHUNK;
             let count = CHUNK.min(keys - first);
             let (workflow, arguments) = match kind {
-                WorkloadKind::Banking => {
-                    ("open", leasehold_sdk::encode(&leasehold_plugin_api::banking::Open { first, count, balance: value }))
-                }
+                WorkloadKind::Banking => (
+                    "open",
+                    leasehold_sdk::encode(&leasehold_plugin_api::banking::Open { first, count, balance: value }),
+                ),
                 WorkloadKind::YcsbT => {
                     ("load", leasehold_sdk::encode(&leasehold_plugin_api::ycsb_t::Load { first, count, value }))
                 }
-                WorkloadKind::Smallbank => {
-                    ("load", leasehold_sdk::encode(&leasehold_plugin_api::smallbank::Load { first, count, balance: value }))
+                WorkloadKind::Smallbank => (
+                    "load",
+                    leasehold_sdk::encode(&leasehold_plugin_api::smallbank::Load { first, count, balance: value }),
+                ),
+                WorkloadKind::Travel | WorkloadKind::Movie | WorkloadKind::Social => {
+                    unreachable!("loaded above")
                 }
-                WorkloadKind::Travel => unreachable!("travel loads in one transaction above"),
             };
             Invocation {
                 plugin: kind.plugin().to_string(),
@@ -315,12 +395,17 @@ fn invocation(kind: WorkloadKind, workflow: &str, arguments: Result<Vec<u8>, lea
 }
 
 /// The invocations that sum all values (for the invariant check), in chunks. For travel
-/// this is one `audit`, whose sum is the number of reservations held.
+/// this is one `audit`, whose sum is the number of reservations held. Movie and social
+/// check against a journal instead: see [`audit_invocations`].
 pub fn total_invocations(kind: WorkloadKind, keys: u64) -> Vec<Invocation> {
     const CHUNK: u64 = 10_000;
-    if kind == WorkloadKind::Travel {
-        let audit = leasehold_plugin_api::travel::Audit { hotels: keys, flights: keys };
-        return vec![invocation(kind, "audit", leasehold_sdk::encode(&audit))];
+    match kind {
+        WorkloadKind::Travel => {
+            let audit = leasehold_plugin_api::travel::Audit { hotels: keys, flights: keys };
+            return vec![invocation(kind, "audit", leasehold_sdk::encode(&audit))];
+        }
+        WorkloadKind::Movie | WorkloadKind::Social => return audit_invocations(kind, keys, &Journal::default()),
+        WorkloadKind::Banking | WorkloadKind::YcsbT | WorkloadKind::Smallbank => {}
     }
     (0..keys.div_ceil(CHUNK))
         .map(|chunk| {
@@ -329,8 +414,12 @@ pub fn total_invocations(kind: WorkloadKind, keys: u64) -> Vec<Invocation> {
             let arguments = match kind {
                 WorkloadKind::Banking => leasehold_sdk::encode(&leasehold_plugin_api::banking::Range { first, count }),
                 WorkloadKind::YcsbT => leasehold_sdk::encode(&leasehold_plugin_api::ycsb_t::Range { first, count }),
-                WorkloadKind::Smallbank => leasehold_sdk::encode(&leasehold_plugin_api::smallbank::Range { first, count }),
-                WorkloadKind::Travel => unreachable!("travel audits in one transaction above"),
+                WorkloadKind::Smallbank => {
+                    leasehold_sdk::encode(&leasehold_plugin_api::smallbank::Range { first, count })
+                }
+                WorkloadKind::Travel | WorkloadKind::Movie | WorkloadKind::Social => {
+                    unreachable!("audited above")
+                }
             };
             Invocation {
                 plugin: kind.plugin().to_string(),
@@ -347,10 +436,14 @@ pub fn decode_total(kind: WorkloadKind, output: &[u8]) -> Option<i64> {
     match kind {
         WorkloadKind::Banking => leasehold_sdk::decode::<(i64, u64)>(output).ok().map(|(sum, _)| sum),
         WorkloadKind::YcsbT => leasehold_sdk::decode::<i64>(output).ok(),
-        WorkloadKind::Smallbank => leasehold_sdk::decode::<leasehold_plugin_api::smallbank::Total>(output).ok().map(|t| t.sum),
+        WorkloadKind::Smallbank => {
+            leasehold_sdk::decode::<leasehold_plugin_api::smallbank::Total>(output).ok().map(|t| t.sum)
+        }
         WorkloadKind::Travel => leasehold_sdk::decode::<leasehold_plugin_api::travel::AuditReport>(output)
             .ok()
             .and_then(|audit| i64::try_from(audit.reservations()).ok()),
+        // Their counts come from the whole audit (`verdict`), not from one output.
+        WorkloadKind::Movie | WorkloadKind::Social => None,
     }
 }
 
@@ -360,8 +453,8 @@ pub fn initial_sum(kind: WorkloadKind, keys: u64, value: i64) -> i64 {
         WorkloadKind::Banking | WorkloadKind::YcsbT => keys as i64 * value,
         // Savings and checking each start with `value`.
         WorkloadKind::Smallbank => 2 * keys as i64 * value,
-        // Nobody has reserved anything yet.
-        WorkloadKind::Travel => 0,
+        // Nobody has reserved anything yet; nobody has reviewed or posted.
+        WorkloadKind::Travel | WorkloadKind::Movie | WorkloadKind::Social => 0,
     }
 }
 
@@ -378,6 +471,14 @@ pub fn committed_delta(kind: WorkloadKind, workflow: &str, output: &[u8]) -> Opt
             leasehold_sdk::decode::<leasehold_plugin_api::travel::Reserved>(output).ok().map(|_| 1)
         }
         (WorkloadKind::Travel, _) => Some(0),
+        // Each committed compose stores one review, each committed post one post.
+        (WorkloadKind::Movie, movie::COMPOSE) => {
+            leasehold_sdk::decode::<leasehold_plugin_api::movie::Composed>(output).ok().map(|_| 1)
+        }
+        (WorkloadKind::Social, social::POST) => {
+            leasehold_sdk::decode::<leasehold_plugin_api::social::Posted>(output).ok().map(|_| 1)
+        }
+        (WorkloadKind::Movie | WorkloadKind::Social, _) => Some(0),
     }
 }
 
@@ -390,6 +491,85 @@ pub fn audit_violation(kind: WorkloadKind, output: &[u8]) -> Option<String> {
             Err(error) => Some(format!("undecodable audit: {error}")),
         },
         WorkloadKind::Banking | WorkloadKind::YcsbT | WorkloadKind::Smallbank => None,
+        // Checked over the whole audit by `verdict`.
+        WorkloadKind::Movie | WorkloadKind::Social => None,
+    }
+}
+
+/// One committed request whose effects an invariant check replays: where it sits in the
+/// serial order and what it returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JournalEntry {
+    pub timestamp: Timestamp,
+    pub output: Vec<u8>,
+}
+
+/// The committed requests of a run that its invariant check replays (movie's composes,
+/// social's posts; see [`WorkloadKind::journals`]), in the order clients saw them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Journal {
+    pub entries: Vec<JournalEntry>,
+}
+
+impl Journal {
+    /// Notes a committed request if its workload journals `workflow`.
+    pub fn record(&mut self, kind: WorkloadKind, workflow: &str, timestamp: Timestamp, output: &[u8]) {
+        if kind.journals(workflow) {
+            self.entries.push(JournalEntry { timestamp, output: output.to_vec() });
+        }
+    }
+
+    pub fn append(&mut self, other: Journal) {
+        self.entries.extend(other.entries);
+    }
+
+    /// The entries in serial (timestamp) order, which is the order they took effect in.
+    pub fn in_commit_order(&self) -> Vec<&JournalEntry> {
+        let mut entries: Vec<&JournalEntry> = self.entries.iter().collect();
+        entries.sort_by_key(|entry| entry.timestamp);
+        entries
+    }
+}
+
+/// What an invariant check found: the workload's count or sum (`None` when the audit could
+/// not be read) and the first violation, if any.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Verdict {
+    pub found: Option<i64>,
+    pub violation: Option<String>,
+}
+
+/// The read-only invocations whose outputs [`verdict`] checks after a run: the `total`s or
+/// travel's audit, or, for movie and social, every list or timeline and every journalled
+/// review or post.
+pub fn audit_invocations(kind: WorkloadKind, keys: u64, journal: &Journal) -> Vec<Invocation> {
+    let audits = match kind {
+        WorkloadKind::Movie => movie::audits(keys, journal),
+        WorkloadKind::Social => social::audits(keys, journal),
+        WorkloadKind::Banking | WorkloadKind::YcsbT | WorkloadKind::Smallbank | WorkloadKind::Travel => {
+            return total_invocations(kind, keys)
+        }
+    };
+    audits.into_iter().map(|(workflow, arguments)| invocation(kind, workflow, Ok(arguments))).collect()
+}
+
+/// Checks the outputs of [`audit_invocations`] (in their order).
+pub fn verdict(kind: WorkloadKind, keys: u64, journal: &Journal, outputs: &[Vec<u8>]) -> Verdict {
+    match kind {
+        WorkloadKind::Movie => movie::check(keys, journal, outputs),
+        WorkloadKind::Social => social::check(keys, journal, outputs),
+        WorkloadKind::Banking | WorkloadKind::YcsbT | WorkloadKind::Smallbank | WorkloadKind::Travel => {
+            let mut sum = Some(0i64);
+            let mut violation = None;
+            for output in outputs {
+                sum = sum.zip(decode_total(kind, output)).map(|(sum, total)| sum + total);
+                violation = violation.or_else(|| audit_violation(kind, output));
+            }
+            if sum.is_none() {
+                violation.get_or_insert_with(|| "undecodable total".to_string());
+            }
+            Verdict { found: sum, violation }
+        }
     }
 }
 
@@ -484,8 +664,8 @@ mod tests {
     }
 
     #[test]
-    fn smallbank_and_travel_are_reproducible_per_seed_and_client() {
-        for kind in [WorkloadKind::Smallbank, WorkloadKind::Travel] {
+    fn generated_workloads_are_reproducible_per_seed_and_client() {
+        for kind in [WorkloadKind::Smallbank, WorkloadKind::Travel, WorkloadKind::Movie, WorkloadKind::Social] {
             let run = |seed, client| {
                 let mut generator = Generator::new(kind, 1_000, 0.0, seed, client, 9);
                 (0..200).map(|_| generator.next()).map(|i| (i.workflow, i.arguments)).collect::<Vec<_>>()
@@ -533,6 +713,64 @@ mod tests {
         // Uniform: about 200 reservations per hotel; none far off.
         let (least, most) = (hotel_counts.iter().min().copied(), hotel_counts.iter().max().copied());
         assert!(least > Some(120) && most < Some(290), "hotel reservations from {least:?} to {most:?}");
+    }
+
+    #[test]
+    fn movie_composes_are_in_range_with_unique_review_ids() {
+        use leasehold_plugin_api::movie::{self as api, ComposeReview};
+        let mut generator = Generator::new(WorkloadKind::Movie, 1_000, 0.0, 3, 2, 11);
+        let mut review_ids = std::collections::HashSet::new();
+        let mut ratings = [0usize; 11];
+        for _ in 0..10_000 {
+            let invocation = generator.next();
+            assert_eq!((invocation.plugin.as_str(), invocation.workflow.as_str()), ("movie", "compose_review"));
+            let compose: ComposeReview = decoded(&invocation);
+            assert!(review_ids.insert(compose.review_id), "review id {} drawn twice", compose.review_id);
+            let user: u64 = compose.username.strip_prefix("username_").and_then(|n| n.parse().ok()).expect("a user");
+            let movie: u64 = compose.title.strip_prefix("Movie ").and_then(|n| n.parse().ok()).expect("a title");
+            assert!(user < 1_000 && movie < 1_000);
+            assert_eq!(compose.password, api::password(user));
+            assert_eq!(compose.text.len(), api::TEXT_BYTES);
+            ratings[compose.rating as usize] += 1;
+        }
+        // Ratings 0..=10, uniform: about 909 each.
+        assert!(ratings.iter().all(|&count| (750..1_070).contains(&count)), "{ratings:?}");
+    }
+
+    #[test]
+    fn unique_ids_differ_across_clients_sequences_and_runs() {
+        let mut ids = std::collections::HashSet::new();
+        for run in [1, 2] {
+            for client in 0..4 {
+                for sequence in 0..1_000 {
+                    assert!(ids.insert(unique_id(run, client, sequence)));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn movie_and_social_count_their_writes_and_journal_only_them() {
+        use leasehold_plugin_api::{movie, social};
+        let composed =
+            movie::Composed { review_id: 1, user_id: 2, movie_id: 3, rating: 4, movie_reviews: 1, user_reviews: 1 };
+        let composed = leasehold_sdk::encode(&composed).expect("encode");
+        assert_eq!(committed_delta(WorkloadKind::Movie, "compose_review", &composed), Some(1));
+        assert_eq!(committed_delta(WorkloadKind::Movie, "compose_review", &[]), None);
+        let posted =
+            leasehold_sdk::encode(&social::Posted { post_id: 1, author: 2, notified: vec![3] }).expect("encode");
+        assert_eq!(committed_delta(WorkloadKind::Social, "post", &posted), Some(1));
+        assert_eq!(committed_delta(WorkloadKind::Social, "post_list", &[9]), Some(0));
+        let mut journal = Journal::default();
+        let timestamp = Timestamp::default();
+        journal.record(WorkloadKind::Social, "post_list", timestamp, &[1]);
+        journal.record(WorkloadKind::Travel, "reserve", timestamp, &[1]);
+        assert!(journal.entries.is_empty());
+        journal.record(WorkloadKind::Social, "post", timestamp, &posted);
+        assert_eq!(journal.entries.len(), 1);
+        assert_eq!(initial_sum(WorkloadKind::Movie, 1_000, 0), 0);
+        assert_eq!(load_invocations(WorkloadKind::Social, 10_000, 0).len(), 10);
+        assert_eq!(load_invocations(WorkloadKind::Movie, 1_000, 0).len(), 1);
     }
 
     /// An audit as the travel plugin encodes it: one hotel and one flight of capacity 2,

@@ -89,7 +89,9 @@ impl TransferGenerator {
             WorkloadKind::Banking => (KeySampler::new(keys, theta), KeySampler::new(keys, theta)),
             WorkloadKind::YcsbT => (KeySampler::new(keys, 0.0), KeySampler::new(keys, theta)),
             // `leasehold compare` refuses these before any peer starts (is_transfer).
-            WorkloadKind::Smallbank | WorkloadKind::Travel => panic!("the peers implement only transfer workloads"),
+            WorkloadKind::Smallbank | WorkloadKind::Travel | WorkloadKind::Movie | WorkloadKind::Social => {
+                panic!("the peers implement only transfer workloads")
+            }
         };
         TransferGenerator { rng, first, second, keys }
     }
@@ -264,7 +266,9 @@ mod tests {
                 let t: leasehold_plugin_api::ycsb_t::Transfer = leasehold_sdk::decode(bytes).expect("ycsb-t transfer");
                 Transfer { from: t.a, to: t.b, amount: t.amount }
             }
-            WorkloadKind::Smallbank | WorkloadKind::Travel => panic!("{kind:?} has no transfers"),
+            WorkloadKind::Smallbank | WorkloadKind::Travel | WorkloadKind::Movie | WorkloadKind::Social => {
+                panic!("{kind:?} has no transfers")
+            }
         }
     }
 

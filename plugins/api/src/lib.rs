@@ -1,5 +1,5 @@
 //! The request and response types of the workload plugins (banking, ycsb-t, smallbank,
-//! travel, testkit), shared by the plugins and by
+//! travel, movie, social, testkit), shared by the plugins and by
 //! the programs that call them (benchmark harness, tests).
 //!
 //! Why a crate of its own: a plugin exports the `#[no_mangle]` entry point
@@ -120,6 +120,35 @@ pub mod testkit {
 
     #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
     pub struct Nothing {}
+
+    /// One micro-operation of a `list_append` transaction, the list-append workload of
+    /// Elle: keys hold append-only lists of `u64`, and reads return the whole list, so a
+    /// history checker sees the order in which the values were appended.
+    #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum ListOp {
+        /// Returns the list under the key (empty when it has none), including what this
+        /// transaction appended to it so far.
+        Read(u64),
+        /// Appends the value to the list under the key.
+        Append(u64, u64),
+        /// Aborts the transaction (a logic abort): none of its appends may take effect.
+        Abort,
+    }
+
+    /// The arguments of `list_append`: micro-operations run in order, as one transaction.
+    /// Its output is a `Vec<Vec<u64>>`: the list each [`ListOp::Read`] returned, in order.
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+    pub struct ListTransaction {
+        pub ops: Vec<ListOp>,
+    }
+
+    /// Most micro-operations one `list_append` transaction may carry (the planner refuses
+    /// more), so that random arguments cannot declare huge access sets.
+    pub const LIST_OPS_MAX: usize = 64;
+
+    /// The largest encoded list the `lists` table stores; an append beyond it aborts the
+    /// transaction with a value-too-large abort.
+    pub const LIST_BYTES_MAX: u32 = 1 << 20;
 }
 
 /// The SmallBank workload (FaSST/DrTM parameters).
@@ -331,5 +360,327 @@ pub mod travel {
         pub fn reservations(&self) -> u64 {
             self.users.iter().flatten().map(|user| user.reservations.len() as u64).sum()
         }
+    }
+}
+
+/// The movie review workload (DeathStarBench media service, compose-review).
+pub mod movie {
+    use serde::{Deserialize, Serialize};
+
+    /// A registered user (DeathStarBench's user service), stored under the user name.
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+    pub struct User {
+        pub user_id: u64,
+        pub username: String,
+        pub password: String,
+    }
+
+    /// A movie (DeathStarBench's movie-id and rating services), stored under the title: the
+    /// ratings its reviews gave add up here.
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+    pub struct Movie {
+        pub movie_id: u64,
+        pub title: String,
+        pub rating_count: u64,
+        pub rating_sum: u64,
+    }
+
+    /// The reviews of one movie or one user (DeathStarBench's movie-review and user-review
+    /// services): a list, newest first, linked through the reviews themselves. A list whose
+    /// entries live in the reviews keeps every value small and every key of a compose known
+    /// before it runs (the engine plans access sets from the arguments).
+    #[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+    pub struct ReviewList {
+        pub count: u64,
+        pub newest: Option<u64>,
+    }
+
+    /// A stored review (DeathStarBench's review storage) with the links of both lists it is
+    /// on: the next older review of the same movie and of the same user.
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+    pub struct Review {
+        pub review_id: u64,
+        pub user_id: u64,
+        pub movie_id: u64,
+        pub rating: u8,
+        pub text: String,
+        pub older_by_movie: Option<u64>,
+        pub older_by_user: Option<u64>,
+    }
+
+    /// `compose_review` arguments, as DeathStarBench's frontend receives them (user name,
+    /// password, title, rating, text). The review id comes from the caller: DeathStarBench's
+    /// unique-id service runs before the reviews are stored, and here the transaction's keys
+    /// must be known before it runs.
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+    pub struct ComposeReview {
+        pub review_id: u64,
+        pub username: String,
+        pub password: String,
+        pub title: String,
+        pub rating: u8,
+        pub text: String,
+    }
+
+    /// What `login` hands to `rate`.
+    #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct LoggedIn {
+        pub user_id: u64,
+    }
+
+    /// What `rate` hands to `store_review`.
+    #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Rated {
+        pub user_id: u64,
+        pub movie_id: u64,
+    }
+
+    /// What `compose_review` returns: the stored review and the lengths of its two lists.
+    #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Composed {
+        pub review_id: u64,
+        pub user_id: u64,
+        pub movie_id: u64,
+        pub rating: u8,
+        pub movie_reviews: u64,
+        pub user_reviews: u64,
+    }
+
+    /// Creates movies and users `first..first + count` (movie and user `i` get id `i`), with
+    /// no ratings and no reviews.
+    #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Load {
+        pub first: u64,
+        pub count: u64,
+    }
+
+    /// Reads movies and users `first..first + count` with their review lists.
+    #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct AuditLists {
+        pub first: u64,
+        pub count: u64,
+    }
+
+    /// What `audit_lists` returns, one entry per movie or user number; `None` when missing.
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+    pub struct ListsReport {
+        pub movies: Vec<Option<Movie>>,
+        pub movie_reviews: Vec<Option<ReviewList>>,
+        pub user_reviews: Vec<Option<ReviewList>>,
+    }
+
+    /// Reads the reviews of the given ids.
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+    pub struct AuditReviews {
+        pub ids: Vec<u64>,
+    }
+
+    /// A stored review without its text (the audit checks links, not prose): what
+    /// `audit_reviews` returns per id, `None` when no review has that id.
+    #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct ReviewSummary {
+        pub review_id: u64,
+        pub user_id: u64,
+        pub movie_id: u64,
+        pub rating: u8,
+        pub text_bytes: u32,
+        pub older_by_movie: Option<u64>,
+        pub older_by_user: Option<u64>,
+    }
+
+    /// Ratings go from 0 to this (DeathStarBench's compose-review script).
+    pub const RATING_MAX: u8 = 10;
+    /// Length of the review texts the harness sends (DeathStarBench: 256 random characters).
+    pub const TEXT_BYTES: usize = 256;
+    /// Longest review text a compose may carry.
+    pub const TEXT_BYTES_MAX: usize = 4096;
+    /// Most movies and users (each) one `load` or `audit_lists` may cover, and most ids one
+    /// `audit_reviews` may read.
+    pub const RANGE_MAX: u64 = 10_000;
+
+    /// The name of user number `index` (DeathStarBench's register script).
+    pub fn username(index: u64) -> String {
+        format!("username_{index}")
+    }
+
+    /// The password of user number `index` (DeathStarBench's register script).
+    pub fn password(index: u64) -> String {
+        format!("password_{index}")
+    }
+
+    /// The title of movie number `index` (DeathStarBench loads titles from TMDB; these are
+    /// stand-ins that keep the keys of the same shape: short text).
+    pub fn title(index: u64) -> String {
+        format!("Movie {index}")
+    }
+}
+
+/// The social network workload (Retwis as Boki ran it).
+pub mod social {
+    use serde::{Deserialize, Serialize};
+
+    /// What the user-name index holds (Boki's `username:` object and the password check of
+    /// login).
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+    pub struct Credentials {
+        pub user_id: u64,
+        pub password: String,
+        pub auth: u64,
+    }
+
+    /// A user (Boki's `userid:` object): name and both sides of the follow graph.
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+    pub struct User {
+        pub user_id: u64,
+        pub username: String,
+        pub followers: Vec<u64>,
+        pub followees: Vec<u64>,
+    }
+
+    /// A post as stored and as timelines carry it. Timelines carry whole posts, not ids
+    /// (Boki stores ids and reads the posts after): the posts a timeline names are not known
+    /// before `post_list` runs, and the engine plans every key from the arguments.
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+    pub struct Post {
+        pub post_id: u64,
+        pub author: u64,
+        pub author_name: String,
+        pub body: String,
+    }
+
+    /// A user's timeline (the posts of the users they follow that notified them) or the global
+    /// timeline: oldest first, at most [`USER_TIMELINE_MAX`] or [`GLOBAL_TIMELINE_MAX`].
+    #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+    pub struct Timeline {
+        pub posts: Vec<Post>,
+    }
+
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+    pub struct Login {
+        pub username: String,
+        pub password: String,
+    }
+
+    #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct LoggedIn {
+        pub user_id: u64,
+        pub auth: u64,
+    }
+
+    #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Profile {
+        pub user_id: u64,
+    }
+
+    /// What `profile` returns (Boki's profile output).
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+    pub struct ProfileView {
+        pub username: String,
+        pub followers: u64,
+        pub followees: u64,
+        pub posts: u64,
+    }
+
+    /// `post_list` arguments: a user's timeline, or the global one for `None` (as Boki's
+    /// empty user id).
+    #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct PostList {
+        pub user_id: Option<u64>,
+    }
+
+    /// What `post_list` returns: at most [`POST_LIST_MAX`] posts, newest first.
+    #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+    pub struct Posts {
+        pub posts: Vec<Post>,
+    }
+
+    /// `post` arguments. The caller names the post id (Boki's unique-id call) and the
+    /// followers to notify, at most [`NOTIFY_MAX`] (Boki shuffles the followers and takes
+    /// four): the transaction's keys must be known before it runs, so the choice travels with
+    /// the request, and the transaction checks that each one named follows the author.
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+    pub struct NewPost {
+        pub post_id: u64,
+        pub author: u64,
+        pub body: String,
+        pub notify: Vec<u64>,
+    }
+
+    /// What `post` returns: the post and the followers whose timelines received it.
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+    pub struct Posted {
+        pub post_id: u64,
+        pub author: u64,
+        pub notified: Vec<u64>,
+    }
+
+    /// One user for `load`: the user's id and both sides of their follow graph.
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+    pub struct NewUser {
+        pub user_id: u64,
+        pub followers: Vec<u64>,
+        pub followees: Vec<u64>,
+    }
+
+    /// Creates users (name [`user_name`], password [`password`], empty timeline).
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+    pub struct Load {
+        pub users: Vec<NewUser>,
+    }
+
+    /// Reads the timelines of users `first..first + count`, and the global one when `global`.
+    #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct AuditTimelines {
+        pub first: u64,
+        pub count: u64,
+        pub global: bool,
+    }
+
+    /// What `audit_timelines` returns: `None` for a user without a timeline; the global
+    /// timeline is `None` when not asked for or never written.
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+    pub struct TimelinesReport {
+        pub users: Vec<Option<Timeline>>,
+        pub global: Option<Timeline>,
+    }
+
+    /// Reads the posts of the given ids.
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+    pub struct AuditPosts {
+        pub ids: Vec<u64>,
+    }
+
+    /// What `audit_posts` returns, one entry per id.
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+    pub struct PostsReport {
+        pub posts: Vec<Option<Post>>,
+    }
+
+    /// Boki's `kMaxNotifyUsers`: a post reaches at most this many followers.
+    pub const NOTIFY_MAX: usize = 4;
+    /// Boki's `kUserPostListLimit`: a user's timeline keeps this many newest posts.
+    pub const USER_TIMELINE_MAX: usize = 24;
+    /// Boki's `kTimeLinePostListLimit`: the global timeline keeps this many newest posts.
+    pub const GLOBAL_TIMELINE_MAX: usize = 96;
+    /// Boki's `kMaxReturnPosts`: `post_list` returns at most this many posts.
+    pub const POST_LIST_MAX: usize = 8;
+    /// Length of the post bodies the harness sends (Boki's `bodylen` default).
+    pub const BODY_BYTES: usize = 64;
+    /// Longest post body a post may carry.
+    pub const BODY_BYTES_MAX: usize = 1024;
+    /// Most users one `load` or `audit_timelines` may cover, and most ids one `audit_posts`
+    /// may read.
+    pub const RANGE_MAX: u64 = 10_000;
+    /// Most followers or followees one user may be loaded with.
+    pub const FOLLOWS_MAX: usize = 1_000;
+
+    /// The name of user number `index` (Boki's `create_users`).
+    pub fn user_name(index: u64) -> String {
+        format!("testuser_{index}")
+    }
+
+    /// The password of user number `index` (Boki's `create_users`).
+    pub fn password(index: u64) -> String {
+        format!("password_{index}")
     }
 }

@@ -9,7 +9,9 @@
 //! history.
 
 use clap::{Parser, Subcommand};
-use leasehold_bench::run::{BenchConfig, BenchReport};
+use leasehold_bench::progress::ProgressDisplay;
+use leasehold_bench::record::{Machine, NodeParameters, RunRecord};
+use leasehold_bench::run::{BenchConfig, BenchReport, Messages, Observer};
 use leasehold_bench::workload::WorkloadKind;
 use leasehold_client::{BlockingClient, ClientError, Invocation, InvokeResult};
 use leasehold_engine::config::{read_token_file, ConfigOverrides, FsyncPolicy};
@@ -78,8 +80,8 @@ enum Command {
 struct LoadArguments {
     #[arg(long, value_enum, default_value = "banking")]
     workload: Workload,
-    /// Number of keys (accounts; smallbank: customers; travel: hotels and flights each);
-    /// default from WORKLOADS.md.
+    /// Number of keys (accounts; smallbank: customers; travel: hotels and flights each;
+    /// movie: movies and users each; social: users); default from WORKLOADS.md.
     #[arg(long)]
     keys: Option<u64>,
     /// Zipfian skew; 0 is uniform.
@@ -109,6 +111,8 @@ impl LoadArguments {
             Workload::YcsbT => WorkloadKind::YcsbT,
             Workload::Smallbank => WorkloadKind::Smallbank,
             Workload::Travel => WorkloadKind::Travel,
+            Workload::Movie => WorkloadKind::Movie,
+            Workload::Social => WorkloadKind::Social,
         }
     }
 
@@ -163,6 +167,14 @@ struct BenchArguments {
     /// Print the report as JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// Also write the run as one JSON record (parameters, machine, throughput, abort rate,
+    /// latency percentiles) to this file, replacing it.
+    #[arg(long)]
+    output_json: Option<PathBuf>,
+    /// Also append the run as one CSV row (the columns of --output-json) to this file,
+    /// writing the header when the file is new.
+    #[arg(long)]
+    output_csv: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -187,6 +199,8 @@ enum Workload {
     YcsbT,
     Smallbank,
     Travel,
+    Movie,
+    Social,
 }
 
 /// A failure with its exit code.
@@ -377,13 +391,15 @@ fn plugin_next_to_executable(plugin: &str) -> Result<PathBuf, Failure> {
 }
 
 /// Runs `config` against an embedded node started with `overrides` (data in a fresh
-/// temporary directory unless the overrides name one), with `library` deployed.
+/// temporary directory unless the overrides name one), with `library` deployed; returns
+/// the report and how the node ran.
 fn run_embedded(
     library: &[u8],
     mut overrides: ConfigOverrides,
     config: &BenchConfig,
-    progress: &dyn Fn(&str),
-) -> Result<BenchReport, Failure> {
+    observer: &dyn Observer,
+) -> Result<(BenchReport, NodeParameters), Failure> {
+    let progress = |message: &str| observer.message(message);
     let temporary = tempfile::tempdir()?;
     overrides.data_dir = Some(overrides.data_dir.take().unwrap_or_else(|| temporary.path().to_path_buf()));
     overrides.client_address = Some("127.0.0.1:0".parse().expect("literal address"));
@@ -398,7 +414,7 @@ fn run_embedded(
     let server = RpcServer::start(&node_config, node.handle())?;
     let info = node.handle().deploy_plugin(library)?;
     progress(&format!("deployed plugin {} {}", info.name, info.version));
-    let report = leasehold_bench::run::run(server.local_address(), config, progress);
+    let report = leasehold_bench::run::run_observed(server.local_address(), config, observer);
     let status = node.handle().status();
     server.stop();
     node.shutdown()?;
@@ -406,7 +422,12 @@ fn run_embedded(
         "node: {} epochs, {} transactions committed in total",
         status.epochs_total, status.committed_total
     ));
-    Ok(report?)
+    let parameters = NodeParameters {
+        mode: "embedded",
+        fsync: Some(node_config.fsync.as_str().to_string()),
+        executor_threads: Some(node_config.executor_threads),
+    };
+    Ok((report?, parameters))
 }
 
 fn read_library(path: &Path) -> Result<Vec<u8>, Failure> {
@@ -415,24 +436,23 @@ fn read_library(path: &Path) -> Result<Vec<u8>, Failure> {
 
 fn bench(address: SocketAddr, token_file: Option<&Path>, arguments: BenchArguments) -> Result<(), Failure> {
     let config = arguments.load.bench_config(arguments.rate, !arguments.no_load);
-    let progress = |message: &str| {
-        if !arguments.json {
-            eprintln!("bench: {message}");
-        }
-    };
+    // Phase lines on stderr (none with --json), and a progress bar when stderr is a terminal.
+    let display = ProgressDisplay::new("bench", arguments.json);
     let library = match &arguments.plugin {
         Some(path) => path.clone(),
         None => plugin_next_to_executable(config.workload.plugin())?,
     };
     let library = read_library(&library)?;
-    let report = if arguments.remote {
+    let (machine, started_at) = (Machine::probe(), leasehold_bench::record::unix_seconds_now());
+    let (report, node) = if arguments.remote {
         // The benchmark's clients connect without a token; refusing here is clearer than
         // deploying and then failing every client.
         if token_file.is_some() {
             return Err("bench --remote cannot use --token-file yet: benchmark a node without a token".into());
         }
         connect(address, None)?.deploy_plugin(&library)?;
-        leasehold_bench::run::run(address, &config, progress)?
+        let node = NodeParameters { mode: "remote", ..NodeParameters::default() };
+        (leasehold_bench::run::run_observed(address, &config, &display)?, node)
     } else {
         let overrides = ConfigOverrides {
             config: arguments.node_config.clone(),
@@ -441,8 +461,16 @@ fn bench(address: SocketAddr, token_file: Option<&Path>, arguments: BenchArgumen
             executor_threads: arguments.executor_threads,
             ..ConfigOverrides::default()
         };
-        run_embedded(&library, overrides, &config, &progress)?
+        run_embedded(&library, overrides, &config, &display)?
     };
+    // Written before the verdict decides the exit code: a broken run is worth keeping too.
+    let record = RunRecord::new(&report, &node, &machine, Machine::probe().load_average, started_at);
+    if let Some(path) = &arguments.output_json {
+        record.write_json(path)?;
+    }
+    if let Some(path) = &arguments.output_csv {
+        record.append_csv(path)?;
+    }
     print_report(&report, arguments.json)
 }
 
@@ -489,7 +517,7 @@ fn compare(arguments: CompareArguments) -> Result<(), Failure> {
         let result = plugin_next_to_executable(config.workload.plugin()).and_then(|path| read_library(&path)).and_then(
             |library| {
                 let overrides = ConfigOverrides { fsync: Some(fsync), ..ConfigOverrides::default() };
-                run_embedded(&library, overrides, &config, &progress)
+                run_embedded(&library, overrides, &config, &Messages(progress)).map(|(report, _)| report)
             },
         );
         Outcome::from(result.map_err(|failure| failure.message))
