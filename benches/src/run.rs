@@ -161,15 +161,19 @@ fn audit(address: SocketAddr, config: &BenchConfig, journal: &Journal) -> Result
 
 /// Runs the benchmark against the node at `address`, telling `progress` what it does.
 pub fn run(address: SocketAddr, config: &BenchConfig, progress: impl Fn(&str)) -> Result<BenchReport, BenchError> {
-    run_observed(address, config, &Messages(progress))
+    run_observed(&[address], config, &Messages(progress))
 }
 
-/// Runs the benchmark against the node at `address`, reporting to `observer`.
+/// Runs the benchmark against the nodes at `addresses` (one node, or the nodes of a
+/// cluster: client `i` talks to node `i % addresses.len()`; loading and the audit use the
+/// first), reporting to `observer`.
 pub fn run_observed(
-    address: SocketAddr,
+    addresses: &[SocketAddr],
     config: &BenchConfig,
     observer: &dyn Observer,
 ) -> Result<BenchReport, BenchError> {
+    assert!(!addresses.is_empty(), "a benchmark needs at least one node");
+    let address = addresses[0];
     if config.load {
         observer.message(&format!("loading {} keys", config.keys));
         load(address, config)?;
@@ -191,6 +195,7 @@ pub fn run_observed(
             let config = config.clone();
             let window = Window { start, measure_from, stop_at };
             let finished = finished.clone();
+            let address = addresses[client % addresses.len()];
             std::thread::Builder::new()
                 .name(format!("bench-client-{client}"))
                 .spawn(move || run_client(address, &config, client as u32, run_id, window, &finished))

@@ -212,3 +212,52 @@ fn usage_errors_exit_2() {
     assert_eq!(output.status.code(), Some(2), "an invalid address is a usage error");
     assert!(String::from_utf8_lossy(&output.stderr).contains("not-an-address"));
 }
+
+/// A base port whose client ports (base..base+2) and fabric ports (base+100..) are free.
+fn free_base_port() -> u16 {
+    for _ in 0..200 {
+        let candidate = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port();
+        if candidate > 60000 {
+            continue;
+        }
+        let all_free = (0..3)
+            .flat_map(|node| [candidate + node, candidate + 100 + node])
+            .all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
+        if all_free {
+            return candidate;
+        }
+    }
+    panic!("no free port range for a local cluster");
+}
+
+#[test]
+fn cluster_start_status_invoke_and_stop_a_local_cluster() {
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let cluster = directory.path().join("cluster");
+    let cluster_directory = cluster.display().to_string();
+    let base_port = free_base_port();
+    let base = base_port.to_string();
+    let anywhere = unused_address();
+    let started = succeeds(
+        anywhere,
+        &["cluster", "start", "--directory", &cluster_directory, "--nodes", "3", "--fabric", "tcp", "--base-port", &base],
+    );
+    assert!(started.stdout.contains("cluster of 3 nodes over tcp is up"), "{started:?}");
+    let again = fails(anywhere, &["cluster", "start", "--directory", &cluster_directory], 1, &["already running"]);
+    drop(again);
+    // Deploy through node 0, invoke through node 2: the plugin reached every node.
+    let node = |id: u16| -> SocketAddr { format!("127.0.0.1:{}", base_port + id).parse().expect("address") };
+    succeeds(node(0), &["deploy", plugin_library("banking").to_str().expect("utf-8 path")]);
+    succeeds(node(2), &["invoke", "banking", "open", r#"{"first":0,"count":30,"balance":100}"#]);
+    let transfer = succeeds(node(1), &["invoke", "banking", "transfer", r#"{"from":1,"to":2,"amount":40}"#]);
+    assert!(transfer.stdout.contains("committed"), "{transfer:?}");
+    let status = succeeds(anywhere, &["cluster", "status", "--directory", &cluster_directory]);
+    assert_eq!(status.stdout.matches("in the view").count(), 3, "{status:?}");
+    let node_status = succeeds(node(1), &["status"]);
+    assert!(node_status.stdout.contains("cluster of 3 nodes over tcp"), "{node_status:?}");
+    let stopped = succeeds(anywhere, &["cluster", "stop", "--directory", &cluster_directory]);
+    assert_eq!(stopped.stdout.matches("stopped").count(), 3, "{stopped:?}");
+    for id in 0..3 {
+        assert!(!cluster.join(format!("node-{id}.pid")).exists(), "pid file of node {id} removed");
+    }
+}

@@ -143,6 +143,10 @@ pub struct DriverState {
     /// The last epoch started.
     epoch: u64,
     pending: VecDeque<Submission>,
+    /// Request-id keys held here, with the epoch that last wrote them: they leave memory
+    /// once that epoch is checkpointed (an outcome never changes, so a later load finds
+    /// it in the tables).
+    request_ids: VecDeque<(u64, Vec<u8>)>,
     /// Frames of epochs not started yet, by epoch.
     early: BTreeMap<u64, Vec<(NodeId, Frame)>>,
     stopping: Option<Instant>,
@@ -162,6 +166,7 @@ impl DriverState {
             agreed_announcement: None,
             epoch: durable_epoch,
             pending: VecDeque::new(),
+            request_ids: VecDeque::new(),
             early: BTreeMap::new(),
             stopping: None,
         }
@@ -366,6 +371,7 @@ impl ClusterDriver {
         }
         // Every key reloads from storage, as of the agreed epoch.
         self.state.slots = SlotStore::new();
+        self.state.request_ids.clear();
         self.stats.resident_keys.store(0, Ordering::Relaxed);
         self.state.epoch = agreed_epoch;
         self.state.generation = generation;
@@ -417,6 +423,12 @@ impl ClusterDriver {
         let epoch = self.state.epoch;
         let generation = self.state.generation;
         let _span = tracing::debug_span!("cluster_epoch", epoch, transactions = runnable.len()).entered();
+
+        let checkpointed = self.stats.checkpointed_epoch.load(Ordering::Acquire);
+        while self.state.request_ids.front().is_some_and(|(written, _)| *written <= checkpointed) {
+            let (_, key) = self.state.request_ids.pop_front().expect("checked above");
+            self.state.slots.remove(&key);
+        }
 
         // 1. Where each access goes.
         let table = self.leases.current();
@@ -836,6 +848,9 @@ impl ClusterDriver {
             // SAFETY: execution has finished; the driver is the only user.
             let slot = unsafe { pointer.get() };
             record.stage_value(slot.storage_key(), unsafe { slot.value() });
+            if slot.storage_key().starts_with(&REQUEST_ID_TABLE.to_be_bytes()) {
+                self.state.request_ids.push_back((epoch, slot.storage_key().to_vec()));
+            }
         }
         let work =
             Arc::try_unwrap(work).unwrap_or_else(|_| panic!("every execution finished, so no task holds the epoch"));

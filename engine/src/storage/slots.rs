@@ -24,7 +24,8 @@ const SLOTS_PER_CHUNK: usize = 4096;
 /// predecessors finished (the happens-before edge is the atomic in-degree decrement). Only
 /// the epoch driver touches slots outside execution.
 pub struct Slot {
-    storage_key: Box<[u8]>,
+    /// Replaced only when the store reuses the slot for another key (between epochs).
+    storage_key: UnsafeCell<Box<[u8]>>,
     value: UnsafeCell<Option<Vec<u8>>>,
     dirty_epoch: AtomicU64,
     /// In a cluster: the lease word (`cluster::lease::LeaseWord`) of the key; unused by a
@@ -40,7 +41,7 @@ impl Slot {
     /// holder for one transaction.
     pub fn detached(storage_key: &[u8], value: Option<Vec<u8>>) -> Slot {
         Slot {
-            storage_key: storage_key.into(),
+            storage_key: UnsafeCell::new(storage_key.into()),
             value: UnsafeCell::new(value),
             dirty_epoch: AtomicU64::new(0),
             lease_word: AtomicU64::new(0),
@@ -54,7 +55,9 @@ impl Slot {
 
     /// The RocksDB key (table id and key) of this slot.
     pub fn storage_key(&self) -> &[u8] {
-        &self.storage_key
+        // SAFETY: the key changes only in `SlotStore::insert` reusing a removed slot, which
+        // takes the store mutably between epochs, when no reference into a slot is alive.
+        unsafe { &*self.storage_key.get() }
     }
 
     /// The current value.
@@ -117,6 +120,8 @@ impl SlotPointer {
 pub struct SlotStore {
     index: FxHashMap<Box<[u8]>, (u32, SlotPointer)>,
     chunks: Vec<Vec<Slot>>,
+    /// Slots of removed keys, reused by the next inserts.
+    free: Vec<(u32, SlotPointer)>,
 }
 
 impl SlotStore {
@@ -141,6 +146,19 @@ impl SlotStore {
     /// Makes a key resident with its value loaded from storage.
     pub fn insert(&mut self, storage_key: &[u8], value: Option<Vec<u8>>) -> (u32, SlotPointer) {
         assert!(self.lookup(storage_key).is_none(), "key inserted twice into the slot store");
+        if let Some((number, pointer)) = self.free.pop() {
+            // SAFETY: a removed slot is referenced by nobody (pointers are resolved per
+            // epoch, and the store is borrowed mutably here, between epochs).
+            let slot = unsafe { pointer.get() };
+            unsafe {
+                *slot.storage_key.get() = storage_key.into();
+                *slot.value.get() = value;
+            }
+            slot.dirty_epoch.store(0, Ordering::Relaxed);
+            slot.lease_word.store(0, Ordering::Relaxed);
+            self.index.insert(storage_key.into(), (number, pointer));
+            return (number, pointer);
+        }
         if self.chunks.last().is_none_or(|chunk| chunk.len() == SLOTS_PER_CHUNK) {
             self.chunks.push(Vec::with_capacity(SLOTS_PER_CHUNK));
         }
@@ -148,9 +166,22 @@ impl SlotStore {
         chunk.push(Slot::detached(storage_key, value));
         // The chunk never grows past its capacity, so this address is stable.
         let pointer = SlotPointer(NonNull::from(chunk.last().expect("just pushed")));
-        let number = u32::try_from(self.index.len()).expect("fewer than 2^32 resident keys");
+        let number = u32::try_from(self.index.len() + self.free.len()).expect("fewer than 2^32 resident keys");
         self.index.insert(storage_key.into(), (number, pointer));
         (number, pointer)
+    }
+}
+
+impl SlotStore {
+    /// Makes a key non-resident; its slot is reused by a later insert. Only between
+    /// epochs: no pointer to the slot may be in use, and the key's newest value must be
+    /// in the tables already (a later load reads it from there).
+    pub fn remove(&mut self, storage_key: &[u8]) -> bool {
+        let Some((number, pointer)) = self.index.remove(storage_key) else { return false };
+        // SAFETY: as the method says, nobody uses the slot.
+        unsafe { pointer.get().set(None) };
+        self.free.push((number, pointer));
+        true
     }
 }
 
@@ -178,6 +209,26 @@ mod tests {
             assert_eq!(first.get().value(), None);
         }
         assert_eq!(store.len(), 3 * SLOTS_PER_CHUNK);
+    }
+
+    #[test]
+    fn a_removed_slot_is_reused_for_another_key() {
+        let mut store = SlotStore::new();
+        let (number, pointer) = store.insert(b"request-1", Some(b"outcome".to_vec()));
+        store.insert(b"account", Some(b"10".to_vec()));
+        assert!(store.remove(b"request-1"));
+        assert!(!store.remove(b"request-1"), "already gone");
+        assert_eq!(store.lookup(b"request-1"), None);
+        assert_eq!(store.len(), 1);
+        let (reused_number, reused) = store.insert(b"request-2", None);
+        assert_eq!((reused_number, reused), (number, pointer), "the freed slot is reused");
+        // SAFETY: single-threaded test, store alive.
+        unsafe {
+            assert_eq!(reused.get().storage_key(), b"request-2");
+            assert_eq!(reused.get().value(), None);
+        }
+        let (fresh_number, _) = store.insert(b"request-3", None);
+        assert_eq!(fresh_number, 2, "numbers stay unique");
     }
 
     #[test]

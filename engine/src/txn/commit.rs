@@ -126,6 +126,7 @@ impl Checkpointer {
             match self.storage.checkpoint(&records, false) {
                 Ok(()) => {
                     self.ledger.lock().checkpointed(newest);
+                    self.stats.checkpointed_epoch.fetch_max(newest, Ordering::AcqRel);
                     metrics::histogram!(crate::metrics::CHECKPOINT_SECONDS).record(started.elapsed().as_secs_f64());
                 }
                 Err(error) => {

@@ -63,6 +63,8 @@ pub struct TransactionStats {
     pub rejected: AtomicU64,
     pub epochs: AtomicU64,
     pub durable_epoch: AtomicU64,
+    /// The newest epoch folded into the tables.
+    pub checkpointed_epoch: AtomicU64,
     pub resident_keys: AtomicU64,
     /// Set when storage failed; the node then refuses work instead of diverging from disk.
     pub failed: AtomicBool,

@@ -8,12 +8,15 @@
 //! `LEASEHOLD_TOKEN_FILE`): a file, so that the secret never shows in `ps` or the shell's
 //! history.
 
+mod cluster;
+
 use clap::{Parser, Subcommand};
 use leasehold_bench::progress::ProgressDisplay;
 use leasehold_bench::record::{Machine, NodeParameters, RunRecord};
 use leasehold_bench::run::{BenchConfig, BenchReport, Messages, Observer};
 use leasehold_bench::workload::WorkloadKind;
 use leasehold_client::{BlockingClient, ClientError, Invocation, InvokeResult};
+use leasehold_engine::cluster::ClusterSpec;
 use leasehold_engine::config::{read_token_file, ConfigOverrides, FsyncPolicy};
 use leasehold_engine::node::Node;
 use leasehold_engine::rpc::RpcServer;
@@ -68,6 +71,9 @@ enum Command {
     },
     /// Shows the node's status.
     Status,
+    /// Starts, stops or shows a local cluster of engine processes (development and tests).
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
     /// Runs a workload benchmark, against an embedded node unless --remote is given.
     Bench(BenchArguments),
     /// Runs the same workload on an embedded node, Redis and PostgreSQL, one after another,
@@ -141,6 +147,10 @@ struct BenchArguments {
     /// Benchmark the node at --address instead of starting an embedded one.
     #[arg(long)]
     remote: bool,
+    /// Benchmark the running cluster of this cluster file: clients spread over its nodes
+    /// (client i talks to node i mod N); the plugin is deployed through node 0.
+    #[arg(long, conflicts_with = "remote")]
+    cluster_file: Option<PathBuf>,
     #[command(flatten)]
     load: LoadArguments,
     /// Open loop: requests per second over all clients (latency from intended send time).
@@ -204,7 +214,7 @@ enum Workload {
 }
 
 /// A failure with its exit code.
-struct Failure {
+pub(crate) struct Failure {
     code: u8,
     message: String,
 }
@@ -303,8 +313,24 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 "  plugins: {}",
                 if status.plugins.is_empty() { "none".to_string() } else { status.plugins.join(", ") }
             );
+            if status.cluster_nodes > 1 {
+                println!(
+                    "  cluster of {} nodes over {}: {}, generation {}, lease table {:016x}, {} keys lent out",
+                    status.cluster_nodes,
+                    status.fabric,
+                    if status.cluster_synced { "in the view" } else { "agreeing on the view" },
+                    status.cluster_generation,
+                    status.lease_table_digest,
+                    status.leases_lent
+                );
+                println!(
+                    "  key accesses: {} local, {} remote; {} write-backs refused by fencing",
+                    status.local_accesses, status.remote_accesses, status.fenced_total
+                );
+            }
             Ok(())
         }
+        Command::Cluster(command) => cluster::run(command),
         Command::Bench(arguments) => bench(cli.address, cli.token_file.as_deref(), arguments),
         Command::Compare(arguments) => compare(arguments),
     }
@@ -414,7 +440,7 @@ fn run_embedded(
     let server = RpcServer::start(&node_config, node.handle())?;
     let info = node.handle().deploy_plugin(library)?;
     progress(&format!("deployed plugin {} {}", info.name, info.version));
-    let report = leasehold_bench::run::run_observed(server.local_address(), config, observer);
+    let report = leasehold_bench::run::run_observed(&[server.local_address()], config, observer);
     let status = node.handle().status();
     server.stop();
     node.shutdown()?;
@@ -444,15 +470,20 @@ fn bench(address: SocketAddr, token_file: Option<&Path>, arguments: BenchArgumen
     };
     let library = read_library(&library)?;
     let (machine, started_at) = (Machine::probe(), leasehold_bench::record::unix_seconds_now());
-    let (report, node) = if arguments.remote {
+    let addresses = match &arguments.cluster_file {
+        Some(path) => ClusterSpec::from_file(path)?.nodes.iter().map(|node| node.client_address).collect(),
+        None => vec![address],
+    };
+    let (report, node) = if arguments.remote || arguments.cluster_file.is_some() {
         // The benchmark's clients connect without a token; refusing here is clearer than
         // deploying and then failing every client.
         if token_file.is_some() {
             return Err("bench --remote cannot use --token-file yet: benchmark a node without a token".into());
         }
-        connect(address, None)?.deploy_plugin(&library)?;
-        let node = NodeParameters { mode: "remote", ..NodeParameters::default() };
-        (leasehold_bench::run::run_observed(address, &config, &display)?, node)
+        connect(addresses[0], None)?.deploy_plugin(&library)?;
+        let mode = if arguments.cluster_file.is_some() { "cluster" } else { "remote" };
+        let node = NodeParameters { mode, ..NodeParameters::default() };
+        (leasehold_bench::run::run_observed(&addresses, &config, &display)?, node)
     } else {
         let overrides = ConfigOverrides {
             config: arguments.node_config.clone(),
