@@ -213,11 +213,8 @@ impl Node {
                 cluster_stats.node_count.store(u64::from(spec.node_count()), Ordering::Relaxed);
                 cluster_stats.lease_table_digest.store(table.digest(), Ordering::Relaxed);
                 let leases = Arc::new(LeaseTables::new(table));
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(executor_threads)
-                    .thread_name(|i| format!("leasehold-executor-{i}"))
-                    .build()
-                    .map_err(thread_error)?;
+                let pool = crate::cluster::workers::Workers::start(executor_threads)
+                    .map_err(|error| NodeError::Threads(error.to_string()))?;
                 let driver = ClusterDriver {
                     node: me,
                     node_count: spec.node_count(),

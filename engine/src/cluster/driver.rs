@@ -116,7 +116,7 @@ pub struct ClusterDriver {
     pub ledger: Arc<Mutex<Ledger>>,
     pub stats: Arc<TransactionStats>,
     pub cluster_stats: Arc<ClusterStats>,
-    pub pool: rayon::ThreadPool,
+    pub pool: super::workers::Workers,
     pub inbox: Receiver<DriverMessage>,
     /// The inbox's sending side, for executor threads to report finished transactions.
     pub loopback: Sender<DriverMessage>,

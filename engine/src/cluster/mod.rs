@@ -6,6 +6,7 @@
 //!   stale holders;
 //! * [`wire`]: the frames nodes exchange;
 //! * [`transport`]: frames over the fabric's message rings (one inbound ring per peer);
+//! * [`workers`]: the executor threads of a cluster node;
 //! * [`driver`]: the cluster epoch driver: exchange of virtual vertices, planning over
 //!   local and remote transactions, lease handover during execution, and the view
 //!   agreement that rolls back epochs not durable everywhere after a node restarts.
@@ -17,6 +18,7 @@ pub mod driver;
 pub mod lease;
 pub mod transport;
 pub mod wire;
+pub mod workers;
 
 use crate::model::NodeId;
 use leasehold_fabric::{Fabric, FabricError};

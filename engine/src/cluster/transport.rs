@@ -160,6 +160,7 @@ impl Transport {
             receivers.iter().map(|_| Stream { session: None, broken: false, bytes: Vec::new() }).collect();
         let mut message = Vec::new();
         let mut idle_rounds = 0u32;
+
         while !self.stopping.load(Ordering::Acquire) {
             let mut received = false;
             for ((peer, receiver), stream) in receivers.iter_mut().zip(&mut streams) {
@@ -213,10 +214,10 @@ impl Transport {
                 idle_rounds = 0;
             } else {
                 idle_rounds = idle_rounds.saturating_add(1);
+                // Spin briefly (a reply often follows at once), then sleep in short
+                // steps: yielding instead would keep the CPU from nodes sharing the host.
                 if idle_rounds < 64 {
                     std::hint::spin_loop();
-                } else if idle_rounds < 96 {
-                    std::thread::yield_now();
                 } else {
                     std::thread::sleep(Duration::from_micros(50));
                 }
