@@ -94,6 +94,11 @@ impl EngineProcess {
         EngineProcess { child, address, data_dir, extra_arguments }
     }
 
+    /// The engine's process id (for signals a test sends itself).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILLs the engine: no shutdown code runs.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
