@@ -36,6 +36,8 @@ const CF_PLUGINS: &str = "plugins";
 const META_DURABLE_EPOCH: &[u8] = b"durable_epoch";
 const META_CHECKPOINT_EPOCH: &[u8] = b"checkpoint_epoch";
 const META_INCARNATION: &[u8] = b"incarnation";
+/// Storage keys of table id 0: request outcomes kept as keys (in a cluster).
+const REQUEST_ID_TABLE_PREFIX: [u8; 4] = 0u32.to_be_bytes();
 const META_TABLE_OWNER_PREFIX: &[u8] = b"table-id/";
 const META_TABLE_PREFIX: &[u8] = b"table/";
 
@@ -168,6 +170,23 @@ impl Storage {
                     rocksdb::CompactionDecision::Remove
                 }
                 _ => rocksdb::CompactionDecision::Keep,
+            },
+        );
+        // In a cluster, request outcomes are keys of table 0 in `data` (see
+        // `cluster::driver::REQUEST_ID_TABLE`); they expire the same way. Table 0 is never
+        // a plugin table, so nothing else matches.
+        data_options.set_compaction_filter(
+            "leasehold-request-id-retention",
+            move |_level: u32, key: &[u8], value: &[u8]| {
+                if !key.starts_with(&REQUEST_ID_TABLE_PREFIX) {
+                    return rocksdb::CompactionDecision::Keep;
+                }
+                match codec::stored_result_recorded_at(value) {
+                    Some(recorded) if recorded.saturating_add(retention_seconds) < unix_seconds_now() => {
+                        rocksdb::CompactionDecision::Remove
+                    }
+                    _ => rocksdb::CompactionDecision::Keep,
+                }
             },
         );
         let families = vec![
@@ -468,6 +487,30 @@ mod tests {
         storage.db.flush_cf(storage.cf(CF_RESULTS)).expect("flush");
         storage.db.compact_range_cf(storage.cf(CF_RESULTS), None::<&[u8]>, None::<&[u8]>);
         assert_eq!(storage.read_results(&[&id]).expect("read"), vec![None], "expired outcome dropped");
+    }
+
+    #[test]
+    fn request_id_keys_past_their_retention_are_dropped_and_other_keys_kept() {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let options = StorageOptions { result_retention: std::time::Duration::ZERO, ..Default::default() };
+        let storage = Storage::open_with(directory.path(), options).expect("open");
+        let mut id_key = Vec::new();
+        data_key_into(&mut id_key, 0, b"request-7");
+        let mut account_key = Vec::new();
+        data_key_into(&mut account_key, 5, b"account-7");
+        let mut stored = Vec::new();
+        codec::encode_stored_result_into(&mut stored, &outcome(1), unix_seconds_now());
+        let mut record = EpochRecord::new(1);
+        record.stage_value(&id_key, Some(&stored));
+        record.stage_value(&account_key, Some(&stored));
+        storage.write_epoch(&record, false).expect("write");
+        storage.checkpoint(std::slice::from_ref(&record), false).expect("checkpoint");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        storage.db.flush_cf(storage.cf(CF_DATA)).expect("flush");
+        storage.db.compact_range_cf(storage.cf(CF_DATA), None::<&[u8]>, None::<&[u8]>);
+        let values = storage.read_values(&[&id_key, &account_key]).expect("read");
+        assert_eq!(values[0], None, "an expired request outcome is dropped");
+        assert_eq!(values[1].as_deref(), Some(&stored[..]), "a plugin table's key is kept, whatever it holds");
     }
 
     #[test]
