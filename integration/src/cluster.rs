@@ -30,6 +30,12 @@ pub fn write_cluster_file(directory: &Path, node_count: u16, fabric: &str) -> (P
         CLUSTERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let mut text = format!("fabric = \"{fabric}\"\nshm_directory = \"{}\"\n", shm_directory.display());
+    if fabric == "tcp" {
+        // tcp clusters in tests authenticate their peers, as a production cluster should.
+        let token = format!("test-token-{}-{}", std::process::id(), shm_directory.display());
+        std::fs::write(directory.join("peer-token"), token).expect("write peer token");
+        text.push_str("peer_token_file = \"peer-token\"\n");
+    }
     let mut addresses = Vec::new();
     for id in 0..node_count {
         let client: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("address");

@@ -19,6 +19,7 @@ use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -84,11 +85,14 @@ impl Fabric for ShmFabric {
         }
         let path = self.region_path(self.node, region);
         let temporary = path.with_file_name(format!(".region-{}.{}.creating", region.0, std::process::id()));
+        // Owner-only: on a shared host, only processes of the nodes' user may map
+        // (and so read or write) a region.
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(0o600)
             .open(&temporary)
             .map_err(|error| FabricError::io(format!("create {}", temporary.display()), error))?;
         let created = file

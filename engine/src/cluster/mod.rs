@@ -73,6 +73,11 @@ pub struct ClusterSpec {
     /// Where the shm backend keeps region files (default: /dev/shm/leasehold/<cluster
     /// file's directory name>).
     pub shm_directory: Option<PathBuf>,
+    /// A file holding the token every node presents to its peers over the tcp fabric
+    /// (trimmed; relative to the cluster file). Without one, the tcp fabric serves any
+    /// peer that connects. The shm fabric's region files are readable by the nodes' user
+    /// only.
+    pub peer_token_file: Option<PathBuf>,
     pub nodes: Vec<NodeSpec>,
 }
 
@@ -87,6 +92,8 @@ pub enum ClusterError {
     Invalid { path: PathBuf, reason: String },
     #[error("node {node} is not listed in cluster file {path}")]
     UnknownNode { node: NodeId, path: PathBuf },
+    #[error("cannot read peer_token_file {path}: {reason}")]
+    PeerToken { path: PathBuf, reason: String },
     #[error("cannot open the {backend} fabric: {source}")]
     Fabric { backend: &'static str, source: FabricError },
 }
@@ -108,6 +115,11 @@ impl ClusterSpec {
             }
         }
         let base = path.parent().unwrap_or(Path::new("."));
+        if let Some(token_file) = &spec.peer_token_file {
+            if token_file.is_relative() {
+                spec.peer_token_file = Some(base.join(token_file));
+            }
+        }
         for node in &mut spec.nodes {
             if let Some(directory) = &node.data_dir {
                 if directory.is_relative() {
@@ -133,6 +145,18 @@ impl ClusterSpec {
         self.nodes.get(usize::from(id))
     }
 
+    /// The peer token, read from `peer_token_file` (trimmed; an empty one is refused).
+    pub fn peer_token(&self) -> Result<Option<Vec<u8>>, ClusterError> {
+        let Some(path) = &self.peer_token_file else { return Ok(None) };
+        let failure = |reason: String| ClusterError::PeerToken { path: path.clone(), reason };
+        let contents = std::fs::read(path).map_err(|error| failure(error.to_string()))?;
+        let token = contents.trim_ascii();
+        if token.is_empty() {
+            return Err(failure("the file is empty; put the shared peer token in it".into()));
+        }
+        Ok(Some(token.to_vec()))
+    }
+
     /// Opens this node's fabric and makes every peer reachable.
     pub fn open_fabric(&self, me: NodeId) -> Result<Arc<dyn Fabric>, ClusterError> {
         let backend = self.fabric.as_str();
@@ -144,7 +168,9 @@ impl ClusterSpec {
                 Ok(leasehold_fabric::shm::ShmFabric::open(directory, me).map_err(fail)?)
             }
             FabricBackend::Tcp => {
-                let fabric = leasehold_fabric::tcp::TcpFabric::start(me, own.peer_address).map_err(fail)?;
+                let token = self.peer_token()?;
+                let fabric = leasehold_fabric::tcp::TcpFabric::start_with_token(me, own.peer_address, token.as_deref())
+                    .map_err(fail)?;
                 for node in &self.nodes {
                     if node.id != me {
                         fabric.add_peer(node.id, node.peer_address);

@@ -18,6 +18,7 @@ use super::{check_batch_limits, Fabric, FabricError, LocalRegion, NodeId, Operat
 use crate::memory::{check_range, check_word, RegionMemory};
 use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
+use sha2::Digest;
 use std::io::{BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -33,6 +34,8 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The tcp backend of one node: its responder and its connections to peers.
 pub struct TcpFabric {
     node: NodeId,
+    /// SHA-256 of the peer token this node presents (zeros: none).
+    token_digest: [u8; 32],
     local_address: SocketAddr,
     shared: Arc<ResponderShared>,
     peers: RwLock<FxHashMap<NodeId, Arc<PeerConnection>>>,
@@ -43,6 +46,8 @@ pub struct TcpFabric {
 /// What the responder threads share with the fabric.
 struct ResponderShared {
     node: NodeId,
+    /// The digest a connecting peer must present; `None` accepts every peer.
+    required_digest: Option<[u8; 32]>,
     regions: RwLock<FxHashMap<RegionId, Arc<LocalRegion>>>,
     shutting_down: AtomicBool,
     /// Accepted connections, so that dropping the fabric can close them.
@@ -54,11 +59,25 @@ impl TcpFabric {
     /// Starts node `node`'s responder on `listen` (port 0 picks a free port; see
     /// [`TcpFabric::local_address`]). Peers are added with [`TcpFabric::add_peer`].
     pub fn start(node: NodeId, listen: SocketAddr) -> Result<Arc<TcpFabric>, FabricError> {
+        Self::start_with_token(node, listen, None)
+    }
+
+    /// Like [`TcpFabric::start`], with a cluster-wide peer token: the responder serves
+    /// only peers that present it, and this node presents it to its peers. The token's
+    /// SHA-256 digest travels in clear text (there is no TLS), so it keeps out peers that
+    /// do not know it, not eavesdroppers.
+    pub fn start_with_token(
+        node: NodeId,
+        listen: SocketAddr,
+        token: Option<&[u8]>,
+    ) -> Result<Arc<TcpFabric>, FabricError> {
+        let digest = token.map(|token| <[u8; 32]>::from(sha2::Sha256::digest(token)));
         let listener = TcpListener::bind(listen).map_err(|error| FabricError::io(format!("bind {listen}"), error))?;
         let local_address =
             listener.local_addr().map_err(|error| FabricError::io("read the responder's address", error))?;
         let shared = Arc::new(ResponderShared {
             node,
+            required_digest: digest,
             regions: RwLock::new(FxHashMap::default()),
             shutting_down: AtomicBool::new(false),
             connections: Mutex::new(FxHashMap::default()),
@@ -71,6 +90,7 @@ impl TcpFabric {
             .map_err(|error| FabricError::io("start the fabric responder", error))?;
         Ok(Arc::new(TcpFabric {
             node,
+            token_digest: digest.unwrap_or_default(),
             local_address,
             shared,
             peers: RwLock::new(FxHashMap::default()),
@@ -86,7 +106,13 @@ impl TcpFabric {
     /// Makes `node` reachable at `address` (replacing an earlier address; handles opened
     /// before keep the old connection).
     pub fn add_peer(&self, node: NodeId, address: SocketAddr) {
-        let connection = Arc::new(PeerConnection { from_node: self.node, node, address, stream: Mutex::new(None) });
+        let connection = Arc::new(PeerConnection {
+            from_node: self.node,
+            token_digest: self.token_digest,
+            node,
+            address,
+            stream: Mutex::new(None),
+        });
         self.peers.write().insert(node, connection);
     }
 }
@@ -155,6 +181,7 @@ impl Drop for TcpFabric {
 /// A connection from this node to one peer's responder.
 struct PeerConnection {
     from_node: NodeId,
+    token_digest: [u8; 32],
     node: NodeId,
     address: SocketAddr,
     stream: Mutex<Option<ConnectedStream>>,
@@ -191,7 +218,7 @@ impl PeerConnection {
         let mut writer = stream.try_clone().map_err(|error| self.unreachable(format!("clone the socket: {error}")))?;
         let mut reader = BufReader::new(stream);
         writer
-            .write_all(&wire::encode_hello(self.from_node, self.node))
+            .write_all(&wire::encode_hello(self.from_node, self.node, &self.token_digest))
             .map_err(|error| self.unreachable(format!("send hello: {error}")))?;
         let mut welcome = [0u8; wire::WELCOME_BYTES];
         reader.read_exact(&mut welcome).map_err(|error| self.unreachable(format!("read welcome: {error}")))?;
@@ -366,7 +393,13 @@ fn respond(stream: TcpStream, shared: &ResponderShared) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream);
     let mut hello = [0u8; wire::HELLO_BYTES];
     reader.read_exact(&mut hello)?;
-    let accepted = wire::decode_hello(&hello).is_ok_and(|to_node| to_node == shared.node);
+    let accepted = wire::decode_hello(&hello).is_ok_and(|(to_node, digest)| {
+        // Every byte is compared, so the time taken tells nothing about the digest.
+        let token_matches = shared
+            .required_digest
+            .is_none_or(|required| required.iter().zip(&digest).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0);
+        to_node == shared.node && token_matches
+    });
     writer.write_all(&wire::encode_welcome(accepted, shared.node))?;
     if !accepted {
         return Ok(());
@@ -482,7 +515,7 @@ mod tests {
     fn raw_client(fabric: &TcpFabric) -> TcpStream {
         let mut stream = TcpStream::connect(fabric.local_address()).expect("connect");
         stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-        stream.write_all(&wire::encode_hello(9, fabric.node_id())).expect("hello");
+        stream.write_all(&wire::encode_hello(9, fabric.node_id(), &[0; 32])).expect("hello");
         let mut welcome = [0u8; wire::WELCOME_BYTES];
         stream.read_exact(&mut welcome).expect("welcome");
         wire::decode_welcome(&welcome, fabric.node_id()).expect("accepted");
@@ -507,7 +540,7 @@ mod tests {
 
         // A client that greets the wrong node is turned away.
         let mut lost = TcpStream::connect(fabric.local_address()).expect("connect");
-        lost.write_all(&wire::encode_hello(9, 5)).expect("hello");
+        lost.write_all(&wire::encode_hello(9, 5, &[0; 32])).expect("hello");
         let mut welcome = [0u8; wire::WELCOME_BYTES];
         lost.read_exact(&mut welcome).expect("welcome");
         assert!(wire::decode_welcome(&welcome, 5).is_err());
@@ -538,5 +571,22 @@ mod tests {
         let mut word = [9u8; 8];
         remote.read(0, &mut word).expect("the handle reconnects");
         assert_eq!(word, [0; 8]);
+    }
+
+    #[test]
+    fn a_peer_without_the_cluster_token_is_refused() {
+        let owner = TcpFabric::start_with_token(1, "127.0.0.1:0".parse().expect("address"), Some(b"s3cret"))
+            .expect("start owner");
+        owner.register_region(RegionId(4), 64).expect("region");
+        let connect = |token: Option<&[u8]>| {
+            let peer = TcpFabric::start_with_token(2, "127.0.0.1:0".parse().expect("address"), token).expect("peer");
+            peer.add_peer(1, owner.local_address());
+            peer.open_remote(1, RegionId(4)).map(|region| region.size_bytes())
+        };
+        assert_eq!(connect(Some(b"s3cret")).expect("the right token is served"), 64);
+        for wrong in [Some(&b"guess"[..]), None] {
+            let error = connect(wrong).expect_err("a wrong or missing token is refused");
+            assert!(error.to_string().contains("refused the connection"), "{error}");
+        }
     }
 }

@@ -23,8 +23,10 @@ use crate::memory::AccessError;
 use crate::{Operation, RegionId, MAX_BATCH_OPERATIONS, MAX_TRANSFER_BYTES};
 
 pub(super) const MAGIC: u32 = u32::from_le_bytes(*b"LHFB");
-pub(super) const VERSION: u16 = 1;
-pub(super) const HELLO_BYTES: usize = 10;
+pub(super) const VERSION: u16 = 2;
+/// Magic, version, from and to node, and the SHA-256 digest of the cluster's peer token
+/// (zeros without one).
+pub(super) const HELLO_BYTES: usize = 10 + 32;
 pub(super) const WELCOME_BYTES: usize = 9;
 
 const KIND_DESCRIBE: u8 = 1;
@@ -50,8 +52,9 @@ pub(super) const REQUEST_BODY_BYTES_MAX: usize =
 pub(super) const RESPONSE_BODY_BYTES_MAX: usize = 1 + 2 + MAX_BATCH_OPERATIONS * 8 + MAX_TRANSFER_BYTES as usize + 24;
 
 /// The first bytes a client sends on a new connection.
-pub(super) fn encode_hello(from_node: u16, to_node: u16) -> [u8; HELLO_BYTES] {
+pub(super) fn encode_hello(from_node: u16, to_node: u16, token_digest: &[u8; 32]) -> [u8; HELLO_BYTES] {
     let mut hello = [0u8; HELLO_BYTES];
+    hello[10..42].copy_from_slice(token_digest);
     hello[0..4].copy_from_slice(&MAGIC.to_le_bytes());
     hello[4..6].copy_from_slice(&VERSION.to_le_bytes());
     hello[6..8].copy_from_slice(&from_node.to_le_bytes());
@@ -59,15 +62,18 @@ pub(super) fn encode_hello(from_node: u16, to_node: u16) -> [u8; HELLO_BYTES] {
     hello
 }
 
-/// The responder's reading of a hello: the node the client wants, or why it is refused.
-pub(super) fn decode_hello(hello: &[u8; HELLO_BYTES]) -> Result<u16, String> {
+/// The responder's reading of a hello: the node the client wants and the digest of the
+/// token it presents, or why it is refused.
+pub(super) fn decode_hello(hello: &[u8; HELLO_BYTES]) -> Result<(u16, [u8; 32]), String> {
     let mut reader = Reader::new(hello);
     let (magic, version) = (reader.u32()?, reader.u16()?);
     if magic != MAGIC || version != VERSION {
         return Err(format!("not a leasehold fabric client (magic {magic:#x}, version {version})"));
     }
     let _from_node = reader.u16()?;
-    reader.u16()
+    let to_node = reader.u16()?;
+    let digest: [u8; 32] = hello[10..42].try_into().expect("32 bytes");
+    Ok((to_node, digest))
 }
 
 pub(super) fn encode_welcome(accepted: bool, node: u16) -> [u8; WELCOME_BYTES] {
