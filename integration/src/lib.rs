@@ -5,6 +5,7 @@
 //! disk in a temporary directory, plugins loaded from their built shared libraries, and
 //! Cap'n Proto over loopback sockets.
 
+pub mod history;
 
 pub mod cluster;
 

@@ -1,0 +1,824 @@
+//! History checking against a real `leasehold-engine` process, with a SIGKILL in the
+//! middle, and a self-test that shows the checker catches the bugs it is there for.
+//!
+//! Several clients run transactions of testkit's `list_append` workflow (Elle's
+//! list-append workload: read keys, append unique values) and of its `program` workflow
+//! used as read-write registers (read a cell, then set it to a unique value). Every
+//! transaction is tracked under a request id. Half-way the engine is SIGKILLed and
+//! restarted on the same data directory; clients retry whatever was in flight under the
+//! same ids, and re-send an acknowledged request to see it answered with its first
+//! outcome. Everything the clients saw is recorded as a history
+//! (`leasehold_integration::history`), which must show no anomaly: no dependency cycle
+//! (G0, G1c, G2), no aborted or intermediate read, no acknowledged append missing later.
+//! A final read of every key must hold every committed append exactly once.
+//!
+//! Then the recorded history is mutated the way real bugs would change it (a reply sent
+//! before durability, a retried id applied twice, a task precedence graph that misses a
+//! conflict, writes of an aborted or half-run transaction becoming visible), and the
+//! checker must report each.
+
+use leasehold_client::{BlockingClient, Invocation, InvokeResult, RejectionKind};
+use leasehold_integration::history::{check, Anomaly, AnomalyKind, Key, Operation, Outcome, Transaction, Value};
+use leasehold_integration::{plugin_bytes, EngineProcess};
+use leasehold_plugin_api::testkit::{ListOp, ListTransaction, Op, Program, LIST_OPS_MAX};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// List keys in use at a time: a window of `LIST_KEYS` keys that moves on by one key every
+/// `KEY_LIFETIME` transactions (as Elle rotates keys), so that lists stay short and reads
+/// cheap however long the run. The first two keys of the window are also a hot pair (see
+/// [`Generator`]).
+const LIST_KEYS: u64 = 8;
+const KEY_LIFETIME: u64 = 400;
+/// Register cells `0..CELLS` of testkit's `cells` table.
+const CELLS: u8 = 4;
+/// A cell set to -1 before the run, so that a register transaction can abort (testkit's
+/// `AbortIfNegative`) after its write.
+const NEGATIVE_CELL: u8 = CELLS;
+/// Cell `c` is key `REGISTER_KEY_BASE + c` in the history, apart from the list keys.
+const REGISTER_KEY_BASE: Key = 1_000;
+const CLIENTS: u64 = 4;
+/// How long the clients run before the crash, and again after the restart, unless
+/// `LEASEHOLD_HISTORY_PHASE_MS` says otherwise; `LEASEHOLD_HISTORY_CRASHES` sets how
+/// many SIGKILLs and restarts a run has (for long runs).
+const PHASE_MS: u64 = 1200;
+/// How long a client keeps retrying one request while the engine is away.
+const RETRY_DEADLINE: Duration = Duration::from_secs(60);
+
+/// What a client sends, and how its reply becomes history operations.
+#[derive(Clone, Debug)]
+enum Request {
+    List(ListTransaction),
+    /// Reads `cell` and `other`, then sets `cell` to `value`; with `abort`, then aborts.
+    Register {
+        cell: u8,
+        other: u8,
+        value: i64,
+        abort: bool,
+    },
+}
+
+impl Request {
+    fn invocation(&self, request_id: &str) -> Invocation {
+        let invocation = match self {
+            Request::List(transaction) => Invocation::encoded(
+                "testkit",
+                "list_append",
+                leasehold_sdk::encode(transaction).expect("encode a list transaction"),
+            ),
+            Request::Register { cell, other, value, abort } => {
+                let last = if *abort { vec![Op::AbortIfNegative(NEGATIVE_CELL)] } else { vec![] };
+                let program =
+                    Program { steps: [vec![Op::Read(*cell), Op::Read(*other)], vec![Op::Set(*cell, *value)], last] };
+                Invocation::encoded("testkit", "program", leasehold_sdk::encode(&program).expect("encode a program"))
+            }
+        };
+        invocation.with_request_id(request_id.as_bytes().to_vec())
+    }
+
+    /// The operations of the request: its writes always, its reads when `output` (the
+    /// committed output) tells what they returned.
+    fn operations(&self, output: Option<&[u8]>) -> Vec<Operation> {
+        match self {
+            Request::List(transaction) => {
+                let lists: Option<Vec<Vec<u64>>> =
+                    output.map(|output| leasehold_sdk::decode(output).expect("list_append outputs its reads"));
+                let mut lists = lists.map(Vec::into_iter);
+                let mut operations = Vec::new();
+                for op in &transaction.ops {
+                    match *op {
+                        ListOp::Append(key, value) => operations.push(Operation::Append { key, value }),
+                        ListOp::Abort => {}
+                        ListOp::Read(key) => {
+                            if let Some(lists) = lists.as_mut() {
+                                let values = lists.next().expect("one list per read");
+                                operations.push(Operation::ReadList { key, values });
+                            }
+                        }
+                    }
+                }
+                operations
+            }
+            Request::Register { cell, other, value, .. } => {
+                let register = |cell: u8| REGISTER_KEY_BASE + Key::from(cell);
+                let write = Operation::Write { key: register(*cell), value: *value as Value };
+                let Some(output) = output else { return vec![write] };
+                let reads: Vec<i64> = leasehold_sdk::decode(output).expect("program outputs its reads");
+                assert_eq!(reads.len(), 2, "two reads were asked for");
+                // Cells never written read as 0; every written value is positive.
+                let read = |cell: u8, value: i64| Operation::Read {
+                    key: register(cell),
+                    value: (value != 0).then_some(value as Value),
+                };
+                vec![read(*cell, reads[0]), read(*other, reads[1]), write]
+            }
+        }
+    }
+
+    fn is_list(&self) -> bool {
+        matches!(self, Request::List(_))
+    }
+}
+
+/// A seeded generator of requests with values unique across clients.
+struct Generator {
+    client: u64,
+    state: u64,
+    next_value: u64,
+    /// Transactions generated by all clients, which moves the window of list keys.
+    transactions: Arc<AtomicU64>,
+}
+
+impl Generator {
+    fn new(client: u64, transactions: Arc<AtomicU64>) -> Generator {
+        Generator { client, state: client.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1, next_value: 1, transactions }
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        self.state = self.state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        (self.state >> 33) % bound
+    }
+
+    /// A value no other client and no other request of this client writes.
+    fn value(&mut self) -> u64 {
+        self.next_value += 1;
+        ((self.client + 1) << 40) | self.next_value
+    }
+
+    fn next(&mut self) -> Request {
+        let window = self.transactions.fetch_add(1, Ordering::Relaxed) / KEY_LIFETIME;
+        let roll = self.below(100);
+        if roll < 25 {
+            let (cell, other) = (self.below(CELLS.into()) as u8, self.below(CELLS.into()) as u8);
+            let abort = self.below(20) == 0;
+            return Request::Register { cell, other, value: self.value() as i64, abort };
+        }
+        let mut ops = Vec::new();
+        if roll < 40 {
+            // The hot pair: read one of keys 0 and 1 and append to the other. Pairs of
+            // these are what a missed conflict turns into write skew.
+            let (read, append) = if self.below(2) == 0 { (window, window + 1) } else { (window + 1, window) };
+            ops.push(ListOp::Read(read));
+            ops.push(ListOp::Append(append, self.value()));
+        } else {
+            let mut key = || window + self.below(LIST_KEYS);
+            let (first, second, target) = (key(), key(), key());
+            ops.push(ListOp::Read(first));
+            ops.push(ListOp::Read(second));
+            ops.push(ListOp::Append(target, self.value()));
+            match roll {
+                // Two appends to one key: a reader between them would be an intermediate read.
+                40..=54 => ops.push(ListOp::Append(target, self.value())),
+                55..=64 => ops.push(ListOp::Append(window + self.below(LIST_KEYS), self.value())),
+                _ => {}
+            }
+            if roll % 3 == 0 {
+                // Reads its own append.
+                ops.push(ListOp::Read(target));
+            }
+            if self.below(20) == 0 {
+                // Its appends must leave no trace.
+                ops.push(ListOp::Abort);
+            }
+        }
+        Request::List(ListTransaction { ops })
+    }
+}
+
+/// One transaction as a client saw it.
+struct Recorded {
+    transaction: Transaction,
+    request: Request,
+    result: Option<InvokeResult>,
+    /// Sent more than once because a connection broke under it.
+    retried: bool,
+}
+
+/// What one client did.
+struct ClientRun {
+    recorded: Vec<Recorded>,
+    /// Acknowledged requests sent again after a reconnection, each answered with its
+    /// first outcome.
+    resent_acknowledged: usize,
+}
+
+fn environment(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|text| text.parse().ok())
+}
+
+fn nanos_since(start: Instant) -> u64 {
+    start.elapsed().as_nanos() as u64
+}
+
+/// Sends `invocation` until a final reply comes, reconnecting as needed; `None` when the
+/// engine stayed away past the deadline. The flag says whether it was sent more than
+/// once (a connection broke, or the engine asked for a retry after rolling an epoch back).
+fn invoke_until_answered(
+    address: std::net::SocketAddr,
+    connection: &mut Option<BlockingClient>,
+    invocation: &Invocation,
+) -> (Option<InvokeResult>, bool) {
+    let deadline = Instant::now() + RETRY_DEADLINE;
+    let mut broke = false;
+    loop {
+        if let Some(client) = connection.as_ref() {
+            match client.invoke(invocation.clone()) {
+                Ok(InvokeResult::Rejected { kind: RejectionKind::Retry, .. }) => broke = true,
+                Ok(result) => return (Some(result), broke),
+                // The request may or may not have run; only its id makes sending it again safe.
+                Err(_) => {
+                    *connection = None;
+                    broke = true;
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            return (None, broke);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        if connection.is_none() {
+            *connection = BlockingClient::connect(address).ok();
+        }
+    }
+}
+
+fn run_client(
+    address: std::net::SocketAddr,
+    client: u64,
+    start: Instant,
+    stop: Arc<AtomicBool>,
+    transactions: Arc<AtomicU64>,
+) -> ClientRun {
+    let mut connection = Some(BlockingClient::connect(address).expect("connect before the crash"));
+    let mut generator = Generator::new(client, transactions);
+    let mut recorded: Vec<Recorded> = Vec::new();
+    let mut resent_acknowledged = 0;
+    let mut last_acknowledged_list: Option<usize> = None;
+    for sequence in 0u64.. {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let request = generator.next();
+        let request_id = format!("h{client}-{sequence}");
+        let invocation = request.invocation(&request_id);
+        let invoked_at = nanos_since(start);
+        let (result, retried) = invoke_until_answered(address, &mut connection, &invocation);
+        let completed_at = result.as_ref().map(|_| nanos_since(start));
+        let (outcome, output) = match &result {
+            Some(InvokeResult::Committed { output, .. }) => (Outcome::Committed, Some(output.as_slice())),
+            Some(InvokeResult::Aborted { .. }) => (Outcome::Aborted, None),
+            Some(rejected @ InvokeResult::Rejected { .. }) => panic!("{request_id} was refused: {rejected:?}"),
+            None => (Outcome::Unknown, None),
+        };
+        let transaction = Transaction {
+            client,
+            request_id: request_id.clone(),
+            invoked_at,
+            completed_at,
+            outcome,
+            operations: request.operations(output),
+        };
+        if retried {
+            // After a reconnection, the last acknowledged list request must still be
+            // answered with its first outcome, and not run again.
+            if let Some(index) = last_acknowledged_list {
+                let earlier: &Recorded = &recorded[index];
+                let invocation = earlier.request.invocation(&earlier.transaction.request_id);
+                let (again, _) = invoke_until_answered(address, &mut connection, &invocation);
+                assert_eq!(
+                    again, earlier.result,
+                    "{} answered again with its first outcome",
+                    earlier.transaction.request_id
+                );
+                resent_acknowledged += 1;
+            }
+        }
+        if result.is_some() && request.is_list() {
+            last_acknowledged_list = Some(recorded.len());
+        }
+        recorded.push(Recorded { transaction, request, result, retried });
+    }
+    ClientRun { recorded, resent_acknowledged }
+}
+
+/// What the run produced: the history and where the crash fell in it.
+struct Run {
+    history: Vec<Transaction>,
+    /// Indices of transactions whose request id was sent more than once (retried after a
+    /// broken connection, or re-sent after its acknowledgement): where a broken ledger
+    /// would apply a request twice.
+    resent: Vec<usize>,
+    crash_at: u64,
+    restarted_at: u64,
+    /// Acknowledged requests sent again (after reconnecting, and after the run), each
+    /// answered with its first outcome.
+    resent_acknowledged: usize,
+    /// Requests sent more than once because a connection broke under them.
+    retried: usize,
+}
+
+/// Runs the workload with a SIGKILL and restart in the middle, re-sends a sample of
+/// acknowledged requests, and ends with a final read of every key.
+fn record_history() -> Run {
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let mut engine = EngineProcess::start(&directory.path().join("node"), &[]);
+    let setup = BlockingClient::connect(engine.address).expect("connect");
+    setup.deploy_plugin(&plugin_bytes("testkit")).expect("deploy testkit");
+    let negative = Program { steps: [vec![Op::Set(NEGATIVE_CELL, -1)], vec![], vec![]] };
+    let result = setup
+        .invoke(Invocation::encoded("testkit", "program", leasehold_sdk::encode(&negative).expect("encode")))
+        .expect("set the negative cell");
+    assert!(result.is_committed(), "{result:?}");
+    drop(setup);
+
+    let phase = Duration::from_millis(environment("LEASEHOLD_HISTORY_PHASE_MS").unwrap_or(PHASE_MS));
+    let start = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let transactions = Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let (address, stop, transactions) = (engine.address, stop.clone(), transactions.clone());
+            std::thread::spawn(move || run_client(address, client, start, stop, transactions))
+        })
+        .collect();
+    let crashes = environment("LEASEHOLD_HISTORY_CRASHES").unwrap_or(1).max(1);
+    // The planted bugs are placed around the first crash.
+    let (mut crash_at, mut restarted_at) = (None, None);
+    for _ in 0..crashes {
+        std::thread::sleep(phase);
+        crash_at.get_or_insert(nanos_since(start));
+        engine.kill();
+        // Clients find the engine gone and keep retrying against a closed port for a while.
+        std::thread::sleep(Duration::from_millis(200));
+        engine.restart();
+        restarted_at.get_or_insert(nanos_since(start));
+    }
+    let (crash_at, restarted_at) = (crash_at.unwrap_or_default(), restarted_at.unwrap_or_default());
+    std::thread::sleep(phase);
+    stop.store(true, Ordering::Relaxed);
+
+    let mut recorded: Vec<Recorded> = Vec::new();
+    let mut resent_acknowledged = 0;
+    for client in clients {
+        let run = client.join().expect("client thread");
+        resent_acknowledged += run.resent_acknowledged;
+        recorded.extend(run.recorded);
+    }
+    assert!(resent_acknowledged > 0, "clients re-sent acknowledged requests after reconnecting");
+
+    // Every request retried after the crash, and every 20th other one, is sent once more:
+    // each must come back with its first outcome and run no second time.
+    let client = BlockingClient::connect(engine.address).expect("connect after the run");
+    let retried = recorded.iter().filter(|entry| entry.retried).count();
+    let mut resent = Vec::new();
+    for (index, entry) in recorded.iter().enumerate() {
+        if entry.retried || index % 20 == 0 {
+            let invocation = entry.request.invocation(&entry.transaction.request_id);
+            let again = client.invoke(invocation).expect("re-send an acknowledged request");
+            assert_eq!(Some(&again), entry.result.as_ref(), "{} answered again", entry.transaction.request_id);
+            resent_acknowledged += 1;
+            resent.push(index);
+        }
+    }
+    let mut history: Vec<Transaction> = recorded.into_iter().map(|entry| entry.transaction).collect();
+
+    // The final read: every list key ever used (in transactions of at most
+    // LIST_OPS_MAX reads), then every cell.
+    let keys_used = transactions.load(Ordering::Relaxed) / KEY_LIFETIME + LIST_KEYS;
+    let keys: Vec<u64> = (0..keys_used).collect();
+    for (chunk, keys) in keys.chunks(LIST_OPS_MAX).enumerate() {
+        let request_id = format!("final-lists-{chunk}");
+        let final_lists = Request::List(ListTransaction { ops: keys.iter().map(|key| ListOp::Read(*key)).collect() });
+        let invoked_at = nanos_since(start);
+        let lists = client.invoke(final_lists.invocation(&request_id)).expect("final read of the lists");
+        let InvokeResult::Committed { output, .. } = &lists else { panic!("the final read must commit: {lists:?}") };
+        history.push(Transaction {
+            client: CLIENTS,
+            request_id,
+            invoked_at,
+            completed_at: Some(nanos_since(start)),
+            outcome: Outcome::Committed,
+            operations: final_lists.operations(Some(output)),
+        });
+    }
+    let final_cells = Program { steps: [(0..CELLS).map(Op::Read).collect(), vec![], vec![]] };
+    let invoked_at = nanos_since(start);
+    let cells = client
+        .invoke(Invocation::encoded("testkit", "program", leasehold_sdk::encode(&final_cells).expect("encode")))
+        .expect("final read of the cells");
+    let InvokeResult::Committed { output, .. } = &cells else { panic!("the final read must commit: {cells:?}") };
+    let values: Vec<i64> = leasehold_sdk::decode(output).expect("program outputs its reads");
+    history.push(Transaction {
+        client: CLIENTS,
+        request_id: "final-cells".into(),
+        invoked_at,
+        completed_at: Some(nanos_since(start)),
+        outcome: Outcome::Committed,
+        operations: (0..CELLS)
+            .zip(values)
+            .map(|(cell, value)| Operation::Read {
+                key: REGISTER_KEY_BASE + Key::from(cell),
+                value: (value != 0).then_some(value as Value),
+            })
+            .collect(),
+    });
+    Run { history, resent, crash_at, restarted_at, resent_acknowledged, retried }
+}
+
+/// The appends of a transaction.
+fn appends(transaction: &Transaction) -> impl Iterator<Item = (Key, Value)> + '_ {
+    transaction.operations.iter().filter_map(|operation| match operation {
+        Operation::Append { key, value } => Some((*key, *value)),
+        _ => None,
+    })
+}
+
+/// The final list of every key, from the final reads.
+fn final_lists(history: &[Transaction]) -> HashMap<Key, Vec<Value>> {
+    history
+        .iter()
+        .filter(|transaction| transaction.request_id.starts_with("final-lists"))
+        .flat_map(|transaction| &transaction.operations)
+        .filter_map(|operation| match operation {
+            Operation::ReadList { key, values } => Some((*key, values.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Which transaction appended each list value.
+fn appenders(history: &[Transaction]) -> HashMap<(Key, Value), usize> {
+    history
+        .iter()
+        .enumerate()
+        .flat_map(|(index, transaction)| appends(transaction).map(move |kv| (kv, index)))
+        .collect()
+}
+
+/// The list reads of a transaction, by position among its operations.
+fn list_reads(transaction: &Transaction) -> impl Iterator<Item = (usize, Key, &Vec<Value>)> + '_ {
+    transaction.operations.iter().enumerate().filter_map(|(position, operation)| match operation {
+        Operation::ReadList { key, values } => Some((position, *key, values)),
+        _ => None,
+    })
+}
+
+/// The list read of `key` at `position` of transaction `index`, to change it.
+fn read_mut(history: &mut [Transaction], index: usize, position: usize) -> &mut Vec<Value> {
+    match &mut history[index].operations[position] {
+        Operation::ReadList { values, .. } => values,
+        other => panic!("not a list read: {other:?}"),
+    }
+}
+
+/// Whether `transaction` appended to `key` before operation `position`.
+fn appended_before(transaction: &Transaction, key: Key, position: usize) -> bool {
+    transaction.operations[..position]
+        .iter()
+        .any(|operation| matches!(operation, Operation::Append { key: appended, .. } if *appended == key))
+}
+
+fn committed(transaction: &Transaction) -> bool {
+    transaction.outcome == Outcome::Committed
+}
+
+/// A planted bug: a name, how it changes the history, and the anomaly that shows it.
+struct Planted {
+    bug: &'static str,
+    history: Vec<Transaction>,
+    /// What the checker must report, in words.
+    expected: &'static str,
+    caught_by: Box<dyn Fn(&Anomaly) -> bool>,
+}
+
+/// An anomaly of one of `kinds` that names transaction `index`.
+fn naming(kinds: &'static [AnomalyKind], index: usize) -> Box<dyn Fn(&Anomaly) -> bool> {
+    Box::new(move |anomaly| kinds.contains(&anomaly.kind()) && anomaly.transactions().contains(&index))
+}
+
+/// A reply sent before the epoch was durable: the last append acknowledged before the
+/// crash is gone after the restart, from every read invoked after it.
+fn plant_lost_acknowledged_write(run: &Run) -> Planted {
+    let history = &run.history;
+    let (writer, key, value) = history
+        .iter()
+        .enumerate()
+        .filter(|(_, transaction)| {
+            committed(transaction) && transaction.completed_at.is_some_and(|at| at < run.crash_at)
+        })
+        .flat_map(|(index, transaction)| appends(transaction).map(move |(key, value)| (index, key, value)))
+        .max_by_key(|(index, _, _)| history[*index].completed_at)
+        .expect("appends were acknowledged before the crash");
+    let mut mutated = history.clone();
+    for transaction in mutated.iter_mut().filter(|transaction| transaction.invoked_at > run.restarted_at) {
+        for operation in &mut transaction.operations {
+            if let Operation::ReadList { key: read_key, values } = operation {
+                if *read_key == key {
+                    values.retain(|element| *element != value);
+                }
+            }
+        }
+    }
+    Planted {
+        bug: "reply before durability: an acknowledged append lost in the crash",
+        history: mutated,
+        expected: "a lost write (or stale read) of the writer's append",
+        caught_by: naming(&[AnomalyKind::LostWrite, AnomalyKind::StaleRead], writer),
+    }
+}
+
+/// A retried request id applied twice: its append shows up again at the position the
+/// list had reached by the restart, in every read that reaches past that position.
+fn plant_retry_applied_twice(run: &Run) -> Planted {
+    let history = &run.history;
+    let lists = final_lists(history);
+    let (key, value, first) = run
+        .resent
+        .iter()
+        .filter(|index| committed(&history[**index]))
+        .flat_map(|index| appends(&history[*index]))
+        .filter_map(|(key, value)| {
+            let order = &lists[&key];
+            let first = order.iter().position(|element| *element == value)?;
+            // The final read must reach past the second copy.
+            (first + 1 < order.len()).then_some((key, value, first))
+        })
+        .next()
+        .expect("a re-sent request appended something that others appended after");
+    // Where the list stood at the restart: the longest read of it invoked before then.
+    let at_restart = history
+        .iter()
+        .filter(|transaction| committed(transaction) && transaction.invoked_at < run.restarted_at)
+        .flat_map(|transaction| {
+            list_reads(transaction).filter(|(_, read, _)| *read == key).map(|(_, _, values)| values.len())
+        })
+        .max()
+        .unwrap_or(0);
+    let position = at_restart.clamp(first + 1, lists[&key].len() - 1);
+    let mut mutated = history.clone();
+    for transaction in &mut mutated {
+        for operation in &mut transaction.operations {
+            if let Operation::ReadList { key: read_key, values } = operation {
+                // Shorter reads stay prefixes of the longer ones.
+                if *read_key == key && values.len() > position {
+                    values.insert(position, value);
+                }
+            }
+        }
+    }
+    Planted {
+        bug: "a retried request id applied a second time",
+        history: mutated,
+        expected: "duplicate elements: the re-sent append twice in a list",
+        caught_by: Box::new(move |anomaly| match anomaly {
+            Anomaly::DuplicateElements { key: found, value: twice, count, .. } => {
+                (*found, *twice, *count) == (key, value, 2)
+            }
+            _ => false,
+        }),
+    }
+}
+
+/// Two committed transactions whose accesses cross: `second` read key k (at
+/// `position_k`) ending with an append of `first`, and `first` read key j (at
+/// `position_j`) without `value_j`, an append of `second` to j that lies `gap` elements
+/// after what `first` read.
+struct CrossedPair {
+    first: usize,
+    second: usize,
+    position_k: usize,
+    position_j: usize,
+    value_j: Value,
+    gap: usize,
+}
+
+fn crossed_pairs(history: &[Transaction]) -> Vec<CrossedPair> {
+    let appenders = appenders(history);
+    let lists = final_lists(history);
+    let mut pairs = Vec::new();
+    for (second, later) in history.iter().enumerate().filter(|(_, transaction)| committed(transaction)) {
+        for (position_k, key_k, values_k) in list_reads(later) {
+            let Some(last) = values_k.last() else { continue };
+            let Some(&first) = appenders.get(&(key_k, *last)) else { continue };
+            let earlier = &history[first];
+            if first == second || !committed(earlier) || appended_before(later, key_k, position_k) {
+                continue;
+            }
+            for (position_j, key_j, values_j) in list_reads(earlier) {
+                let order = &lists[&key_j];
+                if appended_before(earlier, key_j, position_j) || !order.starts_with(values_j) {
+                    continue;
+                }
+                for (_, value_j) in appends(later).filter(|(key, _)| *key == key_j) {
+                    let Some(at) = order.iter().position(|element| *element == value_j) else { continue };
+                    if at >= values_j.len() {
+                        let gap = at - values_j.len();
+                        pairs.push(CrossedPair { first, second, position_k, position_j, value_j, gap });
+                    }
+                }
+            }
+        }
+    }
+    pairs
+}
+
+/// A task precedence graph that misses the conflict on key k between an earlier and a
+/// later transaction: the later one runs on the list as it was before the earlier one's
+/// append, although the earlier one is serialized first (it read key j before the later
+/// one appended to it). The two now form write skew: G2.
+fn plant_stale_read_write_skew(run: &Run) -> Planted {
+    let pairs = crossed_pairs(&run.history);
+    let pair = pairs.first().expect("the recorded history has crossed pairs");
+    let mut mutated = run.history.clone();
+    read_mut(&mut mutated, pair.second, pair.position_k).pop();
+    Planted {
+        bug: "a TPG that misses a write: a stale read makes write skew",
+        history: mutated,
+        expected: "G2 through the stale reader",
+        caught_by: naming(&[AnomalyKind::G2], pair.second),
+    }
+}
+
+/// A task precedence graph that runs the later transaction's append to key j before the
+/// earlier one reads j, though the later one read the earlier one's append to key k: each
+/// saw the other, which is circular information flow.
+fn plant_circular_information_flow(run: &Run) -> Planted {
+    let pairs = crossed_pairs(&run.history);
+    let pair = pairs.iter().find(|pair| pair.gap == 0).expect("the recorded history has adjacent crossed pairs");
+    let mut mutated = run.history.clone();
+    read_mut(&mut mutated, pair.first, pair.position_j).push(pair.value_j);
+    Planted {
+        bug: "a TPG that lets a later write reach an earlier reader: circular information flow",
+        history: mutated,
+        expected: "G1c through the early reader",
+        caught_by: naming(&[AnomalyKind::G1c], pair.first),
+    }
+}
+
+/// A task precedence graph that lets two appenders of one key run on the same version:
+/// the second overwrites the list without the first's append (a lost update).
+fn plant_lost_update(run: &Run) -> Planted {
+    let history = &run.history;
+    let appenders = appenders(history);
+    let lists = final_lists(history);
+    let (key, lost, overwriter) = lists
+        .iter()
+        .flat_map(|(key, order)| order.windows(2).map(move |pair| (*key, pair[0], pair[1])))
+        .filter(|(key, first, second)| appenders[&(*key, *first)] != appenders[&(*key, *second)])
+        .min()
+        .expect("two transactions appended to one key");
+    let writer = appenders[&(key, lost)];
+    let mut mutated = history.clone();
+    for transaction in &mut mutated {
+        for operation in &mut transaction.operations {
+            if let Operation::ReadList { key: read_key, values } = operation {
+                if *read_key == key && values.contains(&overwriter) {
+                    values.retain(|element| *element != lost);
+                }
+            }
+        }
+    }
+    Planted {
+        bug: "a TPG that misses a write-write conflict: a lost update",
+        history: mutated,
+        expected: "a lost write (or stale read) of the overwritten append",
+        caught_by: naming(&[AnomalyKind::LostWrite, AnomalyKind::StaleRead], writer),
+    }
+}
+
+/// An abort that leaves a trace: a transaction whose append others read is reported
+/// aborted (its buffered writes reached the slots anyway).
+fn plant_aborted_write_visible(run: &Run) -> Planted {
+    let history = &run.history;
+    let appenders = appenders(history);
+    let writer = history
+        .iter()
+        .enumerate()
+        .filter(|(_, transaction)| committed(transaction))
+        .flat_map(|(reader, transaction)| {
+            list_reads(transaction)
+                .flat_map(move |(_, key, values)| values.iter().map(move |value| (reader, key, *value)))
+        })
+        .filter_map(|(reader, key, value)| appenders.get(&(key, value)).filter(|writer| **writer != reader))
+        .copied()
+        .next()
+        .expect("some transaction read another's append");
+    let mut mutated = history.clone();
+    mutated[writer].outcome = Outcome::Aborted;
+    Planted {
+        bug: "an aborted transaction's writes became visible",
+        history: mutated,
+        expected: "G1a naming the aborted writer",
+        caught_by: naming(&[AnomalyKind::G1a], writer),
+    }
+}
+
+/// Writes of a half-run transaction visible: a reader sees the first of two appends a
+/// transaction made to one key.
+fn plant_intermediate_read(run: &Run) -> Planted {
+    let history = &run.history;
+    let appenders = appenders(history);
+    let (reader, position) = history
+        .iter()
+        .enumerate()
+        .filter(|(_, transaction)| committed(transaction))
+        .flat_map(|(index, transaction)| {
+            list_reads(transaction).map(move |(position, key, values)| (index, position, key, values))
+        })
+        .find(|(reader, position, key, values)| {
+            let [.., before, last] = values.as_slice() else { return false };
+            let writer = appenders.get(&(*key, *last));
+            writer.is_some_and(|writer| {
+                writer != reader
+                    && appenders.get(&(*key, *before)) == Some(writer)
+                    && !appended_before(&history[*reader], *key, *position)
+            })
+        })
+        .map(|(reader, position, _, _)| (reader, position))
+        .expect("a reader saw a transaction's second append to one key");
+    let mut mutated = history.clone();
+    read_mut(&mut mutated, reader, position).pop();
+    Planted {
+        bug: "a half-run transaction's first write became visible",
+        history: mutated,
+        expected: "G1b naming the reader",
+        caught_by: naming(&[AnomalyKind::G1b], reader),
+    }
+}
+
+#[test]
+fn a_crashed_and_restarted_engine_keeps_a_clean_history_and_the_checker_catches_planted_bugs() {
+    let started = Instant::now();
+    let run = record_history();
+    let recorded_in = started.elapsed();
+    let history = &run.history;
+
+    let crashes = environment("LEASEHOLD_HISTORY_CRASHES").unwrap_or(1).max(1);
+    let in_flight = history
+        .iter()
+        .filter(|transaction| {
+            transaction.invoked_at < run.crash_at && transaction.completed_at.is_some_and(|at| at > run.restarted_at)
+        })
+        .count();
+    assert!(in_flight > 0, "the crash hit requests in flight, which were retried under their ids");
+    let unknown = history.iter().filter(|transaction| transaction.outcome == Outcome::Unknown).count();
+    assert_eq!(unknown, 0, "every retried request got an answer after the restart");
+    let distinct: HashSet<&str> = history.iter().map(|transaction| transaction.request_id.as_str()).collect();
+    assert_eq!(distinct.len(), history.len(), "request ids are unique");
+
+    let checked = Instant::now();
+    let report = check(history).expect("the recorded history is well-formed");
+    let checked_in = checked.elapsed();
+    assert!(report.committed > 300 && report.aborted > 10, "the workload ran: {report}");
+    assert!(report.dependencies.read_write > 0 && report.dependencies.write_read > 0, "{report}");
+    assert!(report.is_clean(), "the engine's history has anomalies:\n{report}");
+
+    // No acknowledged append lost, none applied twice, no aborted one applied: the final
+    // lists hold every committed append exactly once and nothing else.
+    let lists = final_lists(history);
+    let mut occurrences: HashMap<(Key, Value), usize> = HashMap::new();
+    for (key, values) in &lists {
+        for value in values {
+            *occurrences.entry((*key, *value)).or_default() += 1;
+        }
+    }
+    let mut committed_appends = 0;
+    for transaction in history {
+        for append in appends(transaction) {
+            let expected = usize::from(committed(transaction));
+            assert_eq!(occurrences.remove(&append).unwrap_or(0), expected, "{append:?} of {}", transaction.request_id);
+            committed_appends += expected;
+        }
+    }
+    assert!(occurrences.is_empty(), "the lists hold values nobody appended: {occurrences:?}");
+
+    let planted = [
+        plant_lost_acknowledged_write(&run),
+        plant_retry_applied_twice(&run),
+        plant_stale_read_write_skew(&run),
+        plant_circular_information_flow(&run),
+        plant_lost_update(&run),
+        plant_aborted_write_visible(&run),
+        plant_intermediate_read(&run),
+    ];
+    for plant in &planted {
+        let report = check(&plant.history).expect("a planted history is well-formed");
+        let Some(evidence) = report.anomalies.iter().find(|anomaly| (plant.caught_by)(anomaly)) else {
+            panic!("{}: the checker did not report {}:\n{report}", plant.bug, plant.expected)
+        };
+        println!("planted: {} -> {:?}; e.g. {}", plant.bug, report.kinds(), report.explain(evidence));
+    }
+
+    println!(
+        "history: {report}recorded in {recorded_in:?} with SIGKILL and restart x{crashes}, checked in \
+         {checked_in:?}; {committed_appends} committed appends each exactly once in the final lists; {in_flight} \
+         requests in flight at the first crash and {} in all retried under their ids; {} acknowledged requests \
+         re-sent and answered with their first outcome; {} of {} planted bugs caught",
+        run.retried,
+        run.resent_acknowledged,
+        planted.len(),
+        planted.len()
+    );
+}
