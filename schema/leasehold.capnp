@@ -380,4 +380,15 @@ struct NodeStatus {
   fabric @20 :Text;
   # The fabric backend between the nodes ("shm", "tcp", "rdma"), or "none" for a single
   # node.
+
+  concurrencyRetriesTotal @21 :UInt64;
+  # Transactions the concurrency control aborted and ran again since the node started
+  # (2pl: died under wait-die; occ: a write lock or the read validation failed). Always 0
+  # under leases, which never abort for concurrency. Logic aborts are in abortedTotal.
+
+  leaseMovesTotal @22 :UInt64;
+  # Leases this node gave up to another node by affinity placement, since it started.
+
+  bytesMigratedTotal @23 :UInt64;
+  # Value bytes this node sent along with the leases it gave up, since it started.
 }

@@ -298,6 +298,7 @@ mod tests {
     fn report(aborted: u64, violation: Option<&str>) -> BenchReport {
         BenchReport {
             config: BenchConfig {
+                key_groups: 1,
                 workload: WorkloadKind::Social,
                 keys: 10_000,
                 initial_value: 0,

@@ -47,6 +47,11 @@ pub struct BenchConfig {
     pub seed: u64,
     /// Load the keys before running (skip when the node already holds them).
     pub load: bool,
+    /// Banking and YCSB-T: split the keys into this many contiguous groups; client `i`
+    /// draws both keys of a transfer from group `i % key_groups` (1: no groups). With a
+    /// cluster, client `i` talks to node `i % nodes`, so groups = nodes gives every node
+    /// its own key group: the workload affinity placement is made for.
+    pub key_groups: u64,
 }
 
 /// What a run measured.
@@ -272,14 +277,11 @@ fn run_client(
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
         let connection = Rc::new(Client::connect(address).await?);
-        let generator = Rc::new(RefCell::new(Generator::new(
-            config.workload,
-            config.keys,
-            config.theta,
-            config.seed,
-            client,
-            run_id,
-        )));
+        let mut generator = Generator::new(config.workload, config.keys, config.theta, config.seed, client, run_id);
+        if config.key_groups > 1 {
+            generator = generator.in_group(u64::from(client) % config.key_groups, config.key_groups, config.theta);
+        }
+        let generator = Rc::new(RefCell::new(generator));
         let latency = Rc::new(RefCell::new(Histogram::<u64>::new(3).expect("valid histogram precision")));
         let tally = Rc::new(RefCell::new(Tally::default()));
         let effects = Rc::new(RefCell::new(Effects::default()));

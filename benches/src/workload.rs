@@ -206,6 +206,9 @@ pub struct Generator {
     run: u64,
     /// Social's follow graph (who a post may notify); empty for the other workloads.
     followers: Vec<Vec<u64>>,
+    /// Transfers draw keys from `[group_base, group_base + group_keys)`.
+    group_base: u64,
+    group_keys: u64,
 }
 
 impl Generator {
@@ -223,7 +226,19 @@ impl Generator {
             WorkloadKind::Movie | WorkloadKind::Social => (KeySampler::new(keys, theta), KeySampler::new(keys, 0.0)),
         };
         let followers = if kind == WorkloadKind::Social { social::followers(keys) } else { Vec::new() };
-        Generator { kind, rng, first, second, keys, client, sequence: 0, run, followers }
+        Generator {
+            kind,
+            rng,
+            first,
+            second,
+            keys,
+            client,
+            sequence: 0,
+            run,
+            followers,
+            group_base: 0,
+            group_keys: keys,
+        }
     }
 
     /// The next request (a transfer for banking and YCSB-T), with a unique request id.
@@ -257,11 +272,26 @@ impl Generator {
         }
     }
 
+    /// Restricts transfers (banking, YCSB-T) to key group `group` of `groups` contiguous
+    /// groups; the last group takes the remainder.
+    pub fn in_group(mut self, group: u64, groups: u64, theta: f64) -> Generator {
+        assert!(group < groups && groups <= self.keys, "a key group exists and holds keys");
+        let span = self.keys / groups;
+        self.group_base = group * span;
+        self.group_keys = if group == groups - 1 { self.keys - self.group_base } else { span };
+        self.first = KeySampler::new(self.group_keys, theta);
+        self.second = KeySampler::new(self.group_keys, if self.kind == WorkloadKind::YcsbT { 0.0 } else { theta });
+        if self.kind == WorkloadKind::YcsbT {
+            std::mem::swap(&mut self.first, &mut self.second);
+        }
+        self
+    }
+
     fn next_transfer(&mut self) -> Vec<u8> {
-        let from = self.first.sample(&mut self.rng);
-        let mut to = self.second.sample(&mut self.rng);
+        let from = self.group_base + self.first.sample(&mut self.rng);
+        let mut to = self.group_base + self.second.sample(&mut self.rng);
         if to == from {
-            to = (to + 1) % self.keys;
+            to = self.group_base + (to - self.group_base + 1) % self.group_keys;
         }
         let amount = self.rng.random_range(1..=10);
         match self.kind {

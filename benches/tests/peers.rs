@@ -23,6 +23,7 @@ const TRANSFERS_PER_CLIENT: u64 = 500;
 
 fn config(workload: WorkloadKind, theta: f64) -> BenchConfig {
     BenchConfig {
+        key_groups: 1,
         workload,
         keys: ACCOUNTS,
         initial_value: INITIAL_BALANCE,

@@ -28,6 +28,35 @@ impl FsyncPolicy {
     }
 }
 
+/// Which concurrency control runs transactions (DESIGN §5): the lease protocol, or one of
+/// the baselines it is compared with over the same plugins and storage.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+pub enum ConcurrencyControl {
+    /// Epochs, a task precedence graph and per-key leases.
+    #[default]
+    #[serde(rename = "lease")]
+    #[value(name = "lease")]
+    Lease,
+    /// Beldi-style two-phase locking with wait-die.
+    #[serde(rename = "2pl")]
+    #[value(name = "2pl")]
+    TwoPhaseLocking,
+    /// Boki/FaRM-style optimistic concurrency control.
+    #[serde(rename = "occ")]
+    #[value(name = "occ")]
+    Optimistic,
+}
+
+impl ConcurrencyControl {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConcurrencyControl::Lease => "lease",
+            ConcurrencyControl::TwoPhaseLocking => "2pl",
+            ConcurrencyControl::Optimistic => "occ",
+        }
+    }
+}
+
 /// Everything a node needs to start. Field names are the TOML keys.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -75,6 +104,19 @@ pub struct Config {
     /// `node_id` of that cluster and takes its client address, data directory and metrics
     /// address from its entry there. Without one, it runs alone.
     pub cluster_file: Option<PathBuf>,
+    /// In a cluster: move a key's lease to the node whose transactions use it most
+    /// (affinity placement). Off: every key stays on its home node (hash placement).
+    pub placement: bool,
+    /// A node takes a key's lease only when its (decayed) access count exceeds the
+    /// holder's by this fraction (hysteresis), ...
+    pub placement_margin: f64,
+    /// ... and reaches at least this count.
+    pub placement_count_min: f64,
+    /// Access counts halve every this many epochs, so placement follows a changing
+    /// workload.
+    pub placement_half_life_epochs: f64,
+    /// The concurrency control (`lease`, `2pl` or `occ`).
+    pub cc: ConcurrencyControl,
 }
 
 impl Default for Config {
@@ -98,6 +140,11 @@ impl Default for Config {
             request_id_retention_hours: 7 * 24,
             auth_token_file: None,
             cluster_file: None,
+            placement: true,
+            placement_margin: 0.5,
+            placement_count_min: 4.0,
+            placement_half_life_epochs: 50.0,
+            cc: ConcurrencyControl::Lease,
         }
     }
 }
@@ -179,10 +226,37 @@ impl Config {
                 return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
             }
         }
+        if self.cluster_file.is_some() && self.cc != ConcurrencyControl::Lease {
+            return Err(ConfigError::Invalid(format!(
+                "cc = \"{}\" cannot run with a cluster_file: 2pl/occ run on a single node so far",
+                self.cc.as_str()
+            )));
+        }
+        let placement_valid = self.placement_margin >= 0.0
+            && self.placement_count_min >= 1.0
+            && self.placement_half_life_epochs > 0.0
+            && [self.placement_margin, self.placement_count_min, self.placement_half_life_epochs]
+                .iter()
+                .all(|value| value.is_finite());
+        if !placement_valid {
+            return Err(ConfigError::Invalid(
+                "placement_margin must be >= 0, placement_count_min >= 1 and placement_half_life_epochs > 0".into(),
+            ));
+        }
         // Read here too, so that a bad token file stops the node before it opens its
         // database rather than after.
         self.auth_token()?;
         Ok(())
+    }
+
+    /// The placement settings, or `None` when placement is off.
+    pub fn placement_config(&self) -> Option<crate::cluster::placement::PlacementConfig> {
+        self.placement.then(|| crate::cluster::placement::PlacementConfig {
+            margin: self.placement_margin,
+            count_min: self.placement_count_min,
+            half_life_epochs: self.placement_half_life_epochs,
+            ..Default::default()
+        })
     }
 
     /// Takes this node's addresses and data directory from the cluster file, if any.
@@ -243,10 +317,16 @@ pub struct ConfigOverrides {
     /// client is accepted.
     #[arg(long, env = "LEASEHOLD_AUTH_TOKEN_FILE")]
     pub auth_token_file: Option<PathBuf>,
+    /// Affinity placement in a cluster (`--placement false`: static hash placement).
+    #[arg(long, env = "LEASEHOLD_PLACEMENT")]
+    pub placement: Option<bool>,
     /// Cluster file: run as node `--node-id` of that cluster (addresses and data
     /// directory come from its entry).
     #[arg(long, env = "LEASEHOLD_CLUSTER_FILE")]
     pub cluster_file: Option<PathBuf>,
+    /// Concurrency control: the lease protocol, or a baseline for comparison.
+    #[arg(long, env = "LEASEHOLD_CC", value_enum)]
+    pub cc: Option<ConcurrencyControl>,
 }
 
 impl ConfigOverrides {
@@ -289,6 +369,12 @@ impl ConfigOverrides {
         if let Some(value) = &self.cluster_file {
             config.cluster_file = Some(value.clone());
         }
+        if let Some(value) = self.placement {
+            config.placement = value;
+        }
+        if let Some(value) = self.cc {
+            config.cc = value;
+        }
         config.apply_cluster_file()?;
         config.validate()?;
         Ok(config)
@@ -321,6 +407,38 @@ mod tests {
         assert!(error.to_string().contains("executor_thread"), "{error}");
         let overrides = ConfigOverrides { executor_threads: Some(0), ..Default::default() };
         assert!(matches!(overrides.resolve(), Err(ConfigError::Invalid(_))));
+    }
+
+    #[test]
+    fn the_concurrency_control_comes_from_the_file_or_the_flag_and_defaults_to_leases() {
+        assert_eq!(Config::default().cc, ConcurrencyControl::Lease);
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let path = directory.path().join("node.toml");
+        std::fs::write(&path, "cc = \"occ\"\n").expect("write config");
+        let from_file = ConfigOverrides { config: Some(path.clone()), ..Default::default() };
+        assert_eq!(from_file.resolve().expect("valid config").cc, ConcurrencyControl::Optimistic);
+        let flag = ConfigOverrides { cc: Some(ConcurrencyControl::TwoPhaseLocking), ..from_file };
+        assert_eq!(flag.resolve().expect("valid config").cc, ConcurrencyControl::TwoPhaseLocking);
+        std::fs::write(&path, "cc = \"2PL\"\n").expect("write config");
+        let error = Config::from_file(&path).expect_err("an unknown protocol must be refused");
+        assert!(error.to_string().contains("2PL"), "{error}");
+        let names: Vec<&str> =
+            [ConcurrencyControl::Lease, ConcurrencyControl::TwoPhaseLocking, ConcurrencyControl::Optimistic]
+                .iter()
+                .map(|cc| cc.as_str())
+                .collect();
+        assert_eq!(names, ["lease", "2pl", "occ"]);
+    }
+
+    #[test]
+    fn a_baseline_concurrency_control_is_refused_in_a_cluster() {
+        let cluster = Config { cluster_file: Some(PathBuf::from("cluster.toml")), ..Config::default() };
+        cluster.validate().expect("leases run in a cluster");
+        for cc in [ConcurrencyControl::TwoPhaseLocking, ConcurrencyControl::Optimistic] {
+            let error = Config { cc, ..cluster.clone() }.validate().expect_err("baselines are single-node only");
+            assert!(matches!(error, ConfigError::Invalid(_)), "{error}");
+            assert!(error.to_string().contains("single node"), "{error}");
+        }
     }
 
     #[test]

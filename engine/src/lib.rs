@@ -6,6 +6,7 @@
 //! [`node::NodeHandle`] is the in-process API; [`rpc::RpcServer`] serves it over Cap'n
 //! Proto.
 
+pub mod cc;
 pub mod cluster;
 pub mod config;
 pub mod metrics;

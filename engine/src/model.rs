@@ -190,4 +190,8 @@ pub struct NodeStatus {
     pub remote_accesses: u64,
     pub fenced_total: u64,
     pub fabric: String,
+    pub lease_moves_total: u64,
+    pub bytes_migrated_total: u64,
+    /// Transactions the concurrency control aborted and ran again (2pl, occ; 0 under leases).
+    pub concurrency_retries_total: u64,
 }

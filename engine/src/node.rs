@@ -1,13 +1,15 @@
 //! Node wiring: opens storage and the plugin registry, starts the epoch driver, executor
-//! pool and commit thread, and offers [`NodeHandle`], the in-process API that the RPC
+//! pool and commit thread (with `cc = "2pl"|"occ"`, the baseline driver of `cc` instead
+//! of the epoch driver), and offers [`NodeHandle`], the in-process API that the RPC
 //! server (and embedding programs) call.
 
+use crate::cc::{BaselineDriver, BaselineParts, ConcurrencyStats};
 use crate::cluster::driver::{ClusterDriver, ClusterStats, DriverState};
 use crate::cluster::lease::{LeaseTable, LeaseTables};
 use crate::cluster::transport::{Deliver, Transport};
 use crate::cluster::wire::Frame;
 use crate::cluster::{ClusterError, ClusterSpec};
-use crate::config::{Config, ConfigError};
+use crate::config::{ConcurrencyControl, Config, ConfigError};
 use crate::model::{
     Arguments, Invocation, NodeId, NodeStatus, Outcome, PluginInfo, Rejection, RequestId, REQUEST_ID_BYTES_MAX,
 };
@@ -69,6 +71,8 @@ struct Shared {
     inbox: Sender<DriverMessage>,
     accepting: AtomicBool,
     stats: Arc<TransactionStats>,
+    /// Counters of the 2pl/occ baselines (zero under leases).
+    concurrency: Arc<ConcurrencyStats>,
     started: Instant,
     limits: AccessLimits,
 }
@@ -173,7 +177,26 @@ impl Node {
         let thread_error = |error: rayon::ThreadPoolBuildError| NodeError::Threads(error.to_string());
 
         let mut cluster_parts = None;
+        let concurrency = Arc::new(ConcurrencyStats::default());
         let driver: Box<dyn FnOnce() + Send> = match &spec {
+            // 2pl/occ (single node only: `Config::validate` refuses them with a cluster).
+            None if config.cc != ConcurrencyControl::Lease => {
+                let driver = BaselineDriver::start(BaselineParts {
+                    node: config.node_id,
+                    protocol: config.cc,
+                    storage: storage.clone(),
+                    ledger: ledger.clone(),
+                    stats: stats.clone(),
+                    concurrency: concurrency.clone(),
+                    inbox: inbox_receiver,
+                    commits,
+                    executor_threads,
+                    transactions_max: config.epoch_transactions_max,
+                    durable_epoch,
+                })
+                .map_err(NodeError::Threads)?;
+                Box::new(move || driver.run())
+            }
             None => {
                 let driver = EpochDriver {
                     node: config.node_id,
@@ -230,7 +253,13 @@ impl Node {
                     transport: transport.clone(),
                     leases: leases.clone(),
                     epoch_transactions_max: config.epoch_transactions_max,
-                    state: DriverState::new(spec.node_count(), me, incarnation, durable_epoch),
+                    state: DriverState::new(
+                        spec.node_count(),
+                        me,
+                        incarnation,
+                        durable_epoch,
+                        config.placement_config(),
+                    ),
                 };
                 tracing::info!(
                     node = me,
@@ -297,6 +326,7 @@ impl Node {
             inbox,
             accepting: AtomicBool::new(true),
             stats,
+            concurrency,
             started: Instant::now(),
             limits,
         };
@@ -474,7 +504,7 @@ impl NodeHandle {
             resident_keys: stats.resident_keys.load(Ordering::Relaxed),
             plugins: self.shared.registry.list().into_iter().map(|p| p.name).collect(),
             uptime_ms: self.shared.started.elapsed().as_millis() as u64,
-            cc: "lease".to_string(),
+            cc: config.cc.as_str().to_string(),
             fsync: config.fsync.as_str().to_string(),
             cluster_nodes: cluster.map_or(1, |c| c.spec.node_count()),
             cluster_generation: cluster.map_or(0, |c| c.stats.generation.load(Ordering::Acquire)),
@@ -485,6 +515,9 @@ impl NodeHandle {
             remote_accesses: cluster.map_or(0, |c| c.stats.remote_accesses.load(Ordering::Relaxed)),
             fenced_total: cluster.map_or(0, |c| c.stats.fenced_total.load(Ordering::Relaxed)),
             fabric: cluster.map_or("none", |c| c.spec.fabric.as_str()).to_string(),
+            lease_moves_total: cluster.map_or(0, |c| c.stats.lease_moves_total.load(Ordering::Relaxed)),
+            bytes_migrated_total: cluster.map_or(0, |c| c.stats.bytes_migrated_total.load(Ordering::Relaxed)),
+            concurrency_retries_total: self.shared.concurrency.retries.load(Ordering::Relaxed),
         }
     }
 }

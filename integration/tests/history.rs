@@ -1129,6 +1129,7 @@ fn cluster_history(fabric: &str, fault: Fault) {
     let remote: u64 = statuses.iter().map(|status| status.remote_accesses).sum();
     assert!(remote > 0, "{context}: transactions used keys held by other nodes");
     let committed_by_node: Vec<u64> = statuses.iter().map(|status| status.committed_total).collect();
+    let lease_moves: u64 = statuses.iter().map(|status| status.lease_moves_total).sum();
 
     println!(
         "history ({context}): {report}recorded in {recorded_in:?}, checked in {checked_in:?}; {committed_appends} \
@@ -1136,7 +1137,8 @@ fn cluster_history(fabric: &str, fault: Fault) {
          requests in flight across the first fault and {answered_during} answered during it (the last \
          {last_answer_into_fault:?} into it); {} requests retried under their ids ({} `retry` answers, {} broken \
          connections); {} acknowledged requests re-sent ({} during the load) and answered with their first outcome; \
-         commits by node since its last start {committed_by_node:?}, {remote} remote key accesses",
+         commits by node since its last start {committed_by_node:?}, {remote} remote key accesses, {lease_moves} \
+         leases moved by placement since the nodes' last start",
         run.retried, run.retry_rejections, run.broken_connections, run.resent_acknowledged, run.resent_in_load,
     );
 }

@@ -1,4 +1,5 @@
-//! Property test: the engine is serializable in timestamp order.
+//! Property test: the engine is serializable in timestamp order, under every concurrency
+//! control (`lease`, `2pl`, `occ`).
 //!
 //! Random three-step scripted transactions (the `testkit` plugin) over a few keys are
 //! submitted concurrently to a real in-process node (RocksDB in a temporary directory,
@@ -6,7 +7,7 @@
 //! in the engine's timestamp order, by a simple reference model. Every outcome and the
 //! final value of every key must be equal.
 
-use leasehold_engine::config::Config;
+use leasehold_engine::config::{ConcurrencyControl, Config};
 use leasehold_engine::model::{AbortKind, Arguments, Invocation, Outcome, RequestId};
 use leasehold_engine::node::Node;
 use leasehold_integration::plugin_bytes;
@@ -75,9 +76,9 @@ fn encode(program: &Program) -> Vec<u8> {
     leasehold_sdk::encode(program).expect("encode program")
 }
 
-fn check(batches: Vec<Vec<Program>>) {
+fn check(cc: ConcurrencyControl, batches: Vec<Vec<Program>>) {
     let directory = tempfile::tempdir().expect("temporary directory");
-    let config = Config { data_dir: directory.path().to_path_buf(), executor_threads: 2, ..Config::default() };
+    let config = Config { data_dir: directory.path().to_path_buf(), executor_threads: 2, cc, ..Config::default() };
     let node = Node::start(config).expect("start node");
     let handle = node.handle();
     handle.deploy_plugin(&plugin_bytes("testkit")).expect("deploy testkit");
@@ -86,7 +87,8 @@ fn check(batches: Vec<Vec<Program>>) {
     let mut request = 0u64;
     for batch in batches {
         // Everything in a batch is submitted before any reply is awaited, so batches
-        // become epochs with many concurrent, conflicting transactions.
+        // become epochs with many concurrent, conflicting transactions (2pl and occ run
+        // them at the same time on both executors).
         let pendings: Vec<_> = batch
             .into_iter()
             .map(|program| {
@@ -128,24 +130,43 @@ fn check(batches: Vec<Vec<Program>>) {
         let value = value.map(|bytes| i64::from_le_bytes(bytes.try_into().expect("8-byte value")));
         assert_eq!(value.unwrap_or(0), *state.get(&cell).unwrap_or(&0), "final value of cell {cell}");
     }
+    assert_eq!(handle.status().cc, cc.as_str(), "the node runs the requested concurrency control");
     node.shutdown().expect("clean shutdown");
+}
+
+fn batches() -> impl Strategy<Value = Vec<Vec<Program>>> {
+    proptest::collection::vec(proptest::collection::vec(program(), 1..60), 1..4)
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
 
     #[test]
-    fn concurrent_epochs_equal_serial_execution_in_timestamp_order(
-        batches in proptest::collection::vec(proptest::collection::vec(program(), 1..60), 1..4)
-    ) {
-        check(batches);
+    fn concurrent_epochs_equal_serial_execution_in_timestamp_order(batches in batches()) {
+        check(ConcurrencyControl::Lease, batches);
+    }
+
+    #[test]
+    fn two_phase_locking_equals_serial_execution_in_timestamp_order(batches in batches()) {
+        check(ConcurrencyControl::TwoPhaseLocking, batches);
+    }
+
+    #[test]
+    fn optimistic_concurrency_equals_serial_execution_in_timestamp_order(batches in batches()) {
+        check(ConcurrencyControl::Optimistic, batches);
     }
 }
 
 #[test]
 fn final_state_survives_a_restart() {
+    for cc in [ConcurrencyControl::Lease, ConcurrencyControl::TwoPhaseLocking, ConcurrencyControl::Optimistic] {
+        final_state_survives_a_restart_under(cc);
+    }
+}
+
+fn final_state_survives_a_restart_under(cc: ConcurrencyControl) {
     let directory = tempfile::tempdir().expect("temporary directory");
-    let config = Config { data_dir: directory.path().to_path_buf(), ..Config::default() };
+    let config = Config { data_dir: directory.path().to_path_buf(), cc, ..Config::default() };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let program = Program { steps: [vec![Op::Add(1, 5)], vec![Op::Add(2, -3)], vec![Op::Read(1), Op::Read(2)]] };
     {
@@ -167,10 +188,13 @@ fn final_state_survives_a_restart() {
     assert_eq!(node.handle().plugins().len(), 1, "the deployed plugin is loaded again after a restart");
     let read = |cell: u8| {
         let pending = node.handle().read_key("testkit", "cells", &[cell]).expect("read");
-        runtime.block_on(pending.wait()).expect("read completes").map(|b| i64::from_le_bytes(b.try_into().expect("i64")))
+        runtime
+            .block_on(pending.wait())
+            .expect("read completes")
+            .map(|b| i64::from_le_bytes(b.try_into().expect("i64")))
     };
-    assert_eq!(read(1), Some(50));
-    assert_eq!(read(2), Some(-30));
+    assert_eq!(read(1), Some(50), "{cc:?}");
+    assert_eq!(read(2), Some(-30), "{cc:?}");
     // A retried id returns the first outcome and does not run again.
     let invocation = Invocation {
         plugin: "testkit".into(),
@@ -179,9 +203,13 @@ fn final_state_survives_a_restart() {
         request_id: RequestId(vec![0].into()),
     };
     let completed = runtime.block_on(node.handle().submit(invocation).expect("planned").wait()).expect("completes");
-    assert_eq!(leasehold_sdk::decode::<Vec<i64>>(match &completed.outcome {
-        Outcome::Committed { output, .. } => output,
-        other => panic!("expected the first outcome, got {other:?}"),
-    }).expect("decodes"), vec![5, -3]);
-    assert_eq!(read(1), Some(50), "the retry must not run again");
+    assert_eq!(
+        leasehold_sdk::decode::<Vec<i64>>(match &completed.outcome {
+            Outcome::Committed { output, .. } => output,
+            other => panic!("expected the first outcome, got {other:?}"),
+        })
+        .expect("decodes"),
+        vec![5, -3]
+    );
+    assert_eq!(read(1), Some(50), "the retry must not run again ({cc:?})");
 }

@@ -48,6 +48,7 @@ impl TestNode {
 
 fn config(workload: WorkloadKind, keys: u64, initial_value: i64) -> BenchConfig {
     BenchConfig {
+        key_groups: 1,
         workload,
         keys,
         initial_value,

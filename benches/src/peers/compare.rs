@@ -307,6 +307,7 @@ mod tests {
 
     fn config() -> BenchConfig {
         BenchConfig {
+            key_groups: 1,
             workload: WorkloadKind::Banking,
             keys: 100,
             initial_value: 10,

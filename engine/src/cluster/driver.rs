@@ -29,7 +29,8 @@
 //! continues from there. Frames carry the view's generation, so frames of an abandoned
 //! view are ignored.
 
-use super::lease::{LeaseTables, LeaseWord};
+use super::lease::{LeaseTable, LeaseTables, LeaseWord};
+use super::placement::{AccessCounts, PlacementConfig};
 use super::transport::Transport;
 use super::wire::{Frame, KeyWrite, RemoteTransaction};
 use crate::model::{NodeId, Outcome, Rejection, Timestamp};
@@ -43,7 +44,7 @@ use crate::txn::tpg::GraphBuilder;
 use crate::txn::{PreparedTransaction, Reply, Submission, TransactionStats};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -52,6 +53,46 @@ use std::time::{Duration, Instant};
 /// The table id of request-id keys: the outcome of every tracked request, stored like
 /// any other key at the request id's holder. Plugin tables never get id 0.
 pub const REQUEST_ID_TABLE: u32 = 0;
+
+/// The table id of lease-table entries: every lease move, stored by every node in the
+/// record of the epoch that announced it, as (old holder, new holder, effective epoch).
+/// Plugin table ids have the top bit clear, so no plugin can reach these keys.
+pub const LEASE_TABLE: u32 = 0x8000_0001;
+
+/// A lease that passes from `from` to `to` at the start of an epoch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct LeaseMove {
+    key: Vec<u8>,
+    from: NodeId,
+    to: NodeId,
+}
+
+fn lease_entry_key(key: &[u8]) -> Vec<u8> {
+    let mut entry = Vec::with_capacity(4 + key.len());
+    data_key_into(&mut entry, LEASE_TABLE, key);
+    entry
+}
+
+fn encode_lease_entry(from: NodeId, to: NodeId, effective_epoch: u64) -> Vec<u8> {
+    let mut value = Vec::with_capacity(12);
+    value.extend_from_slice(&from.to_le_bytes());
+    value.extend_from_slice(&to.to_le_bytes());
+    value.extend_from_slice(&effective_epoch.to_le_bytes());
+    value
+}
+
+fn decode_lease_entry(value: &[u8]) -> Option<(NodeId, NodeId, u64)> {
+    let from = NodeId::from_le_bytes(value.get(0..2)?.try_into().ok()?);
+    let to = NodeId::from_le_bytes(value.get(2..4)?.try_into().ok()?);
+    let effective = u64::from_le_bytes(value.get(4..12)?.try_into().ok()?);
+    Some((from, to, effective))
+}
+
+/// Whether a storage key is a request-id key (not placed by affinity: each is written
+/// once, by whichever node ran the request).
+fn is_request_id_key(key: &[u8]) -> bool {
+    key.starts_with(&REQUEST_ID_TABLE.to_be_bytes())
+}
 
 /// How often a node that waits for a view agreement announces its view again.
 const RESYNC_REPEAT: Duration = Duration::from_millis(200);
@@ -73,6 +114,10 @@ pub struct ClusterStats {
     /// Write-backs refused because the lease word or lease epoch did not match.
     pub fenced_total: AtomicU64,
     pub view_changes: AtomicU64,
+    /// Leases this node gave up to another node by placement, and the value bytes it sent
+    /// with them.
+    pub lease_moves_total: AtomicU64,
+    pub bytes_migrated_total: AtomicU64,
 }
 
 /// A vertex of this node's epoch graph.
@@ -150,10 +195,27 @@ pub struct DriverState {
     /// Frames of epochs not started yet, by epoch.
     early: BTreeMap<u64, Vec<(NodeId, Frame)>>,
     stopping: Option<Instant>,
+    /// Affinity placement (None: static home placement).
+    placement: Option<PlacementConfig>,
+    counts: AccessCounts,
+    /// Keys this node's transactions or virtual vertices used in the running epoch.
+    touched: FxHashSet<Vec<u8>>,
+    /// Leases this node decided to give up, announced with its next batch.
+    announce: Vec<(Vec<u8>, NodeId)>,
+    /// Keys with a move announced and not yet in effect.
+    moving: FxHashSet<Vec<u8>>,
+    /// Moves in effect from the start of an epoch, by epoch.
+    pending_moves: BTreeMap<u64, Vec<LeaseMove>>,
 }
 
 impl DriverState {
-    pub fn new(node_count: u16, me: NodeId, incarnation: u32, durable_epoch: u64) -> DriverState {
+    pub fn new(
+        node_count: u16,
+        me: NodeId,
+        incarnation: u32,
+        durable_epoch: u64,
+        placement: Option<PlacementConfig>,
+    ) -> DriverState {
         let mut view = vec![0; usize::from(node_count)];
         view[usize::from(me)] = incarnation;
         DriverState {
@@ -169,6 +231,12 @@ impl DriverState {
             request_ids: VecDeque::new(),
             early: BTreeMap::new(),
             stopping: None,
+            counts: AccessCounts::new(node_count, placement.unwrap_or_default()),
+            placement,
+            touched: FxHashSet::default(),
+            announce: Vec::new(),
+            moving: FxHashSet::default(),
+            pending_moves: BTreeMap::new(),
         }
     }
 }
@@ -369,9 +437,14 @@ impl ClusterDriver {
             }
             Err(_) => return false,
         }
-        // Every key reloads from storage, as of the agreed epoch.
+        // Every key reloads from storage, as of the agreed epoch, and so does the lease
+        // table.
         self.state.slots = SlotStore::new();
         self.state.request_ids.clear();
+        if let Err(error) = self.reload_leases(agreed_epoch) {
+            tracing::error!(%error, "cannot read the lease table; the node stops taking work");
+            self.stats.failed.store(true, Ordering::Release);
+        }
         self.stats.resident_keys.store(0, Ordering::Relaxed);
         self.state.epoch = agreed_epoch;
         self.state.generation = generation;
@@ -387,6 +460,78 @@ impl ClusterDriver {
         TransactionStats::count(&self.cluster_stats.view_changes, 1);
         tracing::info!(node = self.node, view = ?self.state.view, agreed_epoch, generation, "cluster view agreed");
         true
+    }
+
+    /// Rebuilds the lease table from the moves stored up to `agreed_epoch`: moves in
+    /// effect by then are applied, later ones wait for their epoch.
+    fn reload_leases(&mut self, agreed_epoch: u64) -> Result<(), crate::storage::StorageError> {
+        let prefix = LEASE_TABLE.to_be_bytes();
+        let mut applied = Vec::new();
+        self.state.pending_moves.clear();
+        self.state.announce.clear();
+        self.state.moving.clear();
+        self.state.counts = AccessCounts::new(self.node_count, self.state.placement.unwrap_or_default());
+        for (entry_key, value) in self.storage.scan_values(&prefix)? {
+            let key = entry_key[prefix.len()..].to_vec();
+            let Some((from, to, effective)) = decode_lease_entry(&value) else {
+                return Err(crate::storage::StorageError::Corrupt { what: "lease table entry" });
+            };
+            if effective <= agreed_epoch + 1 && effective > agreed_epoch {
+                applied.push((key.clone().into_boxed_slice(), from));
+                self.state.moving.insert(key.clone());
+                self.state.pending_moves.entry(effective).or_default().push(LeaseMove { key, from, to });
+            } else if effective <= agreed_epoch {
+                applied.push((key.into_boxed_slice(), to));
+            }
+        }
+        let table = LeaseTable::home(self.node_count).with_moves(applied);
+        self.cluster_stats.lease_table_digest.store(table.digest(), Ordering::Release);
+        self.leases.publish(table);
+        Ok(())
+    }
+
+    /// Puts the moves in effect from `epoch` into the lease table. For leases this node
+    /// gives up, the value goes to the new holder with this epoch's batch, and the key
+    /// leaves this node (memory and, with this epoch's record, storage).
+    fn apply_moves(
+        &mut self,
+        epoch: u64,
+        moves: Vec<LeaseMove>,
+        transfers: &mut [Vec<(Vec<u8>, Option<Vec<u8>>)>],
+        record_extra: &mut Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    ) -> Result<(), crate::storage::StorageError> {
+        let me = self.node;
+        let leaving: Vec<&LeaseMove> = moves.iter().filter(|m| m.from == me).collect();
+        let not_resident: Vec<&[u8]> =
+            leaving.iter().filter(|m| self.state.slots.lookup(&m.key).is_none()).map(|m| m.key.as_slice()).collect();
+        let mut stored: FxHashMap<&[u8], Option<Vec<u8>>> =
+            not_resident.iter().copied().zip(self.storage.read_values(&not_resident)?).collect();
+        let (mut moved, mut bytes) = (0u64, 0u64);
+        for lease_move in &leaving {
+            let value = match self.state.slots.lookup(&lease_move.key) {
+                // SAFETY: between epochs only the driver touches slots.
+                Some((_, pointer)) => unsafe { pointer.get().value() }.map(<[u8]>::to_vec),
+                None => stored.remove(lease_move.key.as_slice()).flatten(),
+            };
+            self.state.slots.remove(&lease_move.key);
+            bytes += value.as_ref().map_or(0, |v| v.len() as u64);
+            moved += 1;
+            transfers[usize::from(lease_move.to)].push((lease_move.key.clone(), value));
+            record_extra.push((lease_move.key.clone(), None));
+        }
+        for lease_move in &moves {
+            self.state.moving.remove(&lease_move.key);
+            self.state.counts.forget(&lease_move.key);
+        }
+        let table = self.leases.current().with_moves(moves.into_iter().map(|m| (m.key.into_boxed_slice(), m.to)));
+        self.cluster_stats.lease_table_digest.store(table.digest(), Ordering::Release);
+        self.leases.publish(table);
+        TransactionStats::count(&self.cluster_stats.lease_moves_total, moved);
+        TransactionStats::count(&self.cluster_stats.bytes_migrated_total, bytes);
+        metrics::counter!(crate::metrics::LEASE_MOVES_TOTAL).increment(moved);
+        metrics::counter!(crate::metrics::BYTES_MIGRATED_TOTAL).increment(bytes);
+        tracing::debug!(epoch, moved, bytes, "leases moved");
+        Ok(())
     }
 
     /// The lease epoch of this view: leases granted under an older view are void.
@@ -424,6 +569,20 @@ impl ClusterDriver {
         let generation = self.state.generation;
         let _span = tracing::debug_span!("cluster_epoch", epoch, transactions = runnable.len()).entered();
 
+        // Leases that change hands from this epoch on.
+        let node_count = usize::from(self.node_count);
+        let mut transfers: Vec<Vec<(Vec<u8>, Option<Vec<u8>>)>> = (0..node_count).map(|_| Vec::new()).collect();
+        let mut record_extra: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        if let Some(moves) = self.state.pending_moves.remove(&epoch) {
+            if let Err(error) = self.apply_moves(epoch, moves, &mut transfers, &mut record_extra) {
+                tracing::error!(%error, "cannot read keys to move; the node stops taking work");
+                self.stats.failed.store(true, Ordering::Release);
+                return Err(self.abandon(runnable, Interrupted::Stopping));
+            }
+        }
+        self.state.touched.clear();
+        let counting = self.state.placement.is_some();
+
         let checkpointed = self.stats.checkpointed_epoch.load(Ordering::Acquire);
         while self.state.request_ids.front().is_some_and(|(written, _)| *written <= checkpointed) {
             let (_, key) = self.state.request_ids.pop_front().expect("checked above");
@@ -432,7 +591,6 @@ impl ClusterDriver {
 
         // 1. Where each access goes.
         let table = self.leases.current();
-        let node_count = usize::from(self.node_count);
         let mut outgoing: Vec<Vec<RemoteTransaction>> = (0..node_count).map(|_| Vec::new()).collect();
         let mut groups: Vec<Vec<RemoteGroup>> = Vec::with_capacity(runnable.len());
         // Per transaction, per access: the storage key, whether it is held here, and the
@@ -456,12 +614,20 @@ impl ClusterDriver {
                 data_key_into(&mut key, REQUEST_ID_TABLE, &transaction.request_id.0);
                 (key, AccessMode::Write)
             });
+            let declared_count = transaction.accesses.len();
             for (index, (key, mode)) in declared.chain(request_id).enumerate() {
                 let holder = table.holder(&key);
+                // The local share counts declared accesses; a request id's key is an
+                // exactly-once record at the id's holder, not data the request chose.
+                let is_declared = index < declared_count;
                 if holder == me {
-                    local_accesses += 1;
+                    local_accesses += u64::from(is_declared);
+                    if counting && is_declared {
+                        self.state.counts.record(&key, me, epoch);
+                        self.state.touched.insert(key.clone());
+                    }
                 } else {
-                    remote_accesses += 1;
+                    remote_accesses += u64::from(is_declared);
                     let batch = &mut outgoing[usize::from(holder)];
                     if batch.last().is_none_or(|last| last.sequence != sequence as u32) {
                         batch.push(RemoteTransaction { sequence: sequence as u32, keys: Vec::new() });
@@ -483,15 +649,26 @@ impl ClusterDriver {
         metrics::counter!(crate::metrics::REMOTE_ACCESSES_TOTAL).increment(remote_accesses);
 
         // 2. Exchange virtual vertices.
+        let announced = std::mem::take(&mut self.state.announce);
         for peer in self.transport.peers() {
             let transactions = std::mem::take(&mut outgoing[usize::from(peer)]);
-            self.transport.send(peer, &Frame::Batch { generation, epoch, transactions });
+            let moves = announced.clone();
+            let transfers = std::mem::take(&mut transfers[usize::from(peer)]);
+            self.transport.send(peer, &Frame::Batch { generation, epoch, transactions, moves, transfers });
         }
         let mut incoming: Vec<Option<Vec<RemoteTransaction>>> = (0..node_count).map(|_| None).collect();
+        // Lease moves announced this epoch (in effect from the next), by announcing node,
+        // and the values of keys whose lease passes to this node now.
+        let mut announcements: Vec<(NodeId, Vec<(Vec<u8>, NodeId)>)> = vec![(me, announced)];
+        let mut arriving: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
         let mut deferred: Vec<(NodeId, Frame)> = Vec::new();
         for (from, frame) in self.state.early.remove(&epoch).unwrap_or_default() {
             match frame {
-                Frame::Batch { transactions, .. } => incoming[usize::from(from)] = Some(transactions),
+                Frame::Batch { transactions, moves, transfers, .. } => {
+                    incoming[usize::from(from)] = Some(transactions);
+                    announcements.push((from, moves));
+                    arriving.extend(transfers);
+                }
                 other => deferred.push((from, other)),
             }
         }
@@ -504,7 +681,11 @@ impl ClusterDriver {
             match message {
                 DriverMessage::Peer { from, frame } if frame_epoch(&frame) == Some((generation, epoch)) => {
                     match frame {
-                        Frame::Batch { transactions, .. } => incoming[usize::from(from)] = Some(transactions),
+                        Frame::Batch { transactions, moves, transfers, .. } => {
+                            incoming[usize::from(from)] = Some(transactions);
+                            announcements.push((from, moves));
+                            arriving.extend(transfers);
+                        }
                         other => deferred.push((from, other)),
                     }
                 }
@@ -516,9 +697,43 @@ impl ClusterDriver {
         }
         metrics::histogram!(crate::metrics::EPOCH_BARRIER_SECONDS).record(barrier_started.elapsed().as_secs_f64());
 
+        // Every node learned the same announcements with this epoch's batches; each keeps
+        // them in its record of this epoch, so that they survive (or are undone) with it.
+        let lease_epoch = self.lease_epoch();
+        for (from, moves) in announcements {
+            for (key, to) in moves {
+                if to >= self.node_count || to == from {
+                    tracing::error!(peer = from, to, "ignoring an invalid lease move");
+                    continue;
+                }
+                record_extra.push((lease_entry_key(&key), Some(encode_lease_entry(from, to, epoch + 1))));
+                if from == me {
+                    self.state.moving.insert(key.clone());
+                }
+                self.state.pending_moves.entry(epoch + 1).or_default().push(LeaseMove { key, from, to });
+            }
+        }
+        let mut dirty: Vec<SlotPointer> = Vec::new();
+        for (key, value) in arriving {
+            let pointer = match self.state.slots.lookup(&key) {
+                Some((_, pointer)) => {
+                    // SAFETY: between executions only the driver touches slots.
+                    unsafe { pointer.get().set(value.as_deref()) };
+                    pointer
+                }
+                None => self.state.slots.insert(&key, value).1,
+            };
+            // SAFETY: as above.
+            let slot = unsafe { pointer.get() };
+            slot.lease_word().store(LeaseWord::held(me, lease_epoch).0, Ordering::Release);
+            // The new holder persists the key with this epoch.
+            if slot.mark_dirty(epoch) {
+                dirty.push(pointer);
+            }
+        }
+
         // 3. Resident keys: the local keys of local transactions and every key of the
         // virtual vertices.
-        let lease_epoch = self.lease_epoch();
         let mut missing: Vec<Vec<u8>> = Vec::new();
         for keys in &storage_keys {
             for (key, local, _) in keys {
@@ -586,6 +801,10 @@ impl ClusterDriver {
                     let (number, pointer) = self.state.slots.lookup(key).expect("made resident above");
                     numbers.push((number, *mode));
                     keys.push((pointer, *mode));
+                    if counting && !is_request_id_key(key) {
+                        self.state.counts.record(key, node, epoch);
+                        self.state.touched.insert(key.clone());
+                    }
                 }
                 virtual_index[usize::from(node)].insert(transaction.sequence, vertices.len() as u32);
                 vertices.push(Vertex::Virtual { from: node, sequence: transaction.sequence, keys });
@@ -650,7 +869,6 @@ impl ClusterDriver {
             }
         }
         let mut outcomes: Vec<Option<Outcome>> = (0..work.transactions.len()).map(|_| None).collect();
-        let mut dirty: Vec<SlotPointer> = Vec::new();
         let mut ready: Vec<u32> = (0..vertices.len() as u32).filter(|&v| remaining[v as usize] == 0).collect();
         let mut finished = 0usize;
         let mut in_flight = 0usize;
@@ -842,8 +1060,12 @@ impl ClusterDriver {
             }
         }
 
-        // 7. Commit.
+        // 7. Commit, and decide which leases to give up.
         let mut record = EpochRecord::new(epoch);
+        for (key, value) in &record_extra {
+            record.stage_value(key, value.as_deref());
+        }
+        self.decide_moves(epoch);
         for pointer in dirty {
             // SAFETY: execution has finished; the driver is the only user.
             let slot = unsafe { pointer.get() };
@@ -878,6 +1100,26 @@ impl ClusterDriver {
             panic!("commit thread ended before the epoch driver");
         }
         Ok(())
+    }
+
+    /// Picks the keys held here that another node's transactions use markedly more; they
+    /// are announced with the next batch and change hands one epoch later.
+    fn decide_moves(&mut self, epoch: u64) {
+        let Some(config) = self.state.placement else { return };
+        let table = self.leases.current();
+        let touched = std::mem::take(&mut self.state.touched);
+        for key in touched {
+            if self.state.announce.len() >= config.moves_per_epoch_max {
+                break;
+            }
+            if self.state.moving.contains(&key) || table.holder(&key) != self.node {
+                continue;
+            }
+            if let Some(to) = self.state.counts.decide(&key, self.node, epoch) {
+                self.state.moving.insert(key.clone());
+                self.state.announce.push((key, to));
+            }
+        }
     }
 
     /// Every key a local transaction uses here must be held by this node under the

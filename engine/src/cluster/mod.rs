@@ -4,6 +4,7 @@
 //! * [`ClusterSpec`]: the cluster file (nodes, their addresses, the fabric backend);
 //! * [`lease`]: the lease table (holder of each key) and the lease word that fences
 //!   stale holders;
+//! * [`placement`]: decayed access counts and the pure decision to move a lease;
 //! * [`wire`]: the frames nodes exchange;
 //! * [`transport`]: frames over the fabric's message rings (one inbound ring per peer);
 //! * [`workers`]: the executor threads of a cluster node;
@@ -16,6 +17,7 @@
 
 pub mod driver;
 pub mod lease;
+pub mod placement;
 pub mod transport;
 pub mod wire;
 pub mod workers;

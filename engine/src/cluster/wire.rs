@@ -32,8 +32,17 @@ pub enum Frame {
     /// view answer it with what they reported for that view.
     Resync { view: Vec<u32>, durable_epoch: u64, answer_wanted: bool },
     /// The sender's transactions of `epoch` that touch keys the receiver holds (possibly
-    /// none: the receiver plans the epoch only once every peer's batch arrived).
-    Batch { generation: u64, epoch: u64, transactions: Vec<RemoteTransaction> },
+    /// none: the receiver plans the epoch only once every peer's batch arrived). Also
+    /// placement: `moves` announces leases the sender gives up from epoch `epoch + 1`
+    /// (key, new holder), sent to every peer; `transfers` carries the values of the keys
+    /// whose lease passes from the sender to the receiver in this epoch.
+    Batch {
+        generation: u64,
+        epoch: u64,
+        transactions: Vec<RemoteTransaction>,
+        moves: Vec<(Vec<u8>, u16)>,
+        transfers: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    },
     /// The holder lends the keys of the receiver's transaction `sequence` (in the order of
     /// the batch entry), with their values.
     Handover { generation: u64, epoch: u64, sequence: u32, lease_epoch: u64, values: Vec<Option<Vec<u8>>> },
@@ -103,7 +112,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             }
             put_u64(out, *durable_epoch);
         }
-        Frame::Batch { generation, epoch, transactions } => {
+        Frame::Batch { generation, epoch, transactions, moves, transfers } => {
             out.push(KIND_BATCH);
             put_u64(out, *generation);
             put_u64(out, *epoch);
@@ -115,6 +124,16 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
                     out.push(u8::from(*mode == AccessMode::Write));
                     put_bytes(out, key);
                 }
+            }
+            put_u32(out, moves.len() as u32);
+            for (key, to) in moves {
+                put_bytes(out, key);
+                out.extend_from_slice(&to.to_le_bytes());
+            }
+            put_u32(out, transfers.len() as u32);
+            for (key, value) in transfers {
+                put_bytes(out, key);
+                put_optional(out, value.as_deref());
             }
         }
         Frame::Handover { generation, epoch, sequence, lease_epoch, values } => {
@@ -258,7 +277,20 @@ pub fn decode(stream: &[u8]) -> Result<Option<(Frame, usize)>, WireError> {
                 }
                 transactions.push(RemoteTransaction { sequence, keys });
             }
-            Frame::Batch { generation, epoch, transactions }
+            let move_count = reader.count(6, "moves")?;
+            let mut moves = Vec::with_capacity(move_count);
+            for _ in 0..move_count {
+                let key = reader.bytes("moved key")?;
+                let to = u16::from_le_bytes(reader.take(2, "new holder")?.try_into().expect("two bytes"));
+                moves.push((key, to));
+            }
+            let transfer_count = reader.count(5, "transfers")?;
+            let mut transfers = Vec::with_capacity(transfer_count);
+            for _ in 0..transfer_count {
+                let key = reader.bytes("transferred key")?;
+                transfers.push((key, reader.optional("transferred value")?));
+            }
+            Frame::Batch { generation, epoch, transactions, moves, transfers }
         }
         KIND_HANDOVER => {
             let (generation, epoch) = (reader.u64("generation")?, reader.u64("epoch")?);
@@ -317,8 +349,10 @@ mod tests {
                     },
                     RemoteTransaction { sequence: 9, keys: vec![] },
                 ],
+                moves: vec![(b"hot".to_vec(), 2)],
+                transfers: vec![(b"moved".to_vec(), Some(b"value".to_vec())), (b"gone".to_vec(), None)],
             },
-            Frame::Batch { generation: 10, epoch: 44, transactions: vec![] },
+            Frame::Batch { generation: 10, epoch: 44, transactions: vec![], moves: vec![], transfers: vec![] },
             Frame::Handover {
                 generation: 10,
                 epoch: 43,

@@ -281,6 +281,20 @@ impl Storage {
             .collect()
     }
 
+    /// Every key of `data` that starts with `prefix`, with its value, in key order.
+    pub fn scan_values(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+        let mode = rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward);
+        let mut found = Vec::new();
+        for entry in self.db.iterator_cf(self.cf(CF_DATA), mode) {
+            let (key, value) = entry?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            found.push((key.to_vec(), value.to_vec()));
+        }
+        Ok(found)
+    }
+
     /// Looks up the durable outcomes of several request ids at once.
     pub fn read_results(&self, ids: &[&RequestId]) -> Result<Vec<Option<Outcome>>, StorageError> {
         let cf = self.cf(CF_RESULTS);

@@ -194,7 +194,7 @@ fn status(directory: &Path) -> Result<(), Failure> {
         match BlockingClient::connect(node.client_address).and_then(|client| client.status()) {
             Ok(status) => println!(
                 "  node {}: {}, generation {}, durable epoch {}, {} committed, {} keys, accesses {} local / {} remote, \
-                 {} lent, lease table {:016x}",
+                 {} lent, {} leases moved away, lease table {:016x}",
                 status.node,
                 if status.cluster_synced { "in the view" } else { "agreeing on the view" },
                 status.cluster_generation,
@@ -204,6 +204,7 @@ fn status(directory: &Path) -> Result<(), Failure> {
                 status.local_accesses,
                 status.remote_accesses,
                 status.leases_lent,
+                status.lease_moves_total,
                 status.lease_table_digest
             ),
             Err(error) => println!("  node {}: unreachable at {} ({error})", node.id, node.client_address),

@@ -17,7 +17,7 @@ use leasehold_bench::run::{BenchConfig, BenchReport, Messages, Observer};
 use leasehold_bench::workload::WorkloadKind;
 use leasehold_client::{BlockingClient, ClientError, Invocation, InvokeResult};
 use leasehold_engine::cluster::ClusterSpec;
-use leasehold_engine::config::{read_token_file, ConfigOverrides, FsyncPolicy};
+use leasehold_engine::config::{read_token_file, ConcurrencyControl, ConfigOverrides, FsyncPolicy};
 use leasehold_engine::node::Node;
 use leasehold_engine::rpc::RpcServer;
 use std::net::SocketAddr;
@@ -108,6 +108,10 @@ struct LoadArguments {
     warmup_seconds: f64,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Banking/YCSB-T: split the keys into this many groups; client i draws from group
+    /// i mod N (with --cluster-file, client i also talks to node i mod N).
+    #[arg(long, default_value_t = 1)]
+    key_groups: u64,
 }
 
 impl LoadArguments {
@@ -126,6 +130,7 @@ impl LoadArguments {
         let workload = self.workload();
         let (default_keys, initial_value) = workload.defaults();
         BenchConfig {
+            key_groups: self.key_groups.max(1),
             workload,
             keys: self.keys.unwrap_or(default_keys),
             initial_value,
@@ -168,6 +173,10 @@ struct BenchArguments {
     /// Embedded node: executor threads.
     #[arg(long)]
     executor_threads: Option<usize>,
+    /// Embedded node: concurrency control, the lease protocol (default) or a baseline
+    /// (2pl, occ) to compare it with.
+    #[arg(long, value_enum)]
+    cc: Option<ConcurrencyControl>,
     /// Embedded node: data directory (default: a fresh temporary one).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -323,9 +332,17 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     status.lease_table_digest,
                     status.leases_lent
                 );
+                let accesses = (status.local_accesses + status.remote_accesses).max(1);
                 println!(
-                    "  key accesses: {} local, {} remote; {} write-backs refused by fencing",
-                    status.local_accesses, status.remote_accesses, status.fenced_total
+                    "  key accesses: {} local, {} remote ({:.1}% local); {} write-backs refused by fencing",
+                    status.local_accesses,
+                    status.remote_accesses,
+                    100.0 * status.local_accesses as f64 / accesses as f64,
+                    status.fenced_total
+                );
+                println!(
+                    "  placement: {} leases given up, {} bytes migrated",
+                    status.lease_moves_total, status.bytes_migrated_total
                 );
             }
             Ok(())
@@ -431,7 +448,8 @@ fn run_embedded(
     overrides.client_address = Some("127.0.0.1:0".parse().expect("literal address"));
     let node_config = overrides.resolve()?;
     progress(&format!(
-        "embedded node: fsync {}, {} executor threads, data in {}",
+        "embedded node: cc {}, fsync {}, {} executor threads, data in {}",
+        node_config.cc.as_str(),
         node_config.fsync.as_str(),
         node_config.executor_threads,
         node_config.data_dir.display()
@@ -445,8 +463,8 @@ fn run_embedded(
     server.stop();
     node.shutdown()?;
     progress(&format!(
-        "node: {} epochs, {} transactions committed in total",
-        status.epochs_total, status.committed_total
+        "node: {} epochs, {} transactions committed in total, {} concurrency retries",
+        status.epochs_total, status.committed_total, status.concurrency_retries_total
     ));
     let parameters = NodeParameters {
         mode: "embedded",
@@ -490,6 +508,7 @@ fn bench(address: SocketAddr, token_file: Option<&Path>, arguments: BenchArgumen
             data_dir: arguments.data_dir.clone(),
             fsync: Some(arguments.fsync),
             executor_threads: arguments.executor_threads,
+            cc: arguments.cc,
             ..ConfigOverrides::default()
         };
         run_embedded(&library, overrides, &config, &display)?

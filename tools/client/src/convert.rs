@@ -160,6 +160,9 @@ pub(crate) fn read_node_status(status: wire::node_status::Reader<'_>) -> Result<
         remote_accesses: status.get_remote_accesses(),
         fenced_total: status.get_fenced_total(),
         fabric: read_text(status.get_fabric())?,
+        lease_moves_total: status.get_lease_moves_total(),
+        bytes_migrated_total: status.get_bytes_migrated_total(),
+        concurrency_retries_total: status.get_concurrency_retries_total(),
     })
 }
 

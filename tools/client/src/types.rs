@@ -230,4 +230,10 @@ pub struct NodeStatus {
     pub fenced_total: u64,
     /// The fabric backend between the nodes ("shm", "tcp", "rdma"), or "none" for a single node.
     pub fabric: String,
+    /// Leases this node gave up to another node by affinity placement, since it started.
+    pub lease_moves_total: u64,
+    /// Value bytes this node sent along with the leases it gave up, since it started.
+    pub bytes_migrated_total: u64,
+    /// Transactions the concurrency control aborted and ran again (2pl: died under wait-die; occ: a write lock or the read validation failed). Always 0 under leases.
+    pub concurrency_retries_total: u64,
 }

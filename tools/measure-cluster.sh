@@ -1,0 +1,53 @@
+#!/bin/bash
+# The cluster and placement figures of benches/RESULTS.md: one node, three nodes over shm
+# and tcp (throughput, idle latency, epoch barrier from each node's metrics), and grouped
+# banking with placement on and off. Run on a quiet machine after building the workspace;
+# everything goes under $OUT (default ./cluster-measurements), the summary to $OUT/out.txt.
+set -u
+OUT=${OUT:-./cluster-measurements}
+mkdir -p "$OUT"
+T=${CARGO_TARGET_DIR:-$HOME/.cache/leasehold-target}/release
+L=$T/leasehold
+out=$OUT/out.txt
+: > $out
+log() { echo "$@" | tee -a $out; }
+cluster_file() { # dir fabric base placement
+  mkdir -p $1
+  {
+    echo "fabric = \"$2\""
+    for i in 0 1 2; do
+      echo "[[nodes]]"; echo "id = $i"; echo "client_address = \"127.0.0.1:$(( $3 + i ))\""
+      echo "peer_address = \"127.0.0.1:$(( $3 + 100 + i ))\""; echo "data_dir = \"node-$i\""
+      echo "metrics_address = \"127.0.0.1:$(( $3 + 200 + i ))\""
+    done
+  } > $1/cluster.toml
+}
+barrier() { # base
+  for i in 0 1 2; do curl -s 127.0.0.1:$(( $1 + 200 + i ))/metrics | grep -E "leasehold_epoch_barrier_seconds\{quantile=\"0.5\"\}|leasehold_epoch_barrier_seconds\{quantile=\"0.99\"\}" | sed "s/^/  node $i /"; done
+}
+log "== $(date -u +%H:%M) load $(cut -d' ' -f1-3 /proc/loadavg)"
+log "-- single node, banking 100k, 10 s"
+$L bench --duration-seconds 10 2>&1 | grep -E "transactions/s|latency" | tee -a $out
+$L bench --duration-seconds 5 --clients 1 --pipeline 1 --batch 1 2>&1 | grep -E "transactions/s|latency" | tee -a $out
+for fabric in shm tcp; do
+  d=$OUT/c-$fabric; rm -rf $d; cluster_file $d $fabric 7800 true
+  $L cluster start --directory $d >/dev/null 2>&1 || log "start failed"
+  log "-- 3 nodes $fabric, banking 100k uniform, 10 s (load $(cut -d' ' -f1 /proc/loadavg))"
+  $L bench --cluster-file $d/cluster.toml --duration-seconds 10 2>&1 | grep -E "transactions/s|latency|invariant" | tee -a $out
+  log "-- idle transfer"
+  $L bench --cluster-file $d/cluster.toml --no-load --clients 1 --pipeline 1 --batch 1 --duration-seconds 5 2>&1 | grep -E "transactions/s|latency" | tee -a $out
+  log "-- barrier (epoch_barrier_seconds quantiles, cumulative)"; barrier 7800 | tee -a $out
+  $L cluster status --directory $d | tee -a $out
+  $L cluster stop --directory $d >/dev/null
+done
+for placement in true false; do
+  d=$OUT/p-$placement; rm -rf $d; cluster_file $d tcp 7900 $placement
+  $L cluster start --directory $d -- --placement $placement >/dev/null 2>&1 || log "start failed"
+  log "-- grouped banking 30k keys, 3 groups, 3 clients, tcp, placement $placement, 10 s warm-up + 10 s (load $(cut -d' ' -f1 /proc/loadavg))"
+  $L bench --cluster-file $d/cluster.toml --key-groups 3 --clients 3 --keys 30000 --duration-seconds 10 2>&1 | grep -E "transactions/s" | sed 's/^/  warm-up run: /' | tee -a $out
+  $L cluster status --directory $d | sed 's/^/  before: /' | tee -a $out
+  $L bench --cluster-file $d/cluster.toml --no-load --key-groups 3 --clients 3 --keys 30000 --duration-seconds 10 --output-json $OUT/placement-$placement.json 2>&1 | grep -E "transactions/s|latency|invariant" | tee -a $out
+  $L cluster status --directory $d | sed 's/^/  after: /' | tee -a $out
+  $L cluster stop --directory $d >/dev/null
+done
+log "== done $(date -u +%H:%M) load $(cut -d' ' -f1-3 /proc/loadavg)"
