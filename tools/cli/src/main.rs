@@ -235,6 +235,10 @@ impl<E: std::fmt::Display> From<E> for Failure {
 }
 
 fn main() -> ExitCode {
+    // Like other command-line tools, end quietly when the reader of our output goes away
+    // (`leasehold cluster status | head`) instead of panicking on the broken pipe.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     leasehold_engine::metrics::init_logging("warn");
     let cli = Cli::parse();
     match run(cli) {
