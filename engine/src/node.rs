@@ -243,7 +243,7 @@ impl Node {
                     node_count: spec.node_count(),
                     incarnation,
                     storage: storage.clone(),
-                    ledger: ledger.clone(),
+
                     stats: stats.clone(),
                     cluster_stats: cluster_stats.clone(),
                     pool,

@@ -32,27 +32,22 @@
 use super::lease::{LeaseTable, LeaseTables, LeaseWord};
 use super::placement::{AccessCounts, PlacementConfig};
 use super::transport::Transport;
-use super::wire::{Frame, KeyWrite, RemoteTransaction};
+use super::wire::{Frame, KeyValue, KeyWrite, RemoteTransaction};
 use crate::model::{NodeId, Outcome, Rejection, Timestamp};
 use crate::storage::slots::{Slot, SlotPointer};
-use crate::storage::{data_key_into, EpochRecord, SlotStore, Storage};
+pub use crate::storage::REQUEST_ID_TABLE;
+use crate::storage::{data_key_into, is_request_id_key, EpochRecord, SlotStore, Storage};
 use crate::txn::access::AccessMode;
 use crate::txn::commit::{CommitMessage, EpochCommit};
 use crate::txn::epoch::DriverMessage;
-use crate::txn::ledger::Ledger;
 use crate::txn::tpg::GraphBuilder;
 use crate::txn::{PreparedTransaction, Reply, Submission, TransactionStats};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use parking_lot::Mutex;
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// The table id of request-id keys: the outcome of every tracked request, stored like
-/// any other key at the request id's holder. Plugin tables never get id 0.
-pub const REQUEST_ID_TABLE: u32 = 0;
 
 /// The table id of lease-table entries: every lease move, stored by every node in the
 /// record of the epoch that announced it, as (old holder, new holder, effective epoch).
@@ -86,12 +81,6 @@ fn decode_lease_entry(value: &[u8]) -> Option<(NodeId, NodeId, u64)> {
     let to = NodeId::from_le_bytes(value.get(2..4)?.try_into().ok()?);
     let effective = u64::from_le_bytes(value.get(4..12)?.try_into().ok()?);
     Some((from, to, effective))
-}
-
-/// Whether a storage key is a request-id key (not placed by affinity: each is written
-/// once, by whichever node ran the request).
-fn is_request_id_key(key: &[u8]) -> bool {
-    key.starts_with(&REQUEST_ID_TABLE.to_be_bytes())
 }
 
 /// How often a node that waits for a view agreement announces its view again.
@@ -158,7 +147,6 @@ pub struct ClusterDriver {
     pub node_count: u16,
     pub incarnation: u32,
     pub storage: Arc<Storage>,
-    pub ledger: Arc<Mutex<Ledger>>,
     pub stats: Arc<TransactionStats>,
     pub cluster_stats: Arc<ClusterStats>,
     pub pool: super::workers::Workers,
@@ -250,18 +238,10 @@ fn frame_epoch(frame: &Frame) -> Option<(u64, u64)> {
     }
 }
 
-fn reject_all(
-    replies: impl IntoIterator<Item = (crate::model::RequestId, Reply)>,
-    ledger: &Mutex<Ledger>,
-    rejection: &Rejection,
-) {
-    let mut ledger = ledger.lock();
-    for (id, reply) in replies {
-        if id.is_tracked() {
-            for waiter in ledger.abandon(&id) {
-                let _ = waiter.send(Err(rejection.clone()));
-            }
-        }
+/// Refuses requests that did not run. A cluster node keeps no ledger (a request id's
+/// outcome is a key), so there are no joined waiters to refuse besides the callers.
+fn reject_all(replies: impl IntoIterator<Item = Reply>, rejection: &Rejection) {
+    for reply in replies {
         let _ = reply.send(Err(rejection.clone()));
     }
 }
@@ -300,8 +280,7 @@ impl ClusterDriver {
                 Err(Interrupted::Stopping) => break,
             }
         }
-        let pending: Vec<_> = self.state.pending.drain(..).map(|s| (s.transaction.request_id, s.reply)).collect();
-        reject_all(pending, &self.ledger, &Rejection::ShuttingDown);
+        reject_all(self.state.pending.drain(..).map(|s| s.reply), &Rejection::ShuttingDown);
         tracing::info!(node = self.node, "cluster driver stopped");
     }
 
@@ -497,8 +476,8 @@ impl ClusterDriver {
         &mut self,
         epoch: u64,
         moves: Vec<LeaseMove>,
-        transfers: &mut [Vec<(Vec<u8>, Option<Vec<u8>>)>],
-        record_extra: &mut Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        transfers: &mut [Vec<KeyValue>],
+        record_extra: &mut Vec<KeyValue>,
     ) -> Result<(), crate::storage::StorageError> {
         let me = self.node;
         let leaving: Vec<&LeaseMove> = moves.iter().filter(|m| m.from == me).collect();
@@ -558,8 +537,8 @@ impl ClusterDriver {
         let take = self.state.pending.len().min(self.epoch_transactions_max);
         let batch: Vec<Submission> = self.state.pending.drain(..take).collect();
         let runnable = if self.stats.failed.load(Ordering::Acquire) {
-            let replies = batch.into_iter().map(|s| (crate::model::RequestId(Box::default()), s.reply));
-            reject_all(replies, &self.ledger, &Rejection::Storage("the node stopped after a storage failure".into()));
+            let rejection = Rejection::Storage("the node stopped after a storage failure".into());
+            reject_all(batch.into_iter().map(|s| s.reply), &rejection);
             Vec::new()
         } else {
             batch
@@ -571,8 +550,8 @@ impl ClusterDriver {
 
         // Leases that change hands from this epoch on.
         let node_count = usize::from(self.node_count);
-        let mut transfers: Vec<Vec<(Vec<u8>, Option<Vec<u8>>)>> = (0..node_count).map(|_| Vec::new()).collect();
-        let mut record_extra: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        let mut transfers: Vec<Vec<KeyValue>> = (0..node_count).map(|_| Vec::new()).collect();
+        let mut record_extra: Vec<KeyValue> = Vec::new();
         if let Some(moves) = self.state.pending_moves.remove(&epoch) {
             if let Err(error) = self.apply_moves(epoch, moves, &mut transfers, &mut record_extra) {
                 tracing::error!(%error, "cannot read keys to move; the node stops taking work");
@@ -660,7 +639,7 @@ impl ClusterDriver {
         // Lease moves announced this epoch (in effect from the next), by announcing node,
         // and the values of keys whose lease passes to this node now.
         let mut announcements: Vec<(NodeId, Vec<(Vec<u8>, NodeId)>)> = vec![(me, announced)];
-        let mut arriving: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        let mut arriving: Vec<KeyValue> = Vec::new();
         let mut deferred: Vec<(NodeId, Frame)> = Vec::new();
         for (from, frame) in self.state.early.remove(&epoch).unwrap_or_default() {
             match frame {
@@ -922,7 +901,7 @@ impl ClusterDriver {
                     Ok(message) => message,
                     Err(interrupted) => {
                         self.wait_for_executions(in_flight);
-                        return Err(self.abandon_prepared(work, replies, interrupted));
+                        return Err(self.abandon_prepared(replies, interrupted));
                     }
                 },
             };
@@ -1056,7 +1035,7 @@ impl ClusterDriver {
             }
             if !self.state.synced {
                 self.wait_for_executions(in_flight);
-                return Err(self.abandon_prepared(work, replies, Interrupted::ViewChanged));
+                return Err(self.abandon_prepared(replies, Interrupted::ViewChanged));
             }
         }
 
@@ -1070,7 +1049,7 @@ impl ClusterDriver {
             // SAFETY: execution has finished; the driver is the only user.
             let slot = unsafe { pointer.get() };
             record.stage_value(slot.storage_key(), unsafe { slot.value() });
-            if slot.storage_key().starts_with(&REQUEST_ID_TABLE.to_be_bytes()) {
+            if is_request_id_key(slot.storage_key()) {
                 self.state.request_ids.push_back((epoch, slot.storage_key().to_vec()));
             }
         }
@@ -1170,18 +1149,16 @@ impl ClusterDriver {
     /// Gives up an epoch before its transactions were prepared.
     fn abandon(&mut self, runnable: Vec<Submission>, interrupted: Interrupted) -> Interrupted {
         let rejection = Self::rejection(&interrupted, self.state.epoch);
-        let replies = runnable.into_iter().map(|s| (s.transaction.request_id, s.reply));
-        reject_all(replies, &self.ledger, &rejection);
+        reject_all(runnable.into_iter().map(|s| s.reply), &rejection);
         self.state.synced = false;
         interrupted
     }
 
     /// Gives up an epoch during execution. Its effects on this node's keys are dropped
     /// with the keys when the cluster agrees again.
-    fn abandon_prepared(&mut self, work: Arc<EpochWork>, replies: Vec<Reply>, interrupted: Interrupted) -> Interrupted {
+    fn abandon_prepared(&mut self, replies: Vec<Reply>, interrupted: Interrupted) -> Interrupted {
         let rejection = Self::rejection(&interrupted, self.state.epoch);
-        let ids = work.transactions.iter().map(|t| t.planned.request_id.clone());
-        reject_all(ids.zip(replies), &self.ledger, &rejection);
+        reject_all(replies, &rejection);
         self.state.synced = false;
         interrupted
     }

@@ -74,16 +74,21 @@ impl LeaseWord {
     }
 }
 
-/// The home node of a storage key among `node_count` nodes: FNV-1a, so that every node
-/// (and every build) computes the same placement.
-pub fn home_node(storage_key: &[u8], node_count: u16) -> NodeId {
-    assert!(node_count > 0, "a cluster has at least one node");
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for &byte in storage_key {
+const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// Continues a 64-bit FNV-1a hash over `bytes`: the same on every node and every build.
+fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
+    for &byte in bytes {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
-    (hash % u64::from(node_count)) as NodeId
+    hash
+}
+
+/// The home node of a storage key among `node_count` nodes.
+pub fn home_node(storage_key: &[u8], node_count: u16) -> NodeId {
+    assert!(node_count > 0, "a cluster has at least one node");
+    (fnv1a(FNV_OFFSET_BASIS, storage_key) % u64::from(node_count)) as NodeId
 }
 
 /// Which node holds each key: home placement plus the keys whose lease moved.
@@ -143,20 +148,13 @@ impl LeaseTable {
     pub fn digest(&self) -> u64 {
         let mut moved: Vec<(&[u8], NodeId)> = self.moved.iter().map(|(key, &node)| (&**key, node)).collect();
         moved.sort_unstable();
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        let mut mix = |bytes: &[u8]| {
-            for &byte in bytes {
-                hash ^= u64::from(byte);
-                hash = hash.wrapping_mul(0x0100_0000_01b3);
-            }
-        };
         // The version is left out: nodes that reloaded the table from storage after a
         // restart agree on every holder but count versions from there.
-        mix(&self.node_count.to_le_bytes());
+        let mut hash = fnv1a(FNV_OFFSET_BASIS, &self.node_count.to_le_bytes());
         for (key, node) in moved {
-            mix(&(key.len() as u64).to_le_bytes());
-            mix(key);
-            mix(&node.to_le_bytes());
+            hash = fnv1a(hash, &(key.len() as u64).to_le_bytes());
+            hash = fnv1a(hash, key);
+            hash = fnv1a(hash, &node.to_le_bytes());
         }
         hash
     }

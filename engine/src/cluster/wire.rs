@@ -15,6 +15,9 @@ pub struct RemoteTransaction {
     pub keys: Vec<(AccessMode, Vec<u8>)>,
 }
 
+/// A storage key with its value (`None`: absent), as a lease move carries it.
+pub type KeyValue = (Vec<u8>, Option<Vec<u8>>);
+
 /// What a borrower sends back for one key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeyWrite {
@@ -41,7 +44,7 @@ pub enum Frame {
         epoch: u64,
         transactions: Vec<RemoteTransaction>,
         moves: Vec<(Vec<u8>, u16)>,
-        transfers: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        transfers: Vec<KeyValue>,
     },
     /// The holder lends the keys of the receiver's transaction `sequence` (in the order of
     /// the batch entry), with their values.

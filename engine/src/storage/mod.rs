@@ -36,8 +36,25 @@ const CF_PLUGINS: &str = "plugins";
 const META_DURABLE_EPOCH: &[u8] = b"durable_epoch";
 const META_CHECKPOINT_EPOCH: &[u8] = b"checkpoint_epoch";
 const META_INCARNATION: &[u8] = b"incarnation";
-/// Storage keys of table id 0: request outcomes kept as keys (in a cluster).
-const REQUEST_ID_TABLE_PREFIX: [u8; 4] = 0u32.to_be_bytes();
+/// The table id of request-id keys: in a cluster, the outcome of every tracked request
+/// is stored like any other key at the request id's holder. Plugin tables never get id 0.
+pub const REQUEST_ID_TABLE: u32 = 0;
+
+/// Whether a storage key is a request-id key.
+pub fn is_request_id_key(storage_key: &[u8]) -> bool {
+    storage_key.starts_with(&REQUEST_ID_TABLE.to_be_bytes())
+}
+
+/// Drops a stored outcome recorded longer than `retention_seconds` ago; keeps a value that
+/// does not even carry its time, for an operator to look at.
+fn retention_decision(stored_outcome: &[u8], retention_seconds: u64) -> rocksdb::CompactionDecision {
+    match codec::stored_result_recorded_at(stored_outcome) {
+        Some(recorded) if recorded.saturating_add(retention_seconds) < unix_seconds_now() => {
+            rocksdb::CompactionDecision::Remove
+        }
+        _ => rocksdb::CompactionDecision::Keep,
+    }
+}
 const META_TABLE_OWNER_PREFIX: &[u8] = b"table-id/";
 const META_TABLE_PREFIX: &[u8] = b"table/";
 
@@ -161,31 +178,20 @@ impl Storage {
         data_options.set_memtable_prefix_bloom_ratio(0.05);
         let mut results_options = data_options.clone();
         let retention_seconds = storage_options.result_retention.as_secs();
-        // Expired outcomes are dropped as compaction passes over them; a value that does
-        // not even carry its time is kept, for an operator to look at.
-        results_options.set_compaction_filter(
-            "leasehold-result-retention",
-            move |_level: u32, _key: &[u8], value: &[u8]| match codec::stored_result_recorded_at(value) {
-                Some(recorded) if recorded.saturating_add(retention_seconds) < unix_seconds_now() => {
-                    rocksdb::CompactionDecision::Remove
-                }
-                _ => rocksdb::CompactionDecision::Keep,
-            },
-        );
-        // In a cluster, request outcomes are keys of table 0 in `data` (see
-        // `cluster::driver::REQUEST_ID_TABLE`); they expire the same way. Table 0 is never
-        // a plugin table, so nothing else matches.
+        // Expired outcomes are dropped as compaction passes over them.
+        results_options
+            .set_compaction_filter("leasehold-result-retention", move |_level: u32, _key: &[u8], value: &[u8]| {
+                retention_decision(value, retention_seconds)
+            });
+        // In a cluster, request outcomes are keys of table 0 in `data`; they expire the
+        // same way. Table 0 is never a plugin table, so nothing else matches.
         data_options.set_compaction_filter(
             "leasehold-request-id-retention",
             move |_level: u32, key: &[u8], value: &[u8]| {
-                if !key.starts_with(&REQUEST_ID_TABLE_PREFIX) {
-                    return rocksdb::CompactionDecision::Keep;
-                }
-                match codec::stored_result_recorded_at(value) {
-                    Some(recorded) if recorded.saturating_add(retention_seconds) < unix_seconds_now() => {
-                        rocksdb::CompactionDecision::Remove
-                    }
-                    _ => rocksdb::CompactionDecision::Keep,
+                if is_request_id_key(key) {
+                    retention_decision(value, retention_seconds)
+                } else {
+                    rocksdb::CompactionDecision::Keep
                 }
             },
         );
