@@ -27,7 +27,11 @@ pub fn profile_directory() -> PathBuf {
 /// The path of a workspace binary, failing with a hint when it was not built.
 pub fn binary(name: &str) -> PathBuf {
     let path = profile_directory().join(name);
-    assert!(path.exists(), "{} is missing: build the workspace first (cargo build --release --workspace)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first (cargo build --release --workspace)",
+        path.display()
+    );
     path
 }
 
@@ -40,7 +44,10 @@ pub fn plugin_library(plugin: &str) -> PathBuf {
             return candidate;
         }
     }
-    panic!("{file} is missing in {}: build the workspace first (cargo build --release --workspace)", directory.display());
+    panic!(
+        "{file} is missing in {}: build the workspace first (cargo build --release --workspace)",
+        directory.display()
+    );
 }
 
 /// The bytes of a workspace plugin's library, as a client deploys them.
@@ -82,7 +89,9 @@ impl EngineProcess {
             assert!(Instant::now() < deadline, "engine did not report its address in time");
             match lines.next() {
                 Some(Ok(line)) => {
-                    if let Some(address) = line.rsplit("listening on ").next().filter(|_| line.contains("listening on ")) {
+                    if let Some(address) =
+                        line.rsplit("listening on ").next().filter(|_| line.contains("listening on "))
+                    {
                         break address.trim().parse().expect("engine printed a socket address");
                     }
                 }
@@ -130,4 +139,25 @@ impl Drop for EngineProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The balances of banking accounts `0..count`, read through `client` in one message;
+/// every account must exist and every read commit.
+pub fn banking_balances(client: &leasehold_client::BlockingClient, count: u64) -> Vec<i64> {
+    use leasehold_client::{Invocation, InvokeResult};
+    let reads = (0..count)
+        .map(|account| {
+            let arguments = leasehold_sdk::encode(&leasehold_plugin_api::banking::Account { account });
+            Invocation::encoded("banking", "balance", arguments.expect("encode"))
+        })
+        .collect();
+    client
+        .invoke_many(reads)
+        .expect("read balances")
+        .into_iter()
+        .map(|result| {
+            let InvokeResult::Committed { output, .. } = result else { panic!("balance read failed: {result:?}") };
+            leasehold_sdk::decode::<Option<i64>>(&output).expect("decode balance").expect("an opened account")
+        })
+        .collect()
 }

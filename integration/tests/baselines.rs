@@ -18,7 +18,7 @@ use leasehold_engine::config::{ConcurrencyControl, Config};
 use leasehold_engine::node::Node;
 use leasehold_engine::rpc::RpcServer;
 use leasehold_integration::{plugin_bytes, EngineProcess};
-use leasehold_plugin_api::banking::{Account, Open, Transfer};
+use leasehold_plugin_api::banking::{Open, Transfer};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -109,20 +109,7 @@ fn open_accounts(client: &BlockingClient, count: u64, balance: i64) {
 }
 
 fn balances(client: &BlockingClient, count: u64) -> Vec<i64> {
-    let reads = (0..count)
-        .map(|account| {
-            Invocation::encoded("banking", "balance", leasehold_sdk::encode(&Account { account }).expect("encode"))
-        })
-        .collect();
-    client
-        .invoke_many(reads)
-        .expect("read balances")
-        .into_iter()
-        .map(|result| {
-            let InvokeResult::Committed { output, .. } = result else { panic!("balance read failed: {result:?}") };
-            leasehold_sdk::decode::<Option<i64>>(&output).expect("decode balance").expect("an opened account")
-        })
-        .collect()
+    leasehold_integration::banking_balances(client, count)
 }
 
 /// A deterministic stream of transfers between `accounts` accounts.

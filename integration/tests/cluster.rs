@@ -12,8 +12,8 @@
 
 use leasehold_client::{BlockingClient, Invocation, InvokeResult, RejectionKind};
 use leasehold_integration::cluster::LocalCluster;
-use leasehold_integration::plugin_bytes;
-use leasehold_plugin_api::banking::{Account, Open, Transfer};
+use leasehold_integration::{banking_balances, plugin_bytes};
+use leasehold_plugin_api::banking::{Open, Transfer};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -85,21 +85,7 @@ fn run_client(address: SocketAddr, client: u64, stop: Arc<AtomicBool>) -> Vec<(V
 }
 
 fn balances_through(address: SocketAddr) -> Vec<i64> {
-    let client = BlockingClient::connect(address).expect("connect");
-    let reads = (0..ACCOUNTS)
-        .map(|account| {
-            Invocation::encoded("banking", "balance", leasehold_sdk::encode(&Account { account }).expect("encode"))
-        })
-        .collect();
-    client
-        .invoke_many(reads)
-        .expect("read balances")
-        .iter()
-        .map(|result| {
-            let InvokeResult::Committed { output, .. } = result else { panic!("balance read failed: {result:?}") };
-            leasehold_sdk::decode::<Option<i64>>(output).expect("decode balance").expect("account exists")
-        })
-        .collect()
+    banking_balances(&BlockingClient::connect(address).expect("connect"), ACCOUNTS)
 }
 
 /// What happens to node 2 in the middle of the load.

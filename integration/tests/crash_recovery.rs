@@ -8,8 +8,8 @@
 //! Acknowledged requests retried after the restart must return their original outcome.
 
 use leasehold_client::{BlockingClient, Invocation, InvokeResult};
-use leasehold_integration::{plugin_bytes, EngineProcess};
-use leasehold_plugin_api::banking::{Account, Open, Transfer};
+use leasehold_integration::{banking_balances, plugin_bytes, EngineProcess};
+use leasehold_plugin_api::banking::{Open, Transfer};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -136,19 +136,8 @@ fn sigkill_mid_load_loses_no_acknowledged_transfer_and_applies_none_twice() {
             other => panic!("transfers of small amounts must commit: {other:?}"),
         }
     }
-    let balances = client
-        .invoke_many(
-            (0..ACCOUNTS)
-                .map(|account| {
-                    Invocation::encoded("banking", "balance", leasehold_sdk::encode(&Account { account }).expect("encode"))
-                })
-                .collect(),
-        )
-        .expect("read balances");
-    for (account, result) in balances.iter().enumerate() {
-        let InvokeResult::Committed { output, .. } = result else { panic!("balance read failed: {result:?}") };
-        let balance: Option<i64> = leasehold_sdk::decode(output).expect("decode balance");
-        assert_eq!(balance, Some(expected[account]), "balance of account {account}");
+    for (account, balance) in banking_balances(&client, ACCOUNTS).into_iter().enumerate() {
+        assert_eq!(balance, expected[account], "balance of account {account}");
     }
     assert_eq!(expected.iter().sum::<i64>(), ACCOUNTS as i64 * INITIAL, "transfers keep the sum");
     println!("{} transfers, {acknowledged} acknowledged before the crashes, {unacknowledged} retried", all.len());

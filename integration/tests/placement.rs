@@ -7,8 +7,8 @@
 
 use leasehold_client::{BlockingClient, Invocation, InvokeResult, NodeStatus};
 use leasehold_integration::cluster::LocalCluster;
-use leasehold_integration::plugin_bytes;
-use leasehold_plugin_api::banking::{Account, Open, Transfer};
+use leasehold_integration::{banking_balances, plugin_bytes};
+use leasehold_plugin_api::banking::{Open, Transfer};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -135,15 +135,8 @@ fn leases_follow_the_client_groups_and_keep_every_transfer_exactly_once() {
     }
     for address in &addresses {
         let client = BlockingClient::connect(*address).expect("connect");
-        let reads = (0..NODES * GROUP_ACCOUNTS)
-            .map(|account| {
-                Invocation::encoded("banking", "balance", leasehold_sdk::encode(&Account { account }).expect("encode"))
-            })
-            .collect();
-        for (account, result) in client.invoke_many(reads).expect("balances").iter().enumerate() {
-            let InvokeResult::Committed { output, .. } = result else { panic!("balance read failed: {result:?}") };
-            let balance: Option<i64> = leasehold_sdk::decode(output).expect("decode");
-            assert_eq!(balance, Some(expected[account]), "account {account} through {address}");
+        for (account, balance) in banking_balances(&client, NODES * GROUP_ACCOUNTS).into_iter().enumerate() {
+            assert_eq!(balance, expected[account], "account {account} through {address}");
         }
     }
     let end = statuses(&addresses);
