@@ -391,4 +391,15 @@ struct NodeStatus {
 
   bytesMigratedTotal @23 :UInt64;
   # Value bytes this node sent along with the leases it gave up, since it started.
+
+  forwardedTotal @24 :UInt64;
+  # Requests this node received and forwarded to the node holding most of their keys
+  # (request routing), since it started.
+
+  forwardsReceivedTotal @25 :UInt64;
+  # Requests other nodes forwarded to this node, which ran them, since it started.
+
+  transactionsDecayed @26 :Float64;
+  # This node's decayed count of transactions run (with the placement half-life): the
+  # load that routing weighs against affinity. 0 for a single node.
 }

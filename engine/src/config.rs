@@ -115,6 +115,13 @@ pub struct Config {
     /// Access counts halve every this many epochs, so placement follows a changing
     /// workload.
     pub placement_half_life_epochs: f64,
+    /// In a cluster: a node that receives a request whose keys are mostly held elsewhere
+    /// runs it on the best node instead (request routing; only requests with an id).
+    pub forwarding: bool,
+    /// Weight of the share of a request's keys a node holds, in the routing score ...
+    pub routing_affinity_weight: f64,
+    /// ... and of the node's spare load (1 - its decayed transactions / the busiest's).
+    pub routing_load_weight: f64,
     /// The concurrency control (`lease`, `2pl` or `occ`).
     pub cc: ConcurrencyControl,
 }
@@ -144,6 +151,9 @@ impl Default for Config {
             placement_margin: 0.5,
             placement_count_min: 4.0,
             placement_half_life_epochs: 50.0,
+            forwarding: true,
+            routing_affinity_weight: 0.5,
+            routing_load_weight: 0.5,
             cc: ConcurrencyControl::Lease,
         }
     }
@@ -243,10 +253,24 @@ impl Config {
                 "placement_margin must be >= 0, placement_count_min >= 1 and placement_half_life_epochs > 0".into(),
             ));
         }
+        let weights = [self.routing_affinity_weight, self.routing_load_weight];
+        if !weights.iter().all(|weight| weight.is_finite() && *weight >= 0.0) || weights.iter().sum::<f64>() <= 0.0 {
+            return Err(ConfigError::Invalid(
+                "routing_affinity_weight and routing_load_weight must be >= 0 and not both 0".into(),
+            ));
+        }
         // Read here too, so that a bad token file stops the node before it opens its
         // database rather than after.
         self.auth_token()?;
         Ok(())
+    }
+
+    /// The routing score's weights.
+    pub fn routing_config(&self) -> crate::cluster::routing::RoutingConfig {
+        crate::cluster::routing::RoutingConfig {
+            affinity_weight: self.routing_affinity_weight,
+            load_weight: self.routing_load_weight,
+        }
     }
 
     /// The placement settings, or `None` when placement is off.
@@ -320,6 +344,10 @@ pub struct ConfigOverrides {
     /// Affinity placement in a cluster (`--placement false`: static hash placement).
     #[arg(long, env = "LEASEHOLD_PLACEMENT")]
     pub placement: Option<bool>,
+    /// Request forwarding in a cluster (`--forwarding false`: every request runs where it
+    /// arrived).
+    #[arg(long, env = "LEASEHOLD_FORWARDING")]
+    pub forwarding: Option<bool>,
     /// Cluster file: run as node `--node-id` of that cluster (addresses and data
     /// directory come from its entry).
     #[arg(long, env = "LEASEHOLD_CLUSTER_FILE")]
@@ -371,6 +399,9 @@ impl ConfigOverrides {
         }
         if let Some(value) = self.placement {
             config.placement = value;
+        }
+        if let Some(value) = self.forwarding {
+            config.forwarding = value;
         }
         if let Some(value) = self.cc {
             config.cc = value;

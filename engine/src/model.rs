@@ -166,7 +166,7 @@ pub struct TableInfo {
 }
 
 /// A node's view of itself, for `leasehold status`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct NodeStatus {
     pub node: NodeId,
     pub version: String,
@@ -194,4 +194,10 @@ pub struct NodeStatus {
     pub bytes_migrated_total: u64,
     /// Transactions the concurrency control aborted and ran again (2pl, occ; 0 under leases).
     pub concurrency_retries_total: u64,
+    /// Requests this node forwarded to the node holding most of their keys, and requests
+    /// it ran for other nodes that forwarded them.
+    pub forwarded_total: u64,
+    pub forwards_received_total: u64,
+    /// This node's decayed count of transactions run (N_i of the routing score).
+    pub transactions_decayed: f64,
 }

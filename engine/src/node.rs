@@ -5,6 +5,8 @@
 
 use crate::cc::{BaselineDriver, BaselineParts, ConcurrencyStats};
 use crate::cluster::driver::{ClusterDriver, ClusterStats, DriverState};
+use crate::cluster::forward::{ForwardServer, ForwardedRequest, Forwards};
+use crate::cluster::routing::{self, Route};
 use crate::cluster::lease::{LeaseTable, LeaseTables};
 use crate::cluster::transport::{Deliver, Transport};
 use crate::cluster::wire::Frame;
@@ -14,7 +16,7 @@ use crate::model::{
     Arguments, Invocation, NodeId, NodeStatus, Outcome, PluginInfo, Rejection, RequestId, REQUEST_ID_BYTES_MAX,
 };
 use crate::plugin::{AccessLimits, LoadedPlugin, PluginError, PluginRegistry};
-use crate::storage::{SlotStore, Storage, StorageError, StorageOptions};
+use crate::storage::{data_key_into, SlotStore, Storage, StorageError, StorageOptions};
 use crate::txn::access::{AccessMode, AccessSet};
 use crate::txn::commit::{Checkpointer, CommitCluster, Committer};
 use crate::txn::epoch::{DriverMessage, EpochDriver};
@@ -62,6 +64,10 @@ struct ClusterShared {
     leases: Arc<LeaseTables>,
     deploys: Arc<DeployWaiters>,
     next_deploy: std::sync::atomic::AtomicU64,
+    /// Requests this node forwarded and waits for.
+    forwards: Arc<Forwards>,
+    /// Keeps the thread that runs requests forwarded to this node alive.
+    _forward_server: Arc<ForwardServer>,
 }
 
 struct Shared {
@@ -221,18 +227,35 @@ impl Node {
                 let (notice_sender, notices) = crossbeam_channel::unbounded();
                 let deploys: Arc<DeployWaiters> = Arc::default();
                 let transport_cell: Arc<std::sync::OnceLock<Arc<Transport>>> = Arc::default();
-                let deliver = peer_delivery(
-                    inbox.clone(),
-                    notice_sender,
-                    deploys.clone(),
-                    registry.clone(),
-                    transport_cell.clone(),
+                let cluster_stats = Arc::new(ClusterStats::default());
+                let forwards: Arc<Forwards> = Arc::default();
+                let planner_registry = registry.clone();
+                let planner_limits =
+                    AccessLimits { keys_max: config.access_set_keys_max, key_bytes_max: config.key_bytes_max };
+                let forward_server = Arc::new(
+                    ForwardServer::start(
+                        Box::new(move |invocation| {
+                            plan_invocation(&planner_registry, planner_limits, invocation).map(|(planned, _)| planned)
+                        }),
+                        inbox.clone(),
+                        cluster_stats.clone(),
+                        transport_cell.clone(),
+                    )
+                    .map_err(|error| NodeError::Threads(error.to_string()))?,
                 );
+                let deliver = peer_delivery(PeerDelivery {
+                    inbox: inbox.clone(),
+                    notices: notice_sender,
+                    deploys: deploys.clone(),
+                    registry: registry.clone(),
+                    transport: transport_cell.clone(),
+                    forwards: forwards.clone(),
+                    forward_server: forward_server.clone(),
+                });
                 let transport = Transport::start(fabric, me, spec.node_count(), incarnation, deliver)
                     .map_err(|source| ClusterError::Fabric { backend: spec.fabric.as_str(), source })?;
                 let _ = transport_cell.set(transport.clone());
                 let table = LeaseTable::home(spec.node_count());
-                let cluster_stats = Arc::new(ClusterStats::default());
                 cluster_stats.node_count.store(u64::from(spec.node_count()), Ordering::Relaxed);
                 cluster_stats.lease_table_digest.store(table.digest(), Ordering::Relaxed);
                 let leases = Arc::new(LeaseTables::new(table));
@@ -253,6 +276,7 @@ impl Node {
                     transport: transport.clone(),
                     leases: leases.clone(),
                     epoch_transactions_max: config.epoch_transactions_max,
+                    forwards: forwards.clone(),
                     state: DriverState::new(
                         spec.node_count(),
                         me,
@@ -277,6 +301,8 @@ impl Node {
                         leases,
                         deploys,
                         next_deploy: std::sync::atomic::AtomicU64::new(0),
+                        forwards,
+                        _forward_server: forward_server,
                     },
                     commit: CommitCluster { transport, notices },
                 });
@@ -429,41 +455,85 @@ impl NodeHandle {
     /// Plans a workflow invocation and submits it to the next epoch. Refusals (unknown
     /// plugin or workflow, bad arguments, planner failure) come back at once.
     pub fn submit(&self, invocation: Invocation) -> Result<Pending<Completed>, Rejection> {
-        match self.plan(invocation) {
-            Ok((transaction, json)) => Ok(Pending { receiver: self.enqueue(transaction)?, json, _result: PhantomData }),
-            Err(rejection) => self.rejected(rejection),
+        // Forwarding needs the names again after planning consumed the invocation.
+        let names = self.forwarding().map(|_| (invocation.plugin.clone(), invocation.workflow.clone()));
+        let (transaction, json) = match plan_invocation(&self.shared.registry, self.shared.limits, invocation) {
+            Ok(planned) => planned,
+            Err(rejection) => return self.rejected(rejection),
+        };
+        if let (Some(cluster), Some((plugin, workflow))) = (self.forwarding(), names) {
+            if let Route::Forward(to) = self.route(cluster, &transaction) {
+                let receiver = self.forward(cluster, to, plugin, workflow, transaction);
+                return Ok(Pending { receiver, json, _result: PhantomData });
+            }
         }
+        Ok(Pending { receiver: self.enqueue(transaction)?, json, _result: PhantomData })
     }
 
-    #[allow(clippy::type_complexity)]
-    fn plan(
-        &self,
-        invocation: Invocation,
-    ) -> Result<(PlannedTransaction, Option<(Arc<LoadedPlugin>, u32)>), Rejection> {
-        if invocation.request_id.0.len() > REQUEST_ID_BYTES_MAX {
-            return Err(Rejection::RequestIdTooLong);
+    /// The cluster, when this node forwards requests at all.
+    fn forwarding(&self) -> Option<&ClusterShared> {
+        let config = &self.shared.config;
+        self.shared.cluster.as_ref().filter(|_| config.forwarding && config.cc == ConcurrencyControl::Lease)
+    }
+
+    /// Where a planned request should run. Only requests with an id move (see
+    /// `cluster::forward`), and only while the node runs in an agreed view.
+    fn route(&self, cluster: &ClusterShared, transaction: &PlannedTransaction) -> Route {
+        if !transaction.request_id.is_tracked() || !cluster.stats.synced.load(Ordering::Acquire) {
+            return Route::Here;
         }
-        let plugin = self
-            .shared
-            .registry
-            .get(&invocation.plugin)
-            .ok_or_else(|| Rejection::UnknownPlugin(invocation.plugin.clone()))?;
-        let workflow = plugin.workflow_named(&invocation.workflow).ok_or_else(|| Rejection::UnknownWorkflow {
-            plugin: invocation.plugin.clone(),
-            workflow: invocation.workflow.clone(),
-        })?;
-        let (arguments, json) = match invocation.arguments {
-            Arguments::Encoded(bytes) => (bytes, None),
-            Arguments::Json(text) => (plugin.arguments_from_json(workflow, &text)?, Some((plugin.clone(), workflow))),
+        let table = cluster.leases.current();
+        let mut storage_key = Vec::new();
+        let holders: Vec<NodeId> = transaction
+            .accesses
+            .entries()
+            .iter()
+            .map(|entry| {
+                storage_key.clear();
+                let table_id = transaction.plugin.tables[entry.table as usize].table_id;
+                data_key_into(&mut storage_key, table_id, transaction.accesses.key(entry));
+                table.holder(&storage_key)
+            })
+            .collect();
+        let published = cluster.stats.spare_loads.load();
+        let node_count = usize::from(cluster.spec.node_count());
+        // Before the first epoch no loads are published: every node counts as idle.
+        let idle;
+        let spare_loads: &[f64] = if published.len() == node_count {
+            &published
+        } else {
+            idle = vec![1.0; node_count];
+            &idle
         };
-        let accesses = plugin.plan(workflow, &arguments, self.shared.limits)?;
-        let transaction = PlannedTransaction {
+        routing::route(self.shared.config.node_id, &holders, spare_loads, &self.shared.config.routing_config())
+    }
+
+    /// Sends a planned request to node `to` and returns where its answer arrives.
+    fn forward(
+        &self,
+        cluster: &ClusterShared,
+        to: NodeId,
+        plugin: String,
+        workflow: String,
+        transaction: PlannedTransaction,
+    ) -> tokio::sync::oneshot::Receiver<Result<Outcome, Rejection>> {
+        let (reply, receiver) = tokio::sync::oneshot::channel();
+        let TransactionBody::Workflow { arguments, .. } = transaction.body else {
+            unreachable!("only workflow invocations are routed")
+        };
+        let forward_id = cluster.forwards.register(reply);
+        let frame = Frame::Forward {
+            forward_id,
+            generation: cluster.stats.generation.load(Ordering::Acquire),
             plugin,
-            body: TransactionBody::Workflow { workflow, arguments },
-            accesses,
-            request_id: invocation.request_id,
+            workflow,
+            request_id: transaction.request_id.0.into_vec(),
+            arguments,
         };
-        Ok((transaction, json))
+        cluster.transport.send(to, &frame);
+        TransactionStats::count(&cluster.stats.forwarded_total, 1);
+        metrics::counter!(crate::metrics::FORWARDED_TOTAL).increment(1);
+        receiver
     }
 
     /// Reads one key, ordered after every transaction submitted before it.
@@ -518,21 +588,70 @@ impl NodeHandle {
             lease_moves_total: cluster.map_or(0, |c| c.stats.lease_moves_total.load(Ordering::Relaxed)),
             bytes_migrated_total: cluster.map_or(0, |c| c.stats.bytes_migrated_total.load(Ordering::Relaxed)),
             concurrency_retries_total: self.shared.concurrency.retries.load(Ordering::Relaxed),
+            forwarded_total: cluster.map_or(0, |c| c.stats.forwarded_total.load(Ordering::Relaxed)),
+            forwards_received_total: cluster.map_or(0, |c| c.stats.forwards_received_total.load(Ordering::Relaxed)),
+            transactions_decayed: cluster
+                .and_then(|c| c.stats.loads.load().get(usize::from(config.node_id)).copied())
+                .unwrap_or(0.0),
         }
     }
 }
 
-/// Routes frames from peers: durability notices to the commit thread, plugin deploys to
-/// a loading thread and their acknowledgements to the waiting deploy, everything else to
-/// the epoch driver.
-fn peer_delivery(
+/// Plans a workflow invocation: checks its names and request id, converts JSON arguments
+/// and lets the plugin compute the access set. Returns the plugin and workflow number too
+/// when the output is to be converted to JSON.
+#[allow(clippy::type_complexity)]
+fn plan_invocation(
+    registry: &PluginRegistry,
+    limits: AccessLimits,
+    invocation: Invocation,
+) -> Result<(PlannedTransaction, Option<(Arc<LoadedPlugin>, u32)>), Rejection> {
+    if invocation.request_id.0.len() > REQUEST_ID_BYTES_MAX {
+        return Err(Rejection::RequestIdTooLong);
+    }
+    let plugin = registry.get(&invocation.plugin).ok_or_else(|| Rejection::UnknownPlugin(invocation.plugin.clone()))?;
+    let workflow = plugin.workflow_named(&invocation.workflow).ok_or_else(|| Rejection::UnknownWorkflow {
+        plugin: invocation.plugin.clone(),
+        workflow: invocation.workflow.clone(),
+    })?;
+    let (arguments, json) = match invocation.arguments {
+        Arguments::Encoded(bytes) => (bytes, None),
+        Arguments::Json(text) => (plugin.arguments_from_json(workflow, &text)?, Some((plugin.clone(), workflow))),
+    };
+    let accesses = plugin.plan(workflow, &arguments, limits)?;
+    let transaction = PlannedTransaction {
+        plugin,
+        body: TransactionBody::Workflow { workflow, arguments },
+        accesses,
+        request_id: invocation.request_id,
+    };
+    Ok((transaction, json))
+}
+
+/// What the transport's receiver hands frames to.
+struct PeerDelivery {
     inbox: Sender<DriverMessage>,
     notices: Sender<crate::txn::commit::DurableNotice>,
     deploys: Arc<DeployWaiters>,
     registry: Arc<PluginRegistry>,
     transport: Arc<std::sync::OnceLock<Arc<Transport>>>,
-) -> Deliver {
+    forwards: Arc<Forwards>,
+    forward_server: Arc<ForwardServer>,
+}
+
+/// Routes frames from peers: durability notices to the commit thread, plugin deploys to
+/// a loading thread and their acknowledgements to the waiting deploy, forwarded requests
+/// to the forward server and their answers to the waiting callers, everything else to
+/// the epoch driver.
+fn peer_delivery(parts: PeerDelivery) -> Deliver {
+    let PeerDelivery { inbox, notices, deploys, registry, transport, forwards, forward_server } = parts;
     Box::new(move |from, frame| match frame {
+        frame @ Frame::Forward { .. } => {
+            if let Ok(request) = ForwardedRequest::from_frame(from, frame) {
+                forward_server.submit(request);
+            }
+        }
+        Frame::ForwardReply { forward_id, result } => forwards.complete(forward_id, result),
         Frame::Durable { generation, epoch } => {
             let _ = notices.send((from, generation, epoch));
         }

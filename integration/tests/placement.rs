@@ -91,7 +91,9 @@ fn wait_for_locality(addresses: &[SocketAddr], limit: Duration) -> (Duration, u6
 #[test]
 fn leases_follow_the_client_groups_and_keep_every_transfer_exactly_once() {
     let directory = tempfile::tempdir().expect("temporary directory");
-    let cluster = LocalCluster::start(directory.path(), NODES as u16, "shm", &[]);
+    // Without forwarding, so that only the leases can make the accesses local (routing has
+    // its own test in routing.rs).
+    let cluster = LocalCluster::start(directory.path(), NODES as u16, "shm", &["--forwarding", "false"]);
     cluster.wait_until_synced(Duration::from_secs(60));
     let addresses = cluster.addresses.clone();
     let setup = BlockingClient::connect(addresses[0]).expect("connect");

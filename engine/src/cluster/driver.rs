@@ -30,7 +30,8 @@
 //! view are ignored.
 
 use super::lease::{LeaseTable, LeaseTables, LeaseWord};
-use super::placement::{AccessCounts, PlacementConfig};
+use super::forward::Forwards;
+use super::placement::{AccessCounts, LoadCounts, PlacementConfig};
 use super::transport::Transport;
 use super::wire::{Frame, KeyValue, KeyWrite, RemoteTransaction};
 use crate::model::{NodeId, Outcome, Rejection, Timestamp};
@@ -107,6 +108,14 @@ pub struct ClusterStats {
     /// with them.
     pub lease_moves_total: AtomicU64,
     pub bytes_migrated_total: AtomicU64,
+    /// Requests this node forwarded to the node holding most of their keys, and requests
+    /// other nodes forwarded to this one.
+    pub forwarded_total: AtomicU64,
+    pub forwards_received_total: AtomicU64,
+    /// Every node's decayed count of transactions run (N_i), by node id, as of the last
+    /// epoch, and the spare loads routing derives from them.
+    pub loads: arc_swap::ArcSwap<Vec<f64>>,
+    pub spare_loads: arc_swap::ArcSwap<Vec<f64>>,
 }
 
 /// A vertex of this node's epoch graph.
@@ -157,6 +166,8 @@ pub struct ClusterDriver {
     pub transport: Arc<Transport>,
     pub leases: Arc<LeaseTables>,
     pub epoch_transactions_max: usize,
+    /// Requests this node forwarded: failed with `Retry` when the view changes.
+    pub forwards: Arc<Forwards>,
     pub state: DriverState,
 }
 
@@ -186,6 +197,8 @@ pub struct DriverState {
     /// Affinity placement (None: static home placement).
     placement: Option<PlacementConfig>,
     counts: AccessCounts,
+    /// Decayed transactions run per node (N_i), learned from every epoch's batches.
+    loads: LoadCounts,
     /// Keys this node's transactions or virtual vertices used in the running epoch.
     touched: FxHashSet<Vec<u8>>,
     /// Leases this node decided to give up, announced with its next batch.
@@ -220,6 +233,7 @@ impl DriverState {
             early: BTreeMap::new(),
             stopping: None,
             counts: AccessCounts::new(node_count, placement.unwrap_or_default()),
+            loads: LoadCounts::new(node_count, placement.unwrap_or_default().half_life_epochs),
             placement,
             touched: FxHashSet::default(),
             announce: Vec::new(),
@@ -368,6 +382,9 @@ impl ClusterDriver {
     /// Agrees with every peer on the view and rolls back what is not durable everywhere.
     /// Returns false when the node stopped instead.
     fn agree_on_view(&mut self) -> bool {
+        // Forwarded requests may never be answered in the old view; their clients retry
+        // under the same ids (see `forward`).
+        self.forwards.fail_all(&Rejection::Retry("the cluster view changed while the request was forwarded".into()));
         let (flushed, durable) = crossbeam_channel::bounded(1);
         if self.commits.send(CommitMessage::Flush(flushed)).is_err() {
             return false;
@@ -436,6 +453,9 @@ impl ClusterDriver {
         self.cluster_stats.generation.store(generation, Ordering::Release);
         self.cluster_stats.leases_lent.store(0, Ordering::Release);
         self.cluster_stats.synced.store(true, Ordering::Release);
+        // Forwards sent while the view was being agreed may have gone to a node that
+        // refused or never saw them.
+        self.forwards.fail_all(&Rejection::Retry("the cluster view changed while the request was forwarded".into()));
         TransactionStats::count(&self.cluster_stats.view_changes, 1);
         tracing::info!(node = self.node, view = ?self.state.view, agreed_epoch, generation, "cluster view agreed");
         true
@@ -633,7 +653,8 @@ impl ClusterDriver {
             let transactions = std::mem::take(&mut outgoing[usize::from(peer)]);
             let moves = announced.clone();
             let transfers = std::mem::take(&mut transfers[usize::from(peer)]);
-            self.transport.send(peer, &Frame::Batch { generation, epoch, transactions, moves, transfers });
+            let sequenced = runnable.len() as u32;
+            self.transport.send(peer, &Frame::Batch { generation, epoch, sequenced, transactions, moves, transfers });
         }
         let mut incoming: Vec<Option<Vec<RemoteTransaction>>> = (0..node_count).map(|_| None).collect();
         // Lease moves announced this epoch (in effect from the next), by announcing node,
@@ -643,7 +664,8 @@ impl ClusterDriver {
         let mut deferred: Vec<(NodeId, Frame)> = Vec::new();
         for (from, frame) in self.state.early.remove(&epoch).unwrap_or_default() {
             match frame {
-                Frame::Batch { transactions, moves, transfers, .. } => {
+                Frame::Batch { sequenced, transactions, moves, transfers, .. } => {
+                    self.state.loads.record(from, sequenced, epoch);
                     incoming[usize::from(from)] = Some(transactions);
                     announcements.push((from, moves));
                     arriving.extend(transfers);
@@ -660,7 +682,8 @@ impl ClusterDriver {
             match message {
                 DriverMessage::Peer { from, frame } if frame_epoch(&frame) == Some((generation, epoch)) => {
                     match frame {
-                        Frame::Batch { transactions, moves, transfers, .. } => {
+                        Frame::Batch { sequenced, transactions, moves, transfers, .. } => {
+                            self.state.loads.record(from, sequenced, epoch);
                             incoming[usize::from(from)] = Some(transactions);
                             announcements.push((from, moves));
                             arriving.extend(transfers);
@@ -675,6 +698,9 @@ impl ClusterDriver {
             }
         }
         metrics::histogram!(crate::metrics::EPOCH_BARRIER_SECONDS).record(barrier_started.elapsed().as_secs_f64());
+        self.state.loads.record(me, runnable.len() as u32, epoch);
+        self.cluster_stats.loads.store(Arc::new(self.state.loads.counts().to_vec()));
+        self.cluster_stats.spare_loads.store(Arc::new(self.state.loads.spare_loads()));
 
         // Every node learned the same announcements with this epoch's batches; each keeps
         // them in its record of this epoch, so that they survive (or are undone) with it.

@@ -16,8 +16,10 @@
 //! (`txn::epoch`) runs alone.
 
 pub mod driver;
+pub mod forward;
 pub mod lease;
 pub mod placement;
+pub mod routing;
 pub mod transport;
 pub mod wire;
 pub mod workers;

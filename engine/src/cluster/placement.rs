@@ -150,6 +150,58 @@ pub fn decide(per_node: &[f64], holder: NodeId, config: &PlacementConfig) -> Opt
     (best != usize::from(holder) && beats).then_some(best as NodeId)
 }
 
+/// Decayed counts of the transactions each node ran (the paper's N_i), with the same
+/// half-life as the access counts. Every node learns every peer's count with that peer's
+/// batch of each epoch, so each node scores the spare load of all nodes alike when it
+/// routes a request ([`super::routing`]). Memory is one number per node.
+#[derive(Clone, Debug)]
+pub struct LoadCounts {
+    per_node: Vec<f64>,
+    /// The epoch the counts are decayed to.
+    epoch: u64,
+    half_life_epochs: f64,
+}
+
+impl LoadCounts {
+    pub fn new(node_count: u16, half_life_epochs: f64) -> LoadCounts {
+        assert!(half_life_epochs > 0.0, "a half-life is positive");
+        LoadCounts { per_node: vec![0.0; usize::from(node_count)], epoch: 0, half_life_epochs }
+    }
+
+    fn decay_to(&mut self, epoch: u64) {
+        if epoch > self.epoch {
+            let factor = 0.5f64.powf((epoch - self.epoch) as f64 / self.half_life_epochs);
+            self.per_node.iter_mut().for_each(|count| *count *= factor);
+            self.epoch = epoch;
+        }
+    }
+
+    /// Counts `transactions` that `node` ran in `epoch`.
+    pub fn record(&mut self, node: NodeId, transactions: u32, epoch: u64) {
+        self.decay_to(epoch);
+        if let Some(count) = self.per_node.get_mut(usize::from(node)) {
+            *count += f64::from(transactions);
+        }
+    }
+
+    /// The decayed count of every node, by node id.
+    pub fn counts(&self) -> &[f64] {
+        &self.per_node
+    }
+
+    /// Each node's spare load, normalised to 0..=1: `1 - N_i / max_j N_j` (1 for every
+    /// node while nothing ran).
+    pub fn spare_loads(&self) -> Vec<f64> {
+        spare_loads(&self.per_node)
+    }
+}
+
+/// `1 - N_i / max_j N_j` for every node; all ones when no node ran anything.
+pub fn spare_loads(counts: &[f64]) -> Vec<f64> {
+    let busiest = counts.iter().copied().fold(0.0, f64::max);
+    counts.iter().map(|&count| if busiest > 0.0 { 1.0 - count / busiest } else { 1.0 }).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,5 +256,22 @@ mod tests {
         assert_eq!(counts.decide(b"hot", 0, 1), Some(1), "the hot key kept its counts");
         counts.forget(b"hot");
         assert_eq!(counts.decide(b"hot", 0, 1), None);
+    }
+
+    #[test]
+    fn load_counts_decay_and_normalise_to_spare_load() {
+        let mut loads = LoadCounts::new(3, 10.0);
+        assert_eq!(loads.spare_loads(), vec![1.0, 1.0, 1.0], "an idle cluster has spare load everywhere");
+        loads.record(0, 100, 1);
+        loads.record(1, 50, 1);
+        assert_eq!(loads.spare_loads(), vec![0.0, 0.5, 1.0]);
+        // Ten epochs later (one half-life) node 0's work has halved; node 1 ran as much again.
+        loads.record(1, 50, 11);
+        let counts = loads.counts();
+        assert!((counts[0] - 50.0).abs() < 1e-9 && (counts[1] - 75.0).abs() < 1e-9, "{counts:?}");
+        let spare = loads.spare_loads();
+        assert!((spare[0] - (1.0 - 50.0 / 75.0)).abs() < 1e-9 && spare[1] == 0.0, "{spare:?}");
+        loads.record(7, 1, 12); // a node id outside the cluster changes nothing
+        assert_eq!(loads.counts().len(), 3);
     }
 }

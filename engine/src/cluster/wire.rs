@@ -5,6 +5,8 @@
 //! strictly while decoding (lengths against the remaining bytes, known kinds only), so a
 //! corrupt stream is a [`WireError`], never a panic or a huge allocation.
 
+use crate::model::{Outcome, Rejection};
+use crate::storage::codec::{decode_outcome, encode_outcome_into};
 use crate::txn::access::AccessMode;
 
 /// A transaction of another node that touches keys this node holds (a virtual vertex):
@@ -38,10 +40,12 @@ pub enum Frame {
     /// none: the receiver plans the epoch only once every peer's batch arrived). Also
     /// placement: `moves` announces leases the sender gives up from epoch `epoch + 1`
     /// (key, new holder), sent to every peer; `transfers` carries the values of the keys
-    /// whose lease passes from the sender to the receiver in this epoch.
+    /// whose lease passes from the sender to the receiver in this epoch. `sequenced` is
+    /// how many transactions the sender runs in the epoch (its load, for routing).
     Batch {
         generation: u64,
         epoch: u64,
+        sequenced: u32,
         transactions: Vec<RemoteTransaction>,
         moves: Vec<(Vec<u8>, u16)>,
         transfers: Vec<KeyValue>,
@@ -57,6 +61,19 @@ pub enum Frame {
     Deploy { deploy_id: u64, library: Vec<u8> },
     /// The outcome of a [`Frame::Deploy`]: `None` when it loaded.
     DeployAck { deploy_id: u64, error: Option<String> },
+    /// A client's request that the sender routes to the receiver, which holds most of its
+    /// keys: run it as if the client had sent it there (under the sender's view
+    /// `generation`; a receiver in another view refuses it with `Retry`).
+    Forward {
+        forward_id: u64,
+        generation: u64,
+        plugin: String,
+        workflow: String,
+        request_id: Vec<u8>,
+        arguments: Vec<u8>,
+    },
+    /// The result of a [`Frame::Forward`], once durable on every node (or its refusal).
+    ForwardReply { forward_id: u64, result: Result<Outcome, Rejection> },
 }
 
 /// A malformed frame from a peer.
@@ -77,6 +94,8 @@ const KIND_WRITE_BACK: u8 = 4;
 const KIND_DURABLE: u8 = 5;
 const KIND_DEPLOY: u8 = 6;
 const KIND_DEPLOY_ACK: u8 = 7;
+const KIND_FORWARD: u8 = 8;
+const KIND_FORWARD_REPLY: u8 = 9;
 
 fn put_u32(out: &mut Vec<u8>, value: u32) {
     out.extend_from_slice(&value.to_le_bytes());
@@ -115,10 +134,11 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             }
             put_u64(out, *durable_epoch);
         }
-        Frame::Batch { generation, epoch, transactions, moves, transfers } => {
+        Frame::Batch { generation, epoch, sequenced, transactions, moves, transfers } => {
             out.push(KIND_BATCH);
             put_u64(out, *generation);
             put_u64(out, *epoch);
+            put_u32(out, *sequenced);
             put_u32(out, transactions.len() as u32);
             for transaction in transactions {
                 put_u32(out, transaction.sequence);
@@ -183,9 +203,57 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             put_u64(out, *deploy_id);
             put_optional(out, error.as_deref().map(str::as_bytes));
         }
+        Frame::Forward { forward_id, generation, plugin, workflow, request_id, arguments } => {
+            out.push(KIND_FORWARD);
+            put_u64(out, *forward_id);
+            put_u64(out, *generation);
+            put_bytes(out, plugin.as_bytes());
+            put_bytes(out, workflow.as_bytes());
+            put_bytes(out, request_id);
+            put_bytes(out, arguments);
+        }
+        Frame::ForwardReply { forward_id, result } => {
+            out.push(KIND_FORWARD_REPLY);
+            put_u64(out, *forward_id);
+            match result {
+                Ok(outcome) => {
+                    out.push(0);
+                    let mut encoded = Vec::new();
+                    encode_outcome_into(&mut encoded, outcome);
+                    put_bytes(out, &encoded);
+                }
+                Err(rejection) => {
+                    out.push(1);
+                    encode_rejection(out, rejection);
+                }
+            }
+        }
     }
     let length = u32::try_from(out.len() - start - 4).expect("frames are smaller than 4 GiB");
     out[start..start + 4].copy_from_slice(&length.to_le_bytes());
+}
+
+/// A rejection as a code and its fields (two texts, two numbers; unused ones empty).
+fn encode_rejection(out: &mut Vec<u8>, rejection: &Rejection) {
+    let none = String::new();
+    let (code, first, second, numbers): (u8, &String, &String, [u64; 2]) = match rejection {
+        Rejection::UnknownPlugin(plugin) => (0, plugin, &none, [0, 0]),
+        Rejection::UnknownWorkflow { plugin, workflow } => (1, plugin, workflow, [0, 0]),
+        Rejection::UnknownTable { plugin, table } => (2, plugin, table, [0, 0]),
+        Rejection::BadArguments(message) => (3, message, &none, [0, 0]),
+        Rejection::PlanFailed(message) => (4, message, &none, [0, 0]),
+        Rejection::RequestIdTooLong => (5, &none, &none, [0, 0]),
+        Rejection::AccessSetTooLarge { count, max } => (6, &none, &none, [*count as u64, *max as u64]),
+        Rejection::KeyTooLong { max } => (7, &none, &none, [*max as u64, 0]),
+        Rejection::ShuttingDown => (8, &none, &none, [0, 0]),
+        Rejection::Storage(message) => (9, message, &none, [0, 0]),
+        Rejection::Retry(message) => (10, message, &none, [0, 0]),
+    };
+    out.push(code);
+    put_bytes(out, first.as_bytes());
+    put_bytes(out, second.as_bytes());
+    put_u64(out, numbers[0]);
+    put_u64(out, numbers[1]);
 }
 
 /// Reads fields from one frame's bytes.
@@ -230,6 +298,31 @@ impl<'a> Reader<'a> {
         Ok(count)
     }
 
+    fn text(&mut self, what: &'static str) -> Result<String, WireError> {
+        String::from_utf8(self.bytes(what)?).map_err(|_| WireError::Invalid(what))
+    }
+
+    fn rejection(&mut self) -> Result<Rejection, WireError> {
+        let code = self.u8("rejection")?;
+        let (first, second) = (self.text("rejection text")?, self.text("rejection text")?);
+        let numbers = [self.u64("rejection number")?, self.u64("rejection number")?];
+        let size = |number: u64| usize::try_from(number).map_err(|_| WireError::Invalid("rejection number"));
+        Ok(match code {
+            0 => Rejection::UnknownPlugin(first),
+            1 => Rejection::UnknownWorkflow { plugin: first, workflow: second },
+            2 => Rejection::UnknownTable { plugin: first, table: second },
+            3 => Rejection::BadArguments(first),
+            4 => Rejection::PlanFailed(first),
+            5 => Rejection::RequestIdTooLong,
+            6 => Rejection::AccessSetTooLarge { count: size(numbers[0])?, max: size(numbers[1])? },
+            7 => Rejection::KeyTooLong { max: size(numbers[0])? },
+            8 => Rejection::ShuttingDown,
+            9 => Rejection::Storage(first),
+            10 => Rejection::Retry(first),
+            _ => return Err(WireError::Invalid("rejection")),
+        })
+    }
+
     fn optional(&mut self, what: &'static str) -> Result<Option<Vec<u8>>, WireError> {
         match self.u8(what)? {
             0 => Ok(None),
@@ -264,6 +357,7 @@ pub fn decode(stream: &[u8]) -> Result<Option<(Frame, usize)>, WireError> {
         KIND_BATCH => {
             let generation = reader.u64("generation")?;
             let epoch = reader.u64("epoch")?;
+            let sequenced = reader.u32("sequenced")?;
             let count = reader.count(8, "transactions")?;
             let mut transactions = Vec::with_capacity(count);
             for _ in 0..count {
@@ -293,7 +387,7 @@ pub fn decode(stream: &[u8]) -> Result<Option<(Frame, usize)>, WireError> {
                 let key = reader.bytes("transferred key")?;
                 transfers.push((key, reader.optional("transferred value")?));
             }
-            Frame::Batch { generation, epoch, transactions, moves, transfers }
+            Frame::Batch { generation, epoch, sequenced, transactions, moves, transfers }
         }
         KIND_HANDOVER => {
             let (generation, epoch) = (reader.u64("generation")?, reader.u64("epoch")?);
@@ -327,6 +421,23 @@ pub fn decode(stream: &[u8]) -> Result<Option<(Frame, usize)>, WireError> {
                 .transpose()?;
             Frame::DeployAck { deploy_id, error }
         }
+        KIND_FORWARD => Frame::Forward {
+            forward_id: reader.u64("forward id")?,
+            generation: reader.u64("generation")?,
+            plugin: reader.text("plugin")?,
+            workflow: reader.text("workflow")?,
+            request_id: reader.bytes("request id")?,
+            arguments: reader.bytes("arguments")?,
+        },
+        KIND_FORWARD_REPLY => {
+            let forward_id = reader.u64("forward id")?;
+            let result = match reader.u8("forward result")? {
+                0 => Ok(decode_outcome(&reader.bytes("outcome")?).ok_or(WireError::Invalid("outcome"))?),
+                1 => Err(reader.rejection()?),
+                _ => return Err(WireError::Invalid("forward result")),
+            };
+            Frame::ForwardReply { forward_id, result }
+        }
         other => return Err(WireError::UnknownKind(other)),
     };
     if !reader.bytes.is_empty() {
@@ -345,6 +456,7 @@ mod tests {
             Frame::Batch {
                 generation: 10,
                 epoch: 43,
+                sequenced: 17,
                 transactions: vec![
                     RemoteTransaction {
                         sequence: 5,
@@ -355,7 +467,14 @@ mod tests {
                 moves: vec![(b"hot".to_vec(), 2)],
                 transfers: vec![(b"moved".to_vec(), Some(b"value".to_vec())), (b"gone".to_vec(), None)],
             },
-            Frame::Batch { generation: 10, epoch: 44, transactions: vec![], moves: vec![], transfers: vec![] },
+            Frame::Batch {
+                generation: 10,
+                epoch: 44,
+                sequenced: 0,
+                transactions: vec![],
+                moves: vec![],
+                transfers: vec![],
+            },
             Frame::Handover {
                 generation: 10,
                 epoch: 43,
@@ -374,6 +493,35 @@ mod tests {
             Frame::Deploy { deploy_id: 1, library: vec![0x7f, b'E', b'L', b'F'] },
             Frame::DeployAck { deploy_id: 1, error: Some("bad library".into()) },
             Frame::DeployAck { deploy_id: 2, error: None },
+            Frame::Forward {
+                forward_id: 7,
+                generation: 10,
+                plugin: "banking".into(),
+                workflow: "transfer".into(),
+                request_id: b"t-1".to_vec(),
+                arguments: vec![1, 2, 3],
+            },
+            Frame::ForwardReply {
+                forward_id: 7,
+                result: Ok(Outcome::Committed {
+                    timestamp: crate::model::Timestamp { epoch: 3, node: 1, sequence: 9 },
+                    output: b"out".to_vec(),
+                }),
+            },
+            Frame::ForwardReply {
+                forward_id: 8,
+                result: Ok(Outcome::Aborted {
+                    timestamp: crate::model::Timestamp { epoch: 3, node: 1, sequence: 10 },
+                    kind: crate::model::AbortKind::Logic,
+                    message: "insufficient funds".into(),
+                }),
+            },
+            Frame::ForwardReply { forward_id: 9, result: Err(Rejection::Retry("a node restarted".into())) },
+            Frame::ForwardReply {
+                forward_id: 10,
+                result: Err(Rejection::UnknownWorkflow { plugin: "p".into(), workflow: "w".into() }),
+            },
+            Frame::ForwardReply { forward_id: 11, result: Err(Rejection::AccessSetTooLarge { count: 9, max: 3 }) },
         ]
     }
 

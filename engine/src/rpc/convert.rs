@@ -210,6 +210,9 @@ pub(super) fn write_node_status(mut builder: wire::node_status::Builder<'_>, sta
     builder.set_fabric(&status.fabric);
     builder.set_lease_moves_total(status.lease_moves_total);
     builder.set_bytes_migrated_total(status.bytes_migrated_total);
+    builder.set_forwarded_total(status.forwarded_total);
+    builder.set_forwards_received_total(status.forwards_received_total);
+    builder.set_transactions_decayed(status.transactions_decayed);
     builder.set_concurrency_retries_total(status.concurrency_retries_total);
     write_text_list(builder.init_plugins(list_length(status.plugins.len())), &status.plugins);
 }

@@ -344,9 +344,17 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     100.0 * status.local_accesses as f64 / accesses as f64,
                     status.fenced_total
                 );
+                let uptime_seconds = (status.uptime_ms as f64 / 1000.0).max(0.001);
                 println!(
-                    "  placement: {} leases given up, {} bytes migrated",
-                    status.lease_moves_total, status.bytes_migrated_total
+                    "  placement: {} leases given up ({:.1} per second since start), {} bytes migrated",
+                    status.lease_moves_total,
+                    status.lease_moves_total as f64 / uptime_seconds,
+                    status.bytes_migrated_total
+                );
+                println!(
+                    "  routing: {} requests forwarded to other nodes, {} run for other nodes; load {:.1} \
+                     (decayed transactions)",
+                    status.forwarded_total, status.forwards_received_total, status.transactions_decayed
                 );
             }
             Ok(())

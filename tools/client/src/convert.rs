@@ -163,6 +163,9 @@ pub(crate) fn read_node_status(status: wire::node_status::Reader<'_>) -> Result<
         lease_moves_total: status.get_lease_moves_total(),
         bytes_migrated_total: status.get_bytes_migrated_total(),
         concurrency_retries_total: status.get_concurrency_retries_total(),
+        forwarded_total: status.get_forwarded_total(),
+        forwards_received_total: status.get_forwards_received_total(),
+        transactions_decayed: status.get_transactions_decayed(),
     })
 }
 

@@ -195,7 +195,7 @@ pub struct TableInfo {
 }
 
 /// A node's view of itself.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct NodeStatus {
     pub node: u16,
     pub version: String,
@@ -236,4 +236,10 @@ pub struct NodeStatus {
     pub bytes_migrated_total: u64,
     /// Transactions the concurrency control aborted and ran again (2pl: died under wait-die; occ: a write lock or the read validation failed). Always 0 under leases.
     pub concurrency_retries_total: u64,
+    /// Requests this node forwarded to the node holding most of their keys, since it started.
+    pub forwarded_total: u64,
+    /// Requests other nodes forwarded to this node, since it started.
+    pub forwards_received_total: u64,
+    /// This node's decayed count of transactions run (the load routing weighs).
+    pub transactions_decayed: f64,
 }
