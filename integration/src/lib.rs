@@ -9,6 +9,8 @@ pub mod history;
 
 pub mod cluster;
 
+pub mod simulation;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -29,9 +29,10 @@
 //! continues from there. Frames carry the view's generation, so frames of an abandoned
 //! view are ignored.
 
-use super::lease::{LeaseTable, LeaseTables, LeaseWord};
 use super::forward::Forwards;
+use super::lease::{LeaseTable, LeaseTables, LeaseWord};
 use super::placement::{AccessCounts, LoadCounts, PlacementConfig};
+use super::protocol::{leases_as_of, Agreement, StoredMove, ViewAgreement, ViewRefusal};
 use super::transport::Transport;
 use super::wire::{Frame, KeyValue, KeyWrite, RemoteTransaction};
 use crate::model::{NodeId, Outcome, Rejection, Timestamp};
@@ -175,15 +176,11 @@ pub struct ClusterDriver {
 pub struct DriverState {
     slots: SlotStore,
     graph_builder: GraphBuilder,
-    /// Known incarnation of every node (0: not heard of yet).
-    view: Vec<u32>,
+    /// The view (incarnation of every node) and what each peer announced for it.
+    views: ViewAgreement,
     /// The generation of the agreed view (sum of incarnations); frames carry it.
     generation: u64,
     synced: bool,
-    /// Per node: the view and durable epoch it last announced.
-    announced: Vec<Option<(Vec<u32>, u64)>>,
-    /// What this node announced for the view it agreed on, to answer late askers.
-    agreed_announcement: Option<(Vec<u32>, u64)>,
     /// The last epoch started.
     epoch: u64,
     pending: VecDeque<Submission>,
@@ -217,16 +214,12 @@ impl DriverState {
         durable_epoch: u64,
         placement: Option<PlacementConfig>,
     ) -> DriverState {
-        let mut view = vec![0; usize::from(node_count)];
-        view[usize::from(me)] = incarnation;
         DriverState {
             slots: SlotStore::new(),
             graph_builder: GraphBuilder::new(),
-            view,
+            views: ViewAgreement::new(node_count, me, incarnation),
             generation: 0,
             synced: false,
-            announced: vec![None; usize::from(node_count)],
-            agreed_announcement: None,
             epoch: durable_epoch,
             pending: VecDeque::new(),
             request_ids: VecDeque::new(),
@@ -338,41 +331,28 @@ impl ClusterDriver {
     /// Merges a peer's announced view into ours; any news (a node restarted) means the
     /// cluster has to agree again.
     fn observe_view(&mut self, from: NodeId, view: Vec<u32>, durable_epoch: u64, answer_wanted: bool) {
-        if view.len() != self.state.view.len() {
-            tracing::error!(peer = from, nodes = view.len(), "peer announced a view of a different cluster size");
-            return;
-        }
-        if view[usize::from(from)] < self.state.view[usize::from(from)] {
-            return; // From an incarnation that no longer exists.
-        }
-        let mut changed = false;
-        for (node, (&theirs, ours)) in view.iter().zip(self.state.view.iter_mut()).enumerate() {
-            if theirs > *ours {
-                if node == usize::from(self.node) {
-                    tracing::error!(peer = from, "peer claims a newer incarnation of this node; ignoring it");
-                    continue;
-                }
-                *ours = theirs;
-                changed = true;
-                // The node restarted: the ring handle to it may address its old memory.
-                self.transport.reconnect(node as NodeId);
+        let observation = match self.state.views.observe(from, &view, durable_epoch, answer_wanted, self.state.synced) {
+            Ok(observation) => observation,
+            Err(refusal @ ViewRefusal::WrongClusterSize { .. }) => {
+                tracing::error!(peer = from, %refusal, "announcement refused");
+                return;
             }
+            Err(ViewRefusal::StaleIncarnation) => return,
+        };
+        if observation.claims_newer_self {
+            tracing::error!(peer = from, "peer claims a newer incarnation of this node; ignoring it");
         }
-        if view == self.state.view {
-            self.state.announced[usize::from(from)] = Some((view.clone(), durable_epoch));
-            if answer_wanted && self.state.synced {
-                if let Some((agreed_view, announced)) = &self.state.agreed_announcement {
-                    if *agreed_view == view {
-                        let frame =
-                            Frame::Resync { view: view.clone(), durable_epoch: *announced, answer_wanted: false };
-                        self.transport.send(from, &frame);
-                    }
-                }
-            }
+        for &node in &observation.restarted {
+            // The node restarted: the ring handle to it may address its old memory.
+            self.transport.reconnect(node);
         }
-        if changed {
+        if let Some(announced) = observation.answer {
+            self.transport.send(from, &Frame::Resync { view, durable_epoch: announced, answer_wanted: false });
+        }
+        if !observation.restarted.is_empty() {
             if self.state.synced {
-                tracing::warn!(node = self.node, view = ?self.state.view, "a node restarted; the cluster agrees again");
+                let view = self.state.views.view();
+                tracing::warn!(node = self.node, ?view, "a node restarted; the cluster agrees again");
             }
             self.state.synced = false;
             self.cluster_stats.synced.store(false, Ordering::Release);
@@ -392,18 +372,16 @@ impl ClusterDriver {
         let Ok(durable_epoch) = durable.recv() else { return false };
         let mut announced_view: Option<Vec<u32>> = None;
         let mut announced_at = Instant::now();
-        loop {
-            if announced_view.as_ref() != Some(&self.state.view) || announced_at.elapsed() >= RESYNC_REPEAT {
-                let frame = Frame::Resync { view: self.state.view.clone(), durable_epoch, answer_wanted: true };
+        let agreement = loop {
+            let view = self.state.views.view();
+            if announced_view.as_deref() != Some(view) || announced_at.elapsed() >= RESYNC_REPEAT {
+                let frame = Frame::Resync { view: view.to_vec(), durable_epoch, answer_wanted: true };
                 self.transport.broadcast(&frame);
-                announced_view = Some(self.state.view.clone());
+                announced_view = Some(view.to_vec());
                 announced_at = Instant::now();
             }
-            let agreed = self.transport.peers().all(|peer| {
-                self.state.announced[usize::from(peer)].as_ref().is_some_and(|(view, _)| *view == self.state.view)
-            });
-            if agreed {
-                break;
+            if let Some(agreement) = self.state.views.agreement(durable_epoch) {
+                break agreement;
             }
             if self.state.stopping.is_some() {
                 return false;
@@ -413,13 +391,8 @@ impl ClusterDriver {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return false,
             }
-        }
-        let agreed_epoch = self
-            .transport
-            .peers()
-            .filter_map(|peer| self.state.announced[usize::from(peer)].as_ref().map(|(_, durable)| *durable))
-            .fold(durable_epoch, u64::min);
-        let generation: u64 = self.state.view.iter().map(|&incarnation| u64::from(incarnation)).sum();
+        };
+        let Agreement { epoch: agreed_epoch, generation } = agreement;
         let (done, finished) = crossbeam_channel::bounded(1);
         let rollback = CommitMessage::Rollback { agreed: agreed_epoch, generation, done };
         if self.commits.send(rollback).is_err() {
@@ -448,7 +421,7 @@ impl ClusterDriver {
         for frames in self.state.early.values_mut() {
             frames.retain(|(_, frame)| frame_epoch(frame).is_some_and(|(g, _)| g == generation));
         }
-        self.state.agreed_announcement = Some((self.state.view.clone(), durable_epoch));
+        self.state.views.agreed(durable_epoch);
         self.state.synced = true;
         self.cluster_stats.generation.store(generation, Ordering::Release);
         self.cluster_stats.leases_lent.store(0, Ordering::Release);
@@ -457,7 +430,7 @@ impl ClusterDriver {
         // refused or never saw them.
         self.forwards.fail_all(&Rejection::Retry("the cluster view changed while the request was forwarded".into()));
         TransactionStats::count(&self.cluster_stats.view_changes, 1);
-        tracing::info!(node = self.node, view = ?self.state.view, agreed_epoch, generation, "cluster view agreed");
+        tracing::info!(node = self.node, view = ?self.state.views.view(), agreed_epoch, generation, "cluster view agreed");
         true
     }
 
@@ -465,23 +438,21 @@ impl ClusterDriver {
     /// effect by then are applied, later ones wait for their epoch.
     fn reload_leases(&mut self, agreed_epoch: u64) -> Result<(), crate::storage::StorageError> {
         let prefix = LEASE_TABLE.to_be_bytes();
-        let mut applied = Vec::new();
         self.state.pending_moves.clear();
         self.state.announce.clear();
         self.state.moving.clear();
         self.state.counts = AccessCounts::new(self.node_count, self.state.placement.unwrap_or_default());
+        let mut stored = Vec::new();
         for (entry_key, value) in self.storage.scan_values(&prefix)? {
-            let key = entry_key[prefix.len()..].to_vec();
-            let Some((from, to, effective)) = decode_lease_entry(&value) else {
+            let Some((from, to, effective_epoch)) = decode_lease_entry(&value) else {
                 return Err(crate::storage::StorageError::Corrupt { what: "lease table entry" });
             };
-            if effective <= agreed_epoch + 1 && effective > agreed_epoch {
-                applied.push((key.clone().into_boxed_slice(), from));
-                self.state.moving.insert(key.clone());
-                self.state.pending_moves.entry(effective).or_default().push(LeaseMove { key, from, to });
-            } else if effective <= agreed_epoch {
-                applied.push((key.into_boxed_slice(), to));
-            }
+            stored.push(StoredMove { key: entry_key[prefix.len()..].to_vec(), from, to, effective_epoch });
+        }
+        let (applied, next) = leases_as_of(stored, agreed_epoch);
+        for StoredMove { key, from, to, effective_epoch } in next {
+            self.state.moving.insert(key.clone());
+            self.state.pending_moves.entry(effective_epoch).or_default().push(LeaseMove { key, from, to });
         }
         let table = LeaseTable::home(self.node_count).with_moves(applied);
         self.cluster_stats.lease_table_digest.store(table.digest(), Ordering::Release);

@@ -5,6 +5,8 @@
 //! * [`lease`]: the lease table (holder of each key) and the lease word that fences
 //!   stale holders;
 //! * [`placement`]: decayed access counts and the pure decision to move a lease;
+//! * [`protocol`]: the sans-IO decisions (view agreement, durable everywhere, leases as
+//!   of an agreed epoch) that the driver, the commit thread and the simulation share;
 //! * [`wire`]: the frames nodes exchange;
 //! * [`transport`]: frames over the fabric's message rings (one inbound ring per peer);
 //! * [`workers`]: the executor threads of a cluster node;
@@ -19,6 +21,7 @@ pub mod driver;
 pub mod forward;
 pub mod lease;
 pub mod placement;
+pub mod protocol;
 pub mod routing;
 pub mod transport;
 pub mod wire;

@@ -24,6 +24,7 @@
 
 use super::ledger::Ledger;
 use super::{Reply, TransactionStats};
+use crate::cluster::protocol::DurableEverywhere;
 use crate::cluster::transport::Transport;
 use crate::cluster::wire::Frame;
 use crate::config::FsyncPolicy;
@@ -145,25 +146,22 @@ struct CommitState {
     last_checkpoint: Instant,
     /// Durable here, waiting for the peers (cluster only), in epoch order.
     awaiting: VecDeque<EpochCommit>,
-    local_durable: u64,
-    /// The newest epoch each node reported durable (own entry unused).
-    peer_durable: Vec<u64>,
-    generation: u64,
+    /// Which epochs are durable on which node (a single node is a cluster of one).
+    durable: DurableEverywhere,
 }
 
 impl Committer {
     /// Runs until the driver hangs up, then returns after the last epoch is durable and
     /// checkpointed.
     pub fn run(self) {
-        let node_count = self.cluster.as_ref().map_or(1, |cluster| cluster.transport.node_count());
+        let node_count = self.cluster.as_ref().map_or(1, |cluster| cluster.transport.node_count() as u16);
+        let me = self.cluster.as_ref().map_or(0, |cluster| cluster.transport.me());
         let local_durable = self.stats.durable_epoch.load(Ordering::Acquire);
         let mut state = CommitState {
             uncheckpointed: Vec::new(),
             last_checkpoint: Instant::now(),
             awaiting: VecDeque::new(),
-            local_durable,
-            peer_durable: vec![local_durable; node_count],
-            generation: 0,
+            durable: DurableEverywhere::new(node_count, me, local_durable),
         };
         let notices = self.cluster.as_ref().map_or_else(crossbeam_channel::never, |cluster| cluster.notices.clone());
         let mut group: Vec<EpochCommit> = Vec::new();
@@ -193,11 +191,8 @@ impl Committer {
                 },
                 recv(notices) -> notice => {
                     if let Ok((peer, generation, epoch)) = notice {
-                        if generation == state.generation {
-                            let known = &mut state.peer_durable[usize::from(peer)];
-                            *known = (*known).max(epoch);
-                            self.release_durable_everywhere(&mut state);
-                        }
+                        state.durable.peer_reported(peer, generation, epoch);
+                        self.release_durable_everywhere(&mut state);
                     }
                 }
                 default(self.checkpoint_interval) => {}
@@ -214,7 +209,7 @@ impl Committer {
         match message {
             CommitMessage::Epoch(_) => unreachable!("epochs are committed by the caller"),
             CommitMessage::Flush(reply) => {
-                let _ = reply.send(state.local_durable);
+                let _ = reply.send(state.durable.local_durable());
             }
             CommitMessage::Rollback { agreed, generation, done } => {
                 let _ = done.send(self.rollback(agreed, generation, state));
@@ -249,9 +244,7 @@ impl Committer {
             "a checkpointed epoch must be durable everywhere, so never newer than the agreed one"
         );
         self.storage.rollback_to(agreed)?;
-        state.local_durable = agreed;
-        state.peer_durable.iter_mut().for_each(|known| *known = agreed);
-        state.generation = generation;
+        state.durable.rolled_back(agreed, generation);
         self.stats.durable_epoch.store(agreed, Ordering::Release);
         Ok(())
     }
@@ -300,8 +293,8 @@ impl Committer {
             }
             return;
         }
-        let newest = group.last().map_or(state.local_durable, |epoch| epoch.record.epoch);
-        state.local_durable = newest;
+        let newest = group.last().map_or(state.durable.local_durable(), |epoch| epoch.record.epoch);
+        state.durable.made_durable(newest);
         self.stats.durable_epoch.store(newest, Ordering::Release);
         match &self.cluster {
             None => {
@@ -312,7 +305,7 @@ impl Committer {
                 }
             }
             Some(cluster) => {
-                cluster.transport.broadcast(&Frame::Durable { generation: state.generation, epoch: newest });
+                cluster.transport.broadcast(&Frame::Durable { generation: state.durable.generation(), epoch: newest });
                 state.awaiting.extend(group.drain(..));
                 self.release_durable_everywhere(state);
             }
@@ -321,15 +314,10 @@ impl Committer {
 
     /// Releases the awaiting epochs that every node has made durable.
     fn release_durable_everywhere(&self, state: &mut CommitState) {
-        let Some(cluster) = &self.cluster else { return };
-        let me = usize::from(cluster.transport.me());
-        let everywhere = state
-            .peer_durable
-            .iter()
-            .enumerate()
-            .filter(|&(node, _)| node != me)
-            .map(|(_, &epoch)| epoch)
-            .fold(state.local_durable, u64::min);
+        if self.cluster.is_none() {
+            return;
+        }
+        let everywhere = state.durable.everywhere();
         if state.awaiting.front().is_none_or(|epoch| epoch.record.epoch > everywhere) {
             return;
         }
