@@ -168,6 +168,18 @@ fn storage_key(key: u32) -> Vec<u8> {
     key.to_be_bytes().to_vec()
 }
 
+/// The key whose storage key is `storage_key` (the inverse of [`storage_key`]).
+fn key_number(storage_key: &[u8]) -> u32 {
+    u32::from_be_bytes(storage_key.try_into().expect("simulated storage keys are 4 bytes"))
+}
+
+/// Records a broken invariant (the first few of a run are enough to debug it).
+fn record_violation(report: &mut SimulationReport, what: String) {
+    if report.violations.len() < 20 {
+        report.violations.push(what);
+    }
+}
+
 impl Node {
     fn new(me: NodeId, nodes: u16, disk: Disk) -> Node {
         let durable_epoch = disk.records.last().map_or(0, |record| record.epoch);
@@ -224,9 +236,7 @@ impl Simulation {
     }
 
     fn violation(&mut self, what: String) {
-        if self.report.violations.len() < 20 {
-            self.report.violations.push(what);
-        }
+        record_violation(&mut self.report, what);
     }
 
     fn announce_view(&mut self, node: NodeId) {
@@ -266,7 +276,7 @@ impl Simulation {
         n.pending_moves.clear();
         n.moving.clear();
         for stored in next {
-            n.moving.insert(u32::from_be_bytes(stored.key[..4].try_into().expect("4-byte keys")));
+            n.moving.insert(key_number(&stored.key));
             n.pending_moves.entry(stored.effective_epoch).or_default().push(stored);
         }
         // Values reload from storage: the newest write of each key this node holds.
@@ -323,7 +333,7 @@ impl Simulation {
         let mut values = Vec::new();
         if let Some(moves) = n.pending_moves.get(&epoch) {
             for stored in moves.iter().filter(|stored| stored.from == node) {
-                let key = u32::from_be_bytes(stored.key[..4].try_into().expect("4-byte keys"));
+                let key = key_number(&stored.key);
                 values.push((key, n.values.get(&key).cloned().unwrap_or_default()));
             }
         }
@@ -347,7 +357,7 @@ impl Simulation {
         // Moves in effect from this epoch: the table changes, the values arrive.
         let moves = n.pending_moves.remove(&epoch).unwrap_or_default();
         for stored in &moves {
-            let key = u32::from_be_bytes(stored.key[..4].try_into().expect("4-byte keys"));
+            let key = key_number(&stored.key);
             n.moving.remove(&key);
             if stored.from == node {
                 n.values.remove(&key);
@@ -391,16 +401,14 @@ impl Simulation {
                     if let Some(other) = self.holders.insert((key, n.generation, epoch), node) {
                         if other != node {
                             let what = format!("key {key} held by nodes {other} and {node} in epoch {epoch}");
-                            if self.report.violations.len() < 20 {
-                                self.report.violations.push(what);
-                            }
+                            record_violation(&mut self.report, what);
                         }
                     }
                 }
             }
         }
         for stored in &announced {
-            let key = u32::from_be_bytes(stored.key[..4].try_into().expect("4-byte keys"));
+            let key = key_number(&stored.key);
             n.moving.insert(key);
             n.pending_moves.entry(epoch + 1).or_default().push(stored.clone());
         }
@@ -411,7 +419,6 @@ impl Simulation {
 
     /// The commit thread syncs what executed and tells the peers.
     fn sync(&mut self, node: NodeId) {
-        let planted = self.config.planted;
         let n = &mut self.nodes[usize::from(node)];
         if n.unsynced.is_empty() {
             return;
@@ -421,13 +428,14 @@ impl Simulation {
         n.disk.records.extend(flushed);
         n.durable.made_durable(newest);
         let generation = n.durable.generation();
-        self.release(node, planted);
+        self.release(node);
         self.broadcast(node, Message::Durable { generation, epoch: newest });
     }
 
-    fn release(&mut self, node: NodeId, planted: Option<PlantedBug>) {
+    /// Acknowledges this node's transactions of the epochs its commit thread may release.
+    fn release(&mut self, node: NodeId) {
         let n = &mut self.nodes[usize::from(node)];
-        let everywhere = if planted == Some(PlantedBug::ReplyOnLocalDurability) {
+        let everywhere = if self.config.planted == Some(PlantedBug::ReplyOnLocalDurability) {
             n.durable.local_durable()
         } else {
             n.durable.everywhere()
@@ -440,7 +448,6 @@ impl Simulation {
 
     fn deliver(&mut self, from: NodeId, to: NodeId, message: Message) {
         self.report.messages += 1;
-        let planted = self.config.planted;
         let n = &mut self.nodes[usize::from(to)];
         match message {
             Message::Resync { view, durable_epoch, answer_wanted } => {
@@ -460,7 +467,7 @@ impl Simulation {
             }
             Message::Durable { generation, epoch } => {
                 n.durable.peer_reported(from, generation, epoch);
-                self.release(to, planted);
+                self.release(to);
             }
             Message::Batch { generation, epoch, .. } => {
                 // Batches of another view, or of epochs already over, are ignored.
