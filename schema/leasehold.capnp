@@ -74,6 +74,11 @@ interface Leasehold {
 
   status @5 () -> (status :NodeStatus);
   # The node's view of itself: identity, progress counters and deployed plugins.
+
+  leaseTable @6 () -> (table :LeaseTable);
+  # Which node holds which keys now, and where to reach each node: what a client needs
+  # to send each request straight to the node that holds its keys (see
+  # `Invocation.redirectIfElsewhere`). A single node answers a table of one node.
 }
 
 struct Invocation {
@@ -102,6 +107,13 @@ struct Invocation {
     # As a JSON document, which the plugin converts before running. The committed result
     # then also carries the output as JSON (`Result.committed.outputJson`).
   }
+
+  redirectIfElsewhere @5 :Bool;
+  # Set by a client that chose this node from its cached lease table. When the request's
+  # keys are mostly held elsewhere (the table was stale), the node answers
+  # `Result.redirected` instead of forwarding the request itself; nothing ran, so the
+  # client may send it, under the same request id, to the node named there. Unset (the
+  # default), the node forwards such a request and the client does not notice.
 }
 
 struct Timestamp {
@@ -154,7 +166,55 @@ struct Result {
     rejected @6 :Rejection;
     # The request was refused before it ran: nothing was executed or recorded, so the
     # client may fix the request and send it again, even under the same request id.
+
+    redirected @7 :Redirect;
+    # Only for a request with `redirectIfElsewhere` set: its keys are mostly held by
+    # another node. Nothing ran or was recorded; send it there.
   }
+}
+
+struct Redirect {
+  # Where to send a request whose keys this node does not hold.
+
+  node @0 :UInt16;
+  # The node that should run it (the holder of most of its keys, weighed with load as
+  # for forwarding).
+
+  clientAddress @1 :Text;
+  # That node's client address, from the cluster file.
+
+  leaseTableDigest @2 :UInt64;
+  # The digest of the lease table the decision used (as in `LeaseTable.digest`): a
+  # client whose cached table has another digest should fetch `leaseTable` again.
+}
+
+struct LeaseTable {
+  # Where every key is held. A key's storage key is its table's `TableInfo.tableId` in
+  # big-endian order followed by the key's bytes. Its holder is the node `moved` names
+  # for that storage key, or else its home node: the 64-bit FNV-1a hash of the storage
+  # key (offset basis 0xcbf29ce484222325, prime 0x100000001b3) modulo `nodeCount`.
+
+  nodeCount @0 :UInt16;
+  # The number of nodes of the cluster (1 for a single node).
+
+  digest @1 :UInt64;
+  # Equal for tables that place every key alike; redirects carry it too.
+
+  nodes @2 :List(NodeAddress);
+  # Every node's client address, by node id.
+
+  moved @3 :List(MovedLease);
+  # The keys whose lease moved away from their home node (affinity placement).
+}
+
+struct NodeAddress {
+  node @0 :UInt16;
+  clientAddress @1 :Text;
+}
+
+struct MovedLease {
+  storageKey @0 :Data;
+  holder @1 :UInt16;
 }
 
 enum AbortKind {
@@ -308,6 +368,9 @@ struct TableInfo {
 
   valueBytesMax @1 :UInt32;
   # The largest value the table stores; larger writes abort with `valueTooLarge`.
+
+  tableId @2 :UInt32;
+  # The table's number in storage keys (see `LeaseTable`), the same on every node.
 }
 
 struct NodeStatus {
@@ -402,4 +465,8 @@ struct NodeStatus {
   transactionsDecayed @26 :Float64;
   # This node's decayed count of transactions run (with the placement half-life): the
   # load that routing weighs against affinity. 0 for a single node.
+
+  redirectedTotal @27 :UInt64;
+  # Requests with `Invocation.redirectIfElsewhere` this node answered with a redirect
+  # (the client's lease table was stale), since it started.
 }

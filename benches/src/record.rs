@@ -79,6 +79,9 @@ pub struct NodeParameters {
     /// The fsync policy and executor threads of an embedded node; unknown for a remote one.
     pub fsync: Option<String>,
     pub executor_threads: Option<usize>,
+    /// The concurrency control of an embedded node (`lease`, `2pl`, `occ`); unknown for a
+    /// remote one.
+    pub cc: Option<String>,
 }
 
 /// One run, flat, as both JSON and CSV carry it.
@@ -122,6 +125,10 @@ pub struct RunRecord {
     pub latency_max_us: u64,
     /// `holds`, `not checked` (the run did not load its keys), or `violated: <why>`.
     pub invariant: String,
+    // Columns added later go last, so that earlier files keep their column order.
+    pub cc: Option<String>,
+    pub key_groups: u64,
+    pub route_by_lease_table: bool,
 }
 
 impl RunRecord {
@@ -172,6 +179,9 @@ impl RunRecord {
             latency_p999_us: report.latency.p999_us,
             latency_max_us: report.latency.max_us,
             invariant,
+            cc: node.cc.clone(),
+            key_groups: config.key_groups,
+            route_by_lease_table: config.route_by_lease_table,
         }
     }
 
@@ -213,6 +223,9 @@ impl RunRecord {
             ("latency_p999_us", self.latency_p999_us.to_string()),
             ("latency_max_us", self.latency_max_us.to_string()),
             ("invariant", self.invariant.clone()),
+            ("cc", optional(&self.cc)),
+            ("key_groups", self.key_groups.to_string()),
+            ("route_by_lease_table", self.route_by_lease_table.to_string()),
         ]
     }
 
@@ -299,6 +312,7 @@ mod tests {
         BenchReport {
             config: BenchConfig {
                 key_groups: 1,
+                route_by_lease_table: false,
                 workload: WorkloadKind::Social,
                 keys: 10_000,
                 initial_value: 0,
@@ -325,7 +339,12 @@ mod tests {
     }
 
     fn record(aborted: u64, violation: Option<&str>) -> RunRecord {
-        let node = NodeParameters { mode: "embedded", fsync: Some("every-epoch".into()), executor_threads: Some(2) };
+        let node = NodeParameters {
+            mode: "embedded",
+            fsync: Some("every-epoch".into()),
+            executor_threads: Some(2),
+            cc: Some("lease".into()),
+        };
         let machine = Machine {
             cpu_model: Some("Intel Xeon, KVM".into()),
             cores: 2,
@@ -390,7 +409,7 @@ mod tests {
         assert_eq!(lines[0], record(0, None).csv_header());
         assert!(lines[1].starts_with("2025-11-29T23:30:00Z,social,10000,0,0,4,200,4,2,10,,1,embedded,every-epoch,2,"));
         assert!(lines[1].contains(",\"Intel Xeon, KVM\",2,1073741824,0.5,1.25,300,100,0,10,40.0,0.250000,1000,"));
-        assert!(lines[2].ends_with(",\"violated: user 3 holds \"\"x\"\", not y\""), "{}", lines[2]);
+        assert!(lines[2].ends_with(",\"violated: user 3 holds \"\"x\"\", not y\",lease,1,false"), "{}", lines[2]);
         std::fs::write(&path, "a,b\n1,2\n").expect("overwrite");
         assert!(matches!(record(0, None).append_csv(&path), Err(RecordError::OtherColumns { .. })));
     }

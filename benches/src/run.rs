@@ -20,7 +20,7 @@
 
 use crate::workload::{self, Generator, Journal, WorkloadKind};
 use hdrhistogram::Histogram;
-use leasehold_client::{Client, InvokeResult};
+use leasehold_client::{Client, ClusterClient, Invocation, InvokeResult, RoutedInvocation};
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -52,6 +52,12 @@ pub struct BenchConfig {
     /// cluster, client `i` talks to node `i % nodes`, so groups = nodes gives every node
     /// its own key group: the workload affinity placement is made for.
     pub key_groups: u64,
+    /// With a cluster: every client connects to all nodes and sends each request straight
+    /// to the node holding its keys, by a lease table it caches
+    /// (`leasehold_client::ClusterClient`), instead of to its one node, which would
+    /// forward it. Banking and YCSB-T name their keys; other workloads' requests go to the
+    /// nodes in turn.
+    pub route_by_lease_table: bool,
 }
 
 /// What a run measured.
@@ -276,7 +282,11 @@ fn run_client(
     let runtime = runtime().map_err(BenchError::Thread)?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
-        let connection = Rc::new(Client::connect(address).await?);
+        let connection = Rc::new(if config.route_by_lease_table {
+            Connection::Routed(ClusterClient::connect(&address.to_string(), &[]).await?)
+        } else {
+            Connection::Node(Client::connect(address).await?)
+        });
         let mut generator = Generator::new(config.workload, config.keys, config.theta, config.seed, client, run_id);
         if config.key_groups > 1 {
             generator = generator.in_group(u64::from(client) % config.key_groups, config.key_groups, config.theta);
@@ -314,7 +324,7 @@ fn run_client(
                         (0..config.batch).map(|_| generator.next()).collect()
                     };
                     let workflows: Vec<String> = invocations.iter().map(|i| i.workflow.clone()).collect();
-                    let results = connection.invoke_many(invocations).await?;
+                    let results = connection.invoke_many(config.workload, invocations).await?;
                     let done = Instant::now();
                     finished.fetch_add(results.len() as u64, Ordering::Relaxed);
                     {
@@ -353,6 +363,35 @@ fn run_client(
         let effects = std::mem::take(&mut *effects.borrow_mut());
         Ok(ClientResult { tally, effects, latency })
     })
+}
+
+/// A benchmark client's connection: to one node, or to every node of a cluster with
+/// requests routed by the lease table.
+enum Connection {
+    Node(Client),
+    Routed(ClusterClient),
+}
+
+impl Connection {
+    async fn invoke_many(
+        &self,
+        workload: WorkloadKind,
+        invocations: Vec<Invocation>,
+    ) -> Result<Vec<InvokeResult>, leasehold_client::ClientError> {
+        match self {
+            Connection::Node(client) => client.invoke_many(invocations).await,
+            Connection::Routed(client) => {
+                let routed = invocations
+                    .into_iter()
+                    .map(|invocation| {
+                        let keys = workload::routing_keys(workload, &invocation);
+                        RoutedInvocation::new(invocation, keys)
+                    })
+                    .collect();
+                client.invoke_many(routed).await
+            }
+        }
+    }
 }
 
 /// Latency percentiles of a run, in microseconds (serialised under the `latency_*_us`

@@ -15,7 +15,7 @@
 //! [`crate::social`]) hold those checks.
 
 use crate::{movie, social};
-use leasehold_client::{Arguments, Invocation, Timestamp};
+use leasehold_client::{Arguments, Invocation, RoutingKey, Timestamp};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
@@ -510,6 +510,26 @@ pub fn committed_delta(kind: WorkloadKind, workflow: &str, output: &[u8]) -> Opt
         }
         (WorkloadKind::Movie | WorkloadKind::Social, _) => Some(0),
     }
+}
+
+/// The keys a generated request will use, as its plugin's planner declares them, for a
+/// client that routes requests by the cluster's lease table: both accounts of a banking
+/// or YCSB-T transfer. Other workloads name none, so a routing client sends their
+/// requests to the nodes in turn (and the nodes forward them).
+pub fn routing_keys(kind: WorkloadKind, invocation: &Invocation) -> Vec<RoutingKey> {
+    let Arguments::Encoded(arguments) = &invocation.arguments else { return Vec::new() };
+    let accounts = match (kind, invocation.workflow.as_str()) {
+        (WorkloadKind::Banking, "transfer") => leasehold_sdk::decode::<leasehold_plugin_api::banking::Transfer>(arguments)
+            .ok()
+            .map(|transfer| ("accounts", [transfer.from, transfer.to])),
+        (WorkloadKind::YcsbT, "transfer") => leasehold_sdk::decode::<leasehold_plugin_api::ycsb_t::Transfer>(arguments)
+            .ok()
+            .map(|transfer| ("keys", [transfer.a, transfer.b])),
+        _ => None,
+    };
+    accounts.map_or_else(Vec::new, |(table, keys)| {
+        keys.iter().map(|&key| RoutingKey::new(table, leasehold_sdk::key_u64(key))).collect()
+    })
 }
 
 /// The violation of an invariant beyond the sum that one `total` output shows, if any

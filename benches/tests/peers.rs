@@ -24,6 +24,7 @@ const TRANSFERS_PER_CLIENT: u64 = 500;
 fn config(workload: WorkloadKind, theta: f64) -> BenchConfig {
     BenchConfig {
         key_groups: 1,
+        route_by_lease_table: false,
         workload,
         keys: ACCOUNTS,
         initial_value: INITIAL_BALANCE,

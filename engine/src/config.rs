@@ -100,6 +100,14 @@ pub struct Config {
     /// surrounding whitespace). A file rather than a value keeps the secret out of `ps`,
     /// the environment and config files that get shared. None: any client is accepted.
     pub auth_token_file: Option<PathBuf>,
+    /// PEM certificate chain of the client API: with it (and `tls_key_file`) the node
+    /// speaks TLS only on its client address. None: plain TCP.
+    pub tls_certificate_file: Option<PathBuf>,
+    /// PEM private key of `tls_certificate_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA certificate(s) for mutual TLS: clients must present a certificate signed by
+    /// one of them. Needs `tls_certificate_file`.
+    pub tls_client_ca_file: Option<PathBuf>,
     /// The cluster file (see `cluster::ClusterSpec`). With one, the node runs as node
     /// `node_id` of that cluster and takes its client address, data directory and metrics
     /// address from its entry there. Without one, it runs alone.
@@ -146,6 +154,9 @@ impl Default for Config {
             recent_results_max: 1_000_000,
             request_id_retention_hours: 7 * 24,
             auth_token_file: None,
+            tls_certificate_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
             cluster_file: None,
             placement: true,
             placement_margin: 0.5,
@@ -241,6 +252,16 @@ impl Config {
                 "cc = \"{}\" cannot run with a cluster_file: 2pl/occ run on a single node so far",
                 self.cc.as_str()
             )));
+        }
+        if self.tls_certificate_file.is_some() != self.tls_key_file.is_some() {
+            return Err(ConfigError::Invalid(
+                "tls_certificate_file and tls_key_file go together: set both for TLS, or neither".into(),
+            ));
+        }
+        if self.tls_client_ca_file.is_some() && self.tls_certificate_file.is_none() {
+            return Err(ConfigError::Invalid(
+                "tls_client_ca_file (mutual TLS) needs tls_certificate_file and tls_key_file".into(),
+            ));
         }
         let placement_valid = self.placement_margin >= 0.0
             && self.placement_count_min >= 1.0
@@ -341,6 +362,15 @@ pub struct ConfigOverrides {
     /// client is accepted.
     #[arg(long, env = "LEASEHOLD_AUTH_TOKEN_FILE")]
     pub auth_token_file: Option<PathBuf>,
+    /// PEM certificate chain: the client API then speaks TLS only (with --tls-key-file).
+    #[arg(long, env = "LEASEHOLD_TLS_CERTIFICATE_FILE")]
+    pub tls_certificate_file: Option<PathBuf>,
+    /// PEM private key of --tls-certificate-file.
+    #[arg(long, env = "LEASEHOLD_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA certificate(s): clients must present a certificate signed by one (mutual TLS).
+    #[arg(long, env = "LEASEHOLD_TLS_CLIENT_CA_FILE")]
+    pub tls_client_ca_file: Option<PathBuf>,
     /// Affinity placement in a cluster (`--placement false`: static hash placement).
     #[arg(long, env = "LEASEHOLD_PLACEMENT")]
     pub placement: Option<bool>,
@@ -393,6 +423,15 @@ impl ConfigOverrides {
         }
         if let Some(value) = &self.auth_token_file {
             config.auth_token_file = Some(value.clone());
+        }
+        for (value, field) in [
+            (&self.tls_certificate_file, &mut config.tls_certificate_file),
+            (&self.tls_key_file, &mut config.tls_key_file),
+            (&self.tls_client_ca_file, &mut config.tls_client_ca_file),
+        ] {
+            if let Some(value) = value {
+                *field = Some(value.clone());
+            }
         }
         if let Some(value) = &self.cluster_file {
             config.cluster_file = Some(value.clone());
@@ -490,5 +529,22 @@ mod tests {
         let missing = ConfigOverrides { auth_token_file: Some(directory.path().join("absent")), ..Default::default() };
         let error = missing.resolve().expect_err("a missing token file must be refused");
         assert!(matches!(error, ConfigError::TokenRead { .. }) && error.to_string().contains("absent"), "{error}");
+    }
+
+    #[test]
+    fn tls_files_are_checked_together() {
+        let certificate = Some(PathBuf::from("node.pem"));
+        let key = Some(PathBuf::from("node.key"));
+        let both = Config { tls_certificate_file: certificate.clone(), tls_key_file: key.clone(), ..Config::default() };
+        both.validate().expect("a certificate with its key");
+        Config { tls_client_ca_file: Some(PathBuf::from("ca.pem")), ..both.clone() }.validate().expect("mutual TLS");
+        for lonely in [
+            Config { tls_key_file: None, ..both.clone() },
+            Config { tls_certificate_file: None, ..both.clone() },
+            Config { tls_client_ca_file: Some(PathBuf::from("ca.pem")), ..Config::default() },
+        ] {
+            let error = lonely.validate().expect_err("an incomplete TLS setup is refused");
+            assert!(matches!(error, ConfigError::Invalid(_)) && error.to_string().contains("tls_"), "{error}");
+        }
     }
 }

@@ -22,6 +22,7 @@ pub const LEASE_MOVES_TOTAL: &str = "leasehold_lease_moves_total";
 pub const BYTES_MIGRATED_TOTAL: &str = "leasehold_bytes_migrated_total";
 pub const CONCURRENCY_RETRIES_TOTAL: &str = "leasehold_concurrency_retries_total";
 pub const FORWARDED_TOTAL: &str = "leasehold_requests_forwarded_total";
+pub const REDIRECTED_TOTAL: &str = "leasehold_requests_redirected_total";
 
 /// Errors starting the metrics endpoint.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +58,10 @@ fn describe() {
     metrics::describe_counter!(REMOTE_ACCESSES_TOTAL, "Key accesses of this node's transactions to keys held elsewhere.");
     metrics::describe_histogram!(EPOCH_BARRIER_SECONDS, "Time from sending an epoch's batches to having every peer's.");
     metrics::describe_counter!(FORWARDED_TOTAL, "Requests this node sent to the node holding most of their keys.");
+    metrics::describe_counter!(
+        REDIRECTED_TOTAL,
+        "Requests from routing clients answered with a redirect because their lease table was stale."
+    );
     metrics::describe_counter!(LEASE_MOVES_TOTAL, "Leases this node gave up to the node that uses their keys most.");
     metrics::describe_counter!(BYTES_MIGRATED_TOTAL, "Value bytes this node sent along with leases it gave up.");
     metrics::describe_counter!(FENCED_TOTAL, "Write-backs refused for a stale lease word or lease epoch (fencing).");

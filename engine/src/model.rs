@@ -163,6 +163,33 @@ pub struct PluginInfo {
 pub struct TableInfo {
     pub name: String,
     pub value_bytes_max: u32,
+    /// The table's number in storage keys, the same on every node.
+    pub table_id: u32,
+}
+
+/// Where to send a request whose keys the node that received it does not mostly hold:
+/// the answer to a request that asked for redirects instead of forwarding (a client that
+/// routes by its cached lease table). Nothing of the request ran.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Redirect {
+    /// The node that should run the request.
+    pub node: NodeId,
+    /// That node's client address, from the cluster file.
+    pub client_address: String,
+    /// The digest of the lease table the decision used.
+    pub lease_table_digest: u64,
+}
+
+/// Where every key is held, as a client needs it to route requests (see `LeaseTable` in
+/// `leasehold.capnp` for the placement rule).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LeaseTableSnapshot {
+    pub node_count: u16,
+    pub digest: u64,
+    /// Client addresses by node id.
+    pub client_addresses: Vec<String>,
+    /// Storage keys held away from their home node, with their holders.
+    pub moved: Vec<(Vec<u8>, NodeId)>,
 }
 
 /// A node's view of itself, for `leasehold status`.
@@ -200,4 +227,6 @@ pub struct NodeStatus {
     pub forwards_received_total: u64,
     /// This node's decayed count of transactions run (N_i of the routing score).
     pub transactions_decayed: f64,
+    /// Requests answered with a redirect (the client's lease table was stale).
+    pub redirected_total: u64,
 }

@@ -13,7 +13,8 @@ use crate::cluster::wire::Frame;
 use crate::cluster::{ClusterError, ClusterSpec};
 use crate::config::{ConcurrencyControl, Config, ConfigError};
 use crate::model::{
-    Arguments, Invocation, NodeId, NodeStatus, Outcome, PluginInfo, Rejection, RequestId, REQUEST_ID_BYTES_MAX,
+    Arguments, Invocation, LeaseTableSnapshot, NodeId, NodeStatus, Outcome, PluginInfo, Redirect, Rejection,
+    RequestId, REQUEST_ID_BYTES_MAX,
 };
 use crate::plugin::{AccessLimits, LoadedPlugin, PluginError, PluginRegistry};
 use crate::storage::{data_key_into, SlotStore, Storage, StorageError, StorageOptions};
@@ -111,6 +112,15 @@ pub struct Completed {
     pub outcome: Outcome,
     /// The output as JSON, when the request came with JSON arguments and committed.
     pub output_json: Option<String>,
+}
+
+/// What became of a request submitted with [`NodeHandle::submit_or_redirect`].
+pub enum Submitted {
+    /// It runs (here, or forwarded); its outcome arrives through the pending result.
+    Running(Pending<Completed>),
+    /// Nothing ran: its keys are mostly held by another node, where the client should
+    /// send it.
+    Redirected(Redirect),
 }
 
 /// A submitted request; [`Pending::wait`] resolves once its epoch is durable.
@@ -452,28 +462,78 @@ impl NodeHandle {
         }
     }
 
-    /// Plans a workflow invocation and submits it to the next epoch. Refusals (unknown
-    /// plugin or workflow, bad arguments, planner failure) come back at once.
+    /// Plans a workflow invocation and submits it to the next epoch (in a cluster,
+    /// forwarding it when its keys are mostly held elsewhere). Refusals (unknown plugin
+    /// or workflow, bad arguments, planner failure) come back at once.
     pub fn submit(&self, invocation: Invocation) -> Result<Pending<Completed>, Rejection> {
-        // Forwarding needs the names again after planning consumed the invocation.
-        let names = self.forwarding().map(|_| (invocation.plugin.clone(), invocation.workflow.clone()));
+        match self.submit_or_redirect(invocation, false)? {
+            Submitted::Running(pending) => Ok(pending),
+            Submitted::Redirected(_) => unreachable!("only a request that asks for redirects is redirected"),
+        }
+    }
+
+    /// Like [`NodeHandle::submit`], but with `redirect_if_elsewhere` a request whose keys
+    /// are mostly held elsewhere is not forwarded: the answer names the node to send it
+    /// to (the client routes by a lease table that was stale). Nothing of a redirected
+    /// request ran or was recorded, so it may be sent again under the same id.
+    pub fn submit_or_redirect(&self, invocation: Invocation, redirect_if_elsewhere: bool) -> Result<Submitted, Rejection> {
         let (transaction, json) = match plan_invocation(&self.shared.registry, self.shared.limits, invocation) {
             Ok(planned) => planned,
             Err(rejection) => return self.rejected(rejection),
         };
-        if let (Some(cluster), Some((plugin, workflow))) = (self.forwarding(), names) {
+        if let Some(cluster) = self.routing(redirect_if_elsewhere) {
             if let Route::Forward(to) = self.route(cluster, &transaction) {
-                let receiver = self.forward(cluster, to, plugin, workflow, transaction);
-                return Ok(Pending { receiver, json, _result: PhantomData });
+                if redirect_if_elsewhere {
+                    return Ok(Submitted::Redirected(self.redirect(cluster, to)));
+                }
+                let receiver = self.forward(cluster, to, transaction);
+                return Ok(Submitted::Running(Pending { receiver, json, _result: PhantomData }));
             }
         }
-        Ok(Pending { receiver: self.enqueue(transaction)?, json, _result: PhantomData })
+        Ok(Submitted::Running(Pending { receiver: self.enqueue(transaction)?, json, _result: PhantomData }))
     }
 
-    /// The cluster, when this node forwards requests at all.
-    fn forwarding(&self) -> Option<&ClusterShared> {
+    /// The cluster, when this node moves requests to the leases at all: forwarding them
+    /// (when configured) or redirecting clients that ask for it. Only under leases: the
+    /// baselines run a request where it arrives.
+    fn routing(&self, redirect_if_elsewhere: bool) -> Option<&ClusterShared> {
         let config = &self.shared.config;
-        self.shared.cluster.as_ref().filter(|_| config.forwarding && config.cc == ConcurrencyControl::Lease)
+        self.shared
+            .cluster
+            .as_ref()
+            .filter(|_| (config.forwarding || redirect_if_elsewhere) && config.cc == ConcurrencyControl::Lease)
+    }
+
+    /// The answer to a request that asked for a redirect and is to run on node `to`.
+    fn redirect(&self, cluster: &ClusterShared, to: NodeId) -> Redirect {
+        TransactionStats::count(&cluster.stats.redirected_total, 1);
+        metrics::counter!(crate::metrics::REDIRECTED_TOTAL).increment(1);
+        Redirect {
+            node: to,
+            client_address: cluster.spec.nodes[usize::from(to)].client_address.to_string(),
+            lease_table_digest: cluster.leases.current().digest(),
+        }
+    }
+
+    /// Where every key is held now and how to reach each node, for clients that route
+    /// requests themselves. A single node answers a table of one node.
+    pub fn lease_table(&self) -> LeaseTableSnapshot {
+        let Some(cluster) = self.shared.cluster.as_ref() else {
+            let table = LeaseTable::home(1);
+            return LeaseTableSnapshot {
+                node_count: 1,
+                digest: table.digest(),
+                client_addresses: vec![self.shared.config.client_address.to_string()],
+                moved: Vec::new(),
+            };
+        };
+        let table = cluster.leases.current();
+        LeaseTableSnapshot {
+            node_count: table.node_count(),
+            digest: table.digest(),
+            client_addresses: cluster.spec.nodes.iter().map(|node| node.client_address.to_string()).collect(),
+            moved: table.moved().map(|(key, holder)| (key.to_vec(), holder)).collect(),
+        }
     }
 
     /// Where a planned request should run. Only requests with an id move (see
@@ -513,20 +573,20 @@ impl NodeHandle {
         &self,
         cluster: &ClusterShared,
         to: NodeId,
-        plugin: String,
-        workflow: String,
         transaction: PlannedTransaction,
     ) -> tokio::sync::oneshot::Receiver<Result<Outcome, Rejection>> {
         let (reply, receiver) = tokio::sync::oneshot::channel();
-        let TransactionBody::Workflow { arguments, .. } = transaction.body else {
+        let TransactionBody::Workflow { workflow, arguments } = transaction.body else {
             unreachable!("only workflow invocations are routed")
         };
         let forward_id = cluster.forwards.register(reply);
+        // The names come from the plugin the request was planned with, so requests that
+        // stay (the common case) never copy them.
         let frame = Frame::Forward {
             forward_id,
             generation: cluster.stats.generation.load(Ordering::Acquire),
-            plugin,
-            workflow,
+            plugin: transaction.plugin.name().to_string(),
+            workflow: transaction.plugin.workflows[workflow as usize].name.clone(),
             request_id: transaction.request_id.0.into_vec(),
             arguments,
         };
@@ -590,6 +650,7 @@ impl NodeHandle {
             concurrency_retries_total: self.shared.concurrency.retries.load(Ordering::Relaxed),
             forwarded_total: cluster.map_or(0, |c| c.stats.forwarded_total.load(Ordering::Relaxed)),
             forwards_received_total: cluster.map_or(0, |c| c.stats.forwards_received_total.load(Ordering::Relaxed)),
+            redirected_total: cluster.map_or(0, |c| c.stats.redirected_total.load(Ordering::Relaxed)),
             transactions_decayed: cluster
                 .and_then(|c| c.stats.loads.load().get(usize::from(config.node_id)).copied())
                 .unwrap_or(0.0),

@@ -71,6 +71,7 @@ fn hot_banking_keeps_the_sum(cc: ConcurrencyControl) {
         seed: 11,
         load: true,
         key_groups: 1,
+        route_by_lease_table: false,
     };
     let report = run::run(node.server.local_address(), &config, |_| {}).expect("benchmark run");
     let status = node.node.handle().status();

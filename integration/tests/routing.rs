@@ -7,7 +7,7 @@
 //! load stays on node 0 and two thirds of its accesses are remote: the comparison shows
 //! the assertion can fail.
 
-use leasehold_client::{BlockingClient, Invocation, InvokeResult, NodeStatus};
+use leasehold_client::{BlockingClient, ClusterClient, Invocation, InvokeResult, NodeStatus, RoutedInvocation, RoutingKey};
 use leasehold_integration::cluster::LocalCluster;
 use leasehold_integration::{banking_balances, plugin_bytes};
 use leasehold_plugin_api::banking::{Deposit, Open};
@@ -112,4 +112,152 @@ fn requests_run_where_their_keys_are_and_exactly_once() {
         "forwarding on: {:.3} local, {} of {} requests forwarded; off: {:.3} local",
         routed.local_share, routed.forwarded, routed.requests, unrouted.local_share
     );
+}
+
+/// Deposits of `amount` to each account, as routed invocations with unique ids.
+fn routed_deposits(accounts: std::ops::Range<u64>, amount: i64, prefix: &str) -> Vec<RoutedInvocation> {
+    accounts
+        .map(|account| {
+            RoutedInvocation::new(
+                deposit(account, amount, format!("{prefix}-a{account}")),
+                vec![RoutingKey::new("accounts", leasehold_sdk::key_u64(account))],
+            )
+        })
+        .collect()
+}
+
+/// A client that routes by a cached lease table: with the table fresh, every request goes
+/// straight to its keys' holder (no forwarding, no redirect). Then the leases of a third
+/// of the accounts move to node 0 (a plain client hammers them through node 0, forwarding
+/// off, so placement moves them), and the routing client, whose table is now stale, is
+/// redirected for exactly the moved keys, fetches the table again and is not redirected
+/// on the next round. Every deposit is applied once; a retried redirected id meets its
+/// first outcome.
+#[test]
+fn a_routing_client_goes_to_the_holders_and_follows_moved_leases() {
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let cluster = LocalCluster::start(directory.path(), NODES, "shm", &["--forwarding", "false"]);
+    cluster.wait_until_synced(Duration::from_secs(60));
+    let addresses = cluster.addresses.clone();
+    let plain = BlockingClient::connect(addresses[0]).expect("connect");
+    plain.deploy_plugin(&plugin_bytes("banking")).expect("deploy");
+    let open = Open { first: 0, count: ACCOUNTS, balance: INITIAL };
+    let opened = plain
+        .invoke(Invocation::encoded("banking", "open", leasehold_sdk::encode(&open).expect("encode")))
+        .expect("open accounts");
+    assert!(opened.is_committed(), "{opened:?}");
+    let mut expected = vec![INITIAL; ACCOUNTS as usize];
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let local = tokio::task::LocalSet::new();
+    let seed = addresses[1].to_string();
+    let router = local.block_on(&runtime, ClusterClient::connect(&seed, &[])).expect("connect the router");
+    assert_eq!(router.lease_table().node_count, NODES);
+    assert_eq!(router.lease_table().client_addresses.len(), usize::from(NODES));
+
+    // Fresh table: straight to the holders.
+    let before = statuses(&addresses);
+    for round in 0..3 {
+        let results =
+            local.block_on(&runtime, router.invoke_many(routed_deposits(0..ACCOUNTS, 2, &format!("fresh{round}"))));
+        for (account, result) in results.expect("every call answers").iter().enumerate() {
+            assert!(result.is_committed(), "deposit to {account}: {result:?}");
+            expected[account] += 2;
+        }
+    }
+    let after = statuses(&addresses);
+    assert_eq!(router.redirects_total(), 0, "a fresh table needs no redirect");
+    let local_share = {
+        let local: u64 = after.iter().zip(&before).map(|(a, b)| a.local_accesses - b.local_accesses).sum();
+        let remote: u64 = after.iter().zip(&before).map(|(a, b)| a.remote_accesses - b.remote_accesses).sum();
+        local as f64 / (local + remote).max(1) as f64
+    };
+    assert!(local_share >= 0.99, "routed by the table, {local_share:.3} of accesses are local");
+    assert!(after.iter().zip(&before).all(|(a, b)| a.forwarded_total == b.forwarded_total));
+    let served: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a.committed_total - b.committed_total).collect();
+    assert!(served.iter().all(|&count| count >= 150), "every node ran its share of the deposits: {served:?}");
+
+    // Move the leases of accounts 0..100 to node 0: deposits through node 0 without
+    // forwarding make node 0 their heaviest user.
+    let moved = 0..ACCOUNTS / 3;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let held_by_node_0 = |table: &leasehold_client::LeaseTable| {
+        moved.clone().all(|account| {
+            let storage_key = storage_key_of(&router, account);
+            table.holder(&storage_key) == 0
+        })
+    };
+    let mut rounds = 0;
+    loop {
+        let invocations =
+            moved.clone().map(|account| deposit(account, 1, format!("hammer{rounds}-a{account}"))).collect();
+        for (account, result) in moved.clone().zip(plain.invoke_many(invocations).expect("every call answers")) {
+            assert!(result.is_committed(), "deposit to {account}: {result:?}");
+            expected[account as usize] += 1;
+        }
+        rounds += 1;
+        let current = local.block_on(&runtime, fetch_table(&addresses[2]));
+        if held_by_node_0(&current) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "placement did not move accounts 0..100 to node 0 in 60 s");
+    }
+    assert!(!held_by_node_0(&router.lease_table()), "the router's table is stale now");
+    let homed_elsewhere = moved
+        .clone()
+        .filter(|&account| {
+            let storage_key = storage_key_of(&router, account);
+            router.lease_table().holder(&storage_key) != 0
+        })
+        .count() as u64;
+
+    // Stale table: the moved keys are redirected once, then the table is fresh again.
+    let before = statuses(&addresses);
+    let results = local
+        .block_on(&runtime, router.invoke_many(routed_deposits(moved.clone(), 5, "stale")))
+        .expect("every call answers");
+    for (account, result) in moved.clone().zip(&results) {
+        assert!(result.is_committed(), "deposit to {account}: {result:?}");
+        expected[account as usize] += 5;
+    }
+    assert_eq!(router.redirects_total(), homed_elsewhere, "exactly the moved keys were redirected");
+    assert!(router.table_fetches_total() >= 2, "a redirect fetches the table again");
+    assert!(held_by_node_0(&router.lease_table()), "the fetched table shows the moves");
+    let again = local
+        .block_on(&runtime, router.invoke_many(routed_deposits(moved.clone(), 5, "fresh-again")))
+        .expect("every call answers");
+    for (account, result) in moved.clone().zip(&again) {
+        assert!(result.is_committed(), "deposit to {account}: {result:?}");
+        expected[account as usize] += 5;
+    }
+    assert_eq!(router.redirects_total(), homed_elsewhere, "a fresh table needs no more redirects");
+    let after = statuses(&addresses);
+    let redirected_by_nodes: u64 = after.iter().zip(&before).map(|(a, b)| a.redirected_total - b.redirected_total).sum();
+    assert_eq!(redirected_by_nodes, homed_elsewhere, "the nodes counted the redirects the client saw");
+
+    // A retried id of a redirected request meets its first outcome, through any node.
+    let retried = local
+        .block_on(&runtime, router.invoke(routed_deposits(moved.start..moved.start + 1, 5, "stale").remove(0)))
+        .expect("the retry answers");
+    assert_eq!(retried, results[0], "the retry returns the first outcome");
+    for address in &addresses {
+        let reader = BlockingClient::connect(*address).expect("connect");
+        assert_eq!(banking_balances(&reader, ACCOUNTS), expected, "balances through {address}: each deposit once");
+    }
+    println!(
+        "routing client: {local_share:.3} local with a fresh table; {rounds} rounds moved {homed_elsewhere} leases; \
+         {homed_elsewhere} redirects, {} table fetches",
+        router.table_fetches_total()
+    );
+}
+
+/// The lease table as node `address` reports it now.
+async fn fetch_table(address: &SocketAddr) -> leasehold_client::LeaseTable {
+    let client = leasehold_client::Client::connect(*address).await.expect("connect");
+    client.lease_table().await.expect("lease table")
+}
+
+/// The storage key of a banking account, with the table id the router learned.
+fn storage_key_of(router: &ClusterClient, account: u64) -> Vec<u8> {
+    router.storage_key("banking", "accounts", &leasehold_sdk::key_u64(account)).expect("the accounts table is known")
 }

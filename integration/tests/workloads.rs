@@ -49,6 +49,7 @@ impl TestNode {
 fn config(workload: WorkloadKind, keys: u64, initial_value: i64) -> BenchConfig {
     BenchConfig {
         key_groups: 1,
+        route_by_lease_table: false,
         workload,
         keys,
         initial_value,

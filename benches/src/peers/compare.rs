@@ -308,6 +308,7 @@ mod tests {
     fn config() -> BenchConfig {
         BenchConfig {
             key_groups: 1,
+            route_by_lease_table: false,
             workload: WorkloadKind::Banking,
             keys: 100,
             initial_value: 10,

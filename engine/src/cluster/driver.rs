@@ -113,6 +113,9 @@ pub struct ClusterStats {
     /// other nodes forwarded to this one.
     pub forwarded_total: AtomicU64,
     pub forwards_received_total: AtomicU64,
+    /// Requests that asked for a redirect and got one (their client's lease table was
+    /// stale).
+    pub redirected_total: AtomicU64,
     /// Every node's decayed count of transactions run (N_i), by node id, as of the last
     /// epoch, and the spare loads routing derives from them.
     pub loads: arc_swap::ArcSwap<Vec<f64>>,

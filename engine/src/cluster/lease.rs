@@ -16,6 +16,7 @@
 //! on words, tested on their own.
 
 use crate::model::NodeId;
+use leasehold_keyspace::{fnv1a, FNV_OFFSET_BASIS};
 use arc_swap::ArcSwap;
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
@@ -74,21 +75,10 @@ impl LeaseWord {
     }
 }
 
-const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
-
-/// Continues a 64-bit FNV-1a hash over `bytes`: the same on every node and every build.
-fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
-    for &byte in bytes {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash
-}
-
-/// The home node of a storage key among `node_count` nodes.
+/// The home node of a storage key among `node_count` nodes (`leasehold-keyspace`'s rule,
+/// which routing clients share).
 pub fn home_node(storage_key: &[u8], node_count: u16) -> NodeId {
-    assert!(node_count > 0, "a cluster has at least one node");
-    (fnv1a(FNV_OFFSET_BASIS, storage_key) % u64::from(node_count)) as NodeId
+    leasehold_keyspace::home_node(storage_key, node_count)
 }
 
 /// Which node holds each key: home placement plus the keys whose lease moved.
@@ -136,6 +126,11 @@ impl LeaseTable {
         }
         table.version += 1;
         table
+    }
+
+    /// The keys whose holder is not their home node, with their holders, in no order.
+    pub fn moved(&self) -> impl Iterator<Item = (&[u8], NodeId)> {
+        self.moved.iter().map(|(key, &holder)| (&**key, holder))
     }
 
     /// Keys whose holder is not their home node.

@@ -231,9 +231,10 @@ impl Transport {
             session: u32,
             pending: Vec<u8>,
             offset: usize,
+            diag: Option<u64>,
         }
         let mut peers: Vec<PeerSender> = (0..self.node_count)
-            .map(|_| PeerSender { ring: None, session: 1, pending: Vec::new(), offset: 0 })
+            .map(|_| PeerSender { ring: None, session: 1, pending: Vec::new(), offset: 0, diag: None })
             .collect();
         let mut chunk = Vec::with_capacity(RING_MESSAGE_BYTES as usize);
         // How long to wait before retrying: a full ring drains fast, an unreachable peer
@@ -268,7 +269,12 @@ impl Transport {
                 }
                 if state.ring.is_none() {
                     match RingSender::open(self.fabric.as_ref(), peer, RegionId::inbound_ring(self.me)) {
-                        Ok(ring) => state.ring = Some(ring),
+                        Ok(ring) => {
+                            if let Some(before) = state.diag.take() {
+                                tracing::warn!(peer, before, after = ring.sent_count(), "DIAG reopened ring after a failed push");
+                            }
+                            state.ring = Some(ring)
+                        }
                         Err(error) => {
                             tracing::debug!(%error, peer, "peer not reachable yet");
                             retry(Duration::from_millis(10));
@@ -292,6 +298,7 @@ impl Transport {
                         }
                         Err(error) => {
                             tracing::warn!(%error, peer, "push to peer failed; reopening its ring");
+                            state.diag = Some(ring.sent_count());
                             Self::drop_ring(state.offset, &mut state.pending, &mut state.ring, &mut state.session);
                             state.offset = 0;
                             retry(Duration::from_millis(10));

@@ -248,7 +248,7 @@ impl LoadedPlugin {
             version,
             build_info,
             digest: digest.to_string(),
-            tables: tables.iter().map(|t| TableInfo { name: t.name.clone(), value_bytes_max: t.value_bytes_max }).collect(),
+            tables: tables.iter().map(|t| TableInfo { name: t.name.clone(), value_bytes_max: t.value_bytes_max, table_id: t.table_id }).collect(),
             workflows: workflows.iter().map(|w| w.name.clone()).collect(),
         };
         Ok(LoadedPlugin { info, tables, workflows, workflow_index, descriptor, _library: library })

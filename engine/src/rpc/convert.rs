@@ -4,8 +4,8 @@
 //! the engine never sees a generated type.
 
 use crate::model::{
-    AbortKind, Arguments, Invocation, NodeStatus, Outcome, PluginInfo, Rejection, RequestId, Timestamp,
-    REQUEST_ID_BYTES_MAX,
+    AbortKind, Arguments, Invocation, LeaseTableSnapshot, NodeStatus, Outcome, PluginInfo, Redirect, Rejection,
+    RequestId, Timestamp, REQUEST_ID_BYTES_MAX,
 };
 use crate::node::Completed;
 use leasehold_schema::leasehold_capnp as wire;
@@ -75,6 +75,14 @@ pub(super) fn read_data<'a>(data: capnp::Result<capnp::data::Reader<'a>>, field:
     data.map_err(|error| Refusal::Malformed(format!("{field}: {error}")))
 }
 
+/// The answer to one invocation that was not refused.
+#[derive(Debug)]
+pub(super) enum Reply {
+    Completed(Completed),
+    /// The request asked for redirects and its keys are held elsewhere.
+    Redirected(Redirect),
+}
+
 /// Decodes one invocation, checking what the edge can check without the node: the
 /// request id length (before copying it) and the text encodings.
 pub(super) fn read_invocation(request: wire::invocation::Reader<'_>) -> Result<Invocation, Refusal> {
@@ -116,9 +124,16 @@ pub(super) fn write_refusal(mut builder: wire::rejection::Builder<'_>, refusal: 
 }
 
 /// Writes the result of one invocation.
-pub(super) fn write_result(builder: wire::result::Builder<'_>, result: &Result<Completed, Refusal>) {
+pub(super) fn write_result(builder: wire::result::Builder<'_>, result: &Result<Reply, Refusal>) {
     let completed = match result {
-        Ok(completed) => completed,
+        Ok(Reply::Completed(completed)) => completed,
+        Ok(Reply::Redirected(redirect)) => {
+            let mut redirected = builder.init_redirected();
+            redirected.set_node(redirect.node);
+            redirected.set_client_address(&redirect.client_address);
+            redirected.set_lease_table_digest(redirect.lease_table_digest);
+            return;
+        }
         Err(refusal) => return write_refusal(builder.init_rejected(), refusal),
     };
     match &completed.outcome {
@@ -174,6 +189,7 @@ pub(super) fn write_plugin_info(mut builder: wire::plugin_info::Builder<'_>, inf
         let mut entry = tables.reborrow().get(index);
         entry.set_name(&table.name);
         entry.set_value_bytes_max(table.value_bytes_max);
+        entry.set_table_id(table.table_id);
     }
     write_text_list(builder.init_workflows(list_length(info.workflows.len())), &info.workflows);
 }
@@ -213,8 +229,27 @@ pub(super) fn write_node_status(mut builder: wire::node_status::Builder<'_>, sta
     builder.set_forwarded_total(status.forwarded_total);
     builder.set_forwards_received_total(status.forwards_received_total);
     builder.set_transactions_decayed(status.transactions_decayed);
+    builder.set_redirected_total(status.redirected_total);
     builder.set_concurrency_retries_total(status.concurrency_retries_total);
     write_text_list(builder.init_plugins(list_length(status.plugins.len())), &status.plugins);
+}
+
+/// Writes where every key is held and how to reach each node.
+pub(super) fn write_lease_table(mut builder: wire::lease_table::Builder<'_>, table: &LeaseTableSnapshot) {
+    builder.set_node_count(table.node_count);
+    builder.set_digest(table.digest);
+    let mut nodes = builder.reborrow().init_nodes(list_length(table.client_addresses.len()));
+    for (index, address) in (0..).zip(&table.client_addresses) {
+        let mut entry = nodes.reborrow().get(index);
+        entry.set_node(index as u16);
+        entry.set_client_address(address);
+    }
+    let mut moved = builder.init_moved(list_length(table.moved.len()));
+    for (index, (storage_key, holder)) in (0..).zip(&table.moved) {
+        let mut entry = moved.reborrow().get(index);
+        entry.set_storage_key(storage_key);
+        entry.set_holder(*holder);
+    }
 }
 
 #[cfg(test)]
@@ -275,7 +310,7 @@ mod tests {
             outcome: Outcome::Committed { timestamp: Timestamp { epoch: 9, node: 1, sequence: 3 }, output: vec![1, 2] },
             output_json: Some("[1,2]".into()),
         };
-        write_result(message.init_root(), &Ok(completed));
+        write_result(message.init_root(), &Ok(Reply::Completed(completed)));
         let reader = message.get_root_as_reader::<wire::result::Reader<'_>>().expect("root");
         match reader.which() {
             Ok(wire::result::Committed(committed)) => {
@@ -299,6 +334,19 @@ mod tests {
             }
             _ => panic!("expected a rejected result"),
         }
+
+        let mut message = capnp::message::Builder::new_default();
+        let redirect = Redirect { node: 2, client_address: "127.0.0.1:7422".into(), lease_table_digest: 77 };
+        write_result(message.init_root(), &Ok(Reply::Redirected(redirect)));
+        let reader = message.get_root_as_reader::<wire::result::Reader<'_>>().expect("root");
+        match reader.which() {
+            Ok(wire::result::Redirected(redirected)) => {
+                let redirected = redirected.expect("redirect");
+                assert_eq!((redirected.get_node(), redirected.get_lease_table_digest()), (2, 77));
+                assert_eq!(redirected.get_client_address().expect("address").to_str(), Ok("127.0.0.1:7422"));
+            }
+            _ => panic!("expected a redirect"),
+        }
     }
 
     #[test]
@@ -308,7 +356,7 @@ mod tests {
             version: "1.0.0".into(),
             build_info: "rustc".into(),
             digest: "abcd".into(),
-            tables: vec![TableInfo { name: "accounts".into(), value_bytes_max: 64 }],
+            tables: vec![TableInfo { name: "accounts".into(), value_bytes_max: 64, table_id: 5 }],
             workflows: vec!["transfer".into(), "deposit".into()],
         };
         let mut message = capnp::message::Builder::new_default();
@@ -317,6 +365,7 @@ mod tests {
         let tables = reader.get_tables().expect("tables");
         assert_eq!(tables.len(), 1);
         assert_eq!(tables.get(0).get_value_bytes_max(), 64);
+        assert_eq!(tables.get(0).get_table_id(), 5);
         let workflows = reader.get_workflows().expect("workflows");
         assert_eq!(workflows.get(1).expect("workflow").to_str(), Ok("deposit"));
     }

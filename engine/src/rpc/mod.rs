@@ -9,11 +9,13 @@
 //!
 //! Every connection bootstraps its own [`gate::GateService`]; only a client that presents
 //! the node's token gets the thread's `Leasehold` capability from it, so an
-//! unauthenticated connection can reach nothing but the gate.
+//! unauthenticated connection can reach nothing but the gate. With a TLS certificate
+//! configured ([`tls`]), every connection is a TLS connection first; the gate runs inside.
 
 mod convert;
 mod gate;
 mod service;
+pub mod tls;
 
 use crate::config::{Config, ConfigError};
 use crate::node::NodeHandle;
@@ -50,6 +52,10 @@ const DISCONNECT_GRACE: Duration = Duration::from_secs(1);
 /// under ten levels; the bound keeps a hostile message from exhausting the stack.
 const NESTING_LIMIT: i32 = 32;
 
+/// How long a client may take to complete the TLS handshake; a connection that stalls
+/// there is closed, so that idle sockets cannot pile up before authentication.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Pause after a failed accept, so that a persistent failure (no file descriptors left)
 /// does not become a busy loop.
 const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
@@ -67,6 +73,8 @@ pub enum RpcError {
     Thread(std::io::Error),
     #[error("{0}")]
     Token(ConfigError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// The running RPC server. [`RpcServer::stop`] stops it; dropping it does the same.
@@ -83,6 +91,8 @@ struct ThreadSettings {
     invocations_per_message_max: usize,
     /// What `Gate.authenticate` checks tokens against.
     expected_token: Expected,
+    /// Set when the node speaks TLS on its client address.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Accepts client connections (on thread 0) and hands each to one RPC thread in turn.
@@ -116,10 +126,23 @@ impl RpcServer {
                 "no auth_token_file configured: this node is unauthenticated and serves every client that connects"
             );
         }
+        let tls = match (&config.tls_certificate_file, &config.tls_key_file) {
+            (Some(certificate), Some(key)) => {
+                let server = tls::server_config(certificate, key, config.tls_client_ca_file.as_deref())?;
+                tracing::info!(
+                    mutual = config.tls_client_ca_file.is_some(),
+                    "the client API speaks TLS only"
+                );
+                Some(tokio_rustls::TlsAcceptor::from(server))
+            }
+            // `Config::validate` refuses one without the other.
+            _ => None,
+        };
         let settings = ThreadSettings {
             reader_options: reader_options(config.message_bytes_max),
             invocations_per_message_max: config.invocations_per_message_max,
             expected_token: Expected::new(token.as_ref()),
+            tls,
         };
         let thread_count = config.rpc_threads.max(1);
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..thread_count).map(|_| mpsc::unbounded_channel()).unzip();
@@ -238,6 +261,7 @@ async fn serve(
                 Some(stream) => {
                     connections.spawn_local(serve_connection(
                         stream,
+                        settings.tls.clone(),
                         leasehold.clone(),
                         expected_token.clone(),
                         settings.reader_options,
@@ -315,6 +339,7 @@ async fn accept_connections(acceptor: Acceptor, mut stop_signal: watch::Receiver
 /// or the server stops.
 async fn serve_connection(
     stream: std::net::TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     leasehold: leasehold::Client,
     expected_token: Rc<Expected>,
     reader_options: ReaderOptions,
@@ -333,17 +358,32 @@ async fn serve_connection(
         tracing::debug!(%peer, %error, "cannot disable Nagle's algorithm");
     }
     tracing::debug!(%peer, "client connected");
-    let (reader, writer) = stream.into_split();
-    let network = twoparty::VatNetwork::new(
-        futures::io::BufReader::new(reader.compat()),
-        futures::io::BufWriter::new(writer.compat_write()),
-        Side::Server,
-        reader_options,
-    );
+    let network: Box<dyn capnp_rpc::VatNetwork<twoparty::VatId>> = match tls {
+        None => {
+            let (reader, writer) = stream.into_split();
+            vat_network(reader, writer, reader_options)
+        }
+        Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => {
+                let (reader, writer) = tokio::io::split(stream);
+                vat_network(reader, writer, reader_options)
+            }
+            Ok(Err(error)) => {
+                // A plaintext client, an untrusted or missing client certificate: the
+                // client learns from the TLS alert, the operator from this line.
+                tracing::info!(%peer, %error, "TLS handshake refused");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(%peer, "TLS handshake not completed within {TLS_HANDSHAKE_TIMEOUT:?}");
+                return;
+            }
+        },
+    };
     let connection = gate::Connection::new();
     let bootstrap: gate_capnp::Client =
         capnp_rpc::new_client(GateService::new(expected_token, leasehold, connection.clone(), peer.clone()));
-    let mut rpc_system = RpcSystem::new(Box::new(network), Some(bootstrap.client));
+    let mut rpc_system = RpcSystem::new(network, Some(bootstrap.client));
     let disconnector = rpc_system.get_disconnector();
     let close_reason = tokio::select! {
         result = &mut rpc_system => {
@@ -370,4 +410,18 @@ async fn serve_connection(
     if tokio::time::timeout(DISCONNECT_GRACE, closing).await.is_err() {
         tracing::debug!(%peer, close_reason, "client connection did not close in time");
     }
+}
+
+/// The Cap'n Proto side of a connection over any byte stream (plain TCP or TLS).
+fn vat_network<R, W>(reader: R, writer: W, reader_options: ReaderOptions) -> Box<dyn capnp_rpc::VatNetwork<twoparty::VatId>>
+where
+    R: tokio::io::AsyncRead + Unpin + 'static,
+    W: tokio::io::AsyncWrite + Unpin + 'static,
+{
+    Box::new(twoparty::VatNetwork::new(
+        futures::io::BufReader::new(reader.compat()),
+        futures::io::BufWriter::new(writer.compat_write()),
+        Side::Server,
+        reader_options,
+    ))
 }

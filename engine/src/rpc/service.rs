@@ -2,9 +2,9 @@
 //! to the [`NodeHandle`] and writes the answer. One service object (and one
 //! [`CallTracker`]) exists per RPC thread and is shared by that thread's connections.
 
-use super::convert::{self, Refusal};
+use super::convert::{self, Refusal, Reply};
 use crate::model::Rejection;
-use crate::node::{Completed, NodeHandle, Pending};
+use crate::node::{NodeHandle, Pending, Submitted};
 use leasehold_schema::leasehold_capnp::{invocation, leasehold};
 use std::cell::Cell;
 use std::rc::Rc;
@@ -76,9 +76,9 @@ fn shutting_down(node: &NodeHandle) -> Refusal {
 }
 
 /// Decodes one invocation and submits it; refusals from either step come back at once.
-fn submit(node: &NodeHandle, request: invocation::Reader<'_>) -> Result<Pending<Completed>, Refusal> {
+fn submit(node: &NodeHandle, request: invocation::Reader<'_>) -> Result<Submitted, Refusal> {
     let invocation = convert::read_invocation(request).inspect_err(|_| count_edge_refusals(node, 1))?;
-    Ok(node.submit(invocation)?)
+    Ok(node.submit_or_redirect(invocation, request.get_redirect_if_elsewhere())?)
 }
 
 /// Decodes a key read and submits it.
@@ -97,9 +97,12 @@ fn read_key_request(request: leasehold::read_key_params::Reader<'_>) -> Result<(
     Ok((plugin, table, key))
 }
 
-/// Waits for a submitted invocation's outcome; a refusal stays as it is.
-async fn completion(submitted: Result<Pending<Completed>, Refusal>) -> Result<Completed, Refusal> {
-    Ok(submitted?.wait().await?)
+/// Waits for a submitted invocation's outcome; a refusal or redirect stays as it is.
+async fn completion(submitted: Result<Submitted, Refusal>) -> Result<Reply, Refusal> {
+    match submitted? {
+        Submitted::Running(pending) => Ok(Reply::Completed(pending.wait().await?)),
+        Submitted::Redirected(redirect) => Ok(Reply::Redirected(redirect)),
+    }
 }
 
 /// Waits for a submitted read's value; a refusal stays as it is.
@@ -236,6 +239,15 @@ impl leasehold::Server for LeaseholdService {
         mut results: leasehold::StatusResults,
     ) -> Result<(), capnp::Error> {
         convert::write_node_status(results.get().init_status(), &self.node.status());
+        Ok(())
+    }
+
+    async fn lease_table(
+        self: Rc<Self>,
+        _params: leasehold::LeaseTableParams,
+        mut results: leasehold::LeaseTableResults,
+    ) -> Result<(), capnp::Error> {
+        convert::write_lease_table(results.get().init_table(), &self.node.lease_table());
         Ok(())
     }
 }

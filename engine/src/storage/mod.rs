@@ -143,11 +143,10 @@ impl Default for StorageOptions {
     }
 }
 
-/// Builds the storage key of `key` in table `table_id`, reusing `buffer`.
+/// Builds the storage key of `key` in table `table_id`, reusing `buffer`. The rule is
+/// `leasehold-keyspace`'s, which routing clients share.
 pub fn data_key_into(buffer: &mut Vec<u8>, table_id: u32, key: &[u8]) {
-    buffer.clear();
-    buffer.extend_from_slice(&table_id.to_be_bytes());
-    buffer.extend_from_slice(key);
+    leasehold_keyspace::storage_key_into(buffer, table_id, key);
 }
 
 impl Storage {

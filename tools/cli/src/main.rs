@@ -15,7 +15,7 @@ use leasehold_bench::progress::ProgressDisplay;
 use leasehold_bench::record::{Machine, NodeParameters, RunRecord};
 use leasehold_bench::run::{BenchConfig, BenchReport, Messages, Observer};
 use leasehold_bench::workload::WorkloadKind;
-use leasehold_client::{BlockingClient, ClientError, Invocation, InvokeResult};
+use leasehold_client::{BlockingClient, ClientError, Invocation, InvokeResult, TlsSettings};
 use leasehold_engine::cluster::ClusterSpec;
 use leasehold_engine::config::{read_token_file, ConcurrencyControl, ConfigOverrides, FsyncPolicy};
 use leasehold_engine::node::Node;
@@ -28,14 +28,36 @@ use std::time::Duration;
 #[derive(Parser)]
 #[command(name = "leasehold", version, about = "Leasehold: a transactional stateful function engine")]
 struct Cli {
+    #[command(flatten)]
+    connection: ConnectionArguments,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// How the CLI reaches a node: address, token and TLS (global flags).
+#[derive(clap::Args)]
+struct ConnectionArguments {
     /// Client address of the node to talk to.
     #[arg(long, global = true, env = "LEASEHOLD_ADDRESS", default_value = "127.0.0.1:7420")]
     address: SocketAddr,
     /// File holding the node's shared token (trimmed); needed when the node has one.
     #[arg(long, global = true, env = "LEASEHOLD_TOKEN_FILE")]
     token_file: Option<PathBuf>,
-    #[command(subcommand)]
-    command: Command,
+    /// Talk TLS to the node, trusting the CA certificate(s) in this PEM file (for a node
+    /// with tls_certificate_file).
+    #[arg(long, global = true, env = "LEASEHOLD_TLS_CA_FILE")]
+    tls_ca_file: Option<PathBuf>,
+    /// With --tls-ca-file: the client's certificate (PEM), for a node that demands one
+    /// (tls_client_ca_file: mutual TLS).
+    #[arg(long, global = true, env = "LEASEHOLD_CLIENT_CERTIFICATE_FILE", requires = "client_key_file")]
+    client_certificate_file: Option<PathBuf>,
+    /// The private key (PEM) of --client-certificate-file.
+    #[arg(long, global = true, env = "LEASEHOLD_CLIENT_KEY_FILE", requires = "client_certificate_file")]
+    client_key_file: Option<PathBuf>,
+    /// With --tls-ca-file: the name the node's certificate must carry (default: the host of
+    /// --address).
+    #[arg(long, global = true, env = "LEASEHOLD_TLS_SERVER_NAME")]
+    tls_server_name: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -79,6 +101,9 @@ enum Command {
     /// Runs the same workload on an embedded node, Redis and PostgreSQL, one after another,
     /// and prints them side by side (installs missing servers with apt-get).
     Compare(CompareArguments),
+    /// Draws the runs of a `bench --output-csv` file as two SVG charts, throughput and
+    /// latency percentiles against a column, one line per value of another column.
+    Plot(PlotArguments),
 }
 
 /// What load to generate; shared by `bench` and `compare`.
@@ -143,6 +168,7 @@ impl LoadArguments {
             rate,
             seed: self.seed,
             load,
+            route_by_lease_table: false,
         }
     }
 }
@@ -156,6 +182,11 @@ struct BenchArguments {
     /// (client i talks to node i mod N); the plugin is deployed through node 0.
     #[arg(long, conflicts_with = "remote")]
     cluster_file: Option<PathBuf>,
+    /// With --cluster-file: every client connects to all nodes and sends each request to
+    /// the node holding its keys by a cached lease table (redirected when it is stale),
+    /// instead of to node i mod N, which forwards it.
+    #[arg(long, requires = "cluster_file")]
+    route_by_lease_table: bool,
     #[command(flatten)]
     load: LoadArguments,
     /// Open loop: requests per second over all clients (latency from intended send time).
@@ -212,6 +243,23 @@ struct CompareArguments {
     json: bool,
 }
 
+#[derive(clap::Args)]
+struct PlotArguments {
+    /// The CSV file that `bench --output-csv` appended runs to.
+    #[arg(long)]
+    input: PathBuf,
+    /// The column on the x axis, e.g. theta, clients, batch, pipeline, executor_threads.
+    #[arg(long)]
+    x: String,
+    /// One line per distinct value of this column, e.g. workload, fsync, node; default:
+    /// one line for all runs.
+    #[arg(long)]
+    series: Option<String>,
+    /// Writes PREFIX-throughput.svg and PREFIX-latency.svg (creating PREFIX's directory).
+    #[arg(long, value_name = "PREFIX")]
+    output_prefix: PathBuf,
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Workload {
     Banking,
@@ -251,18 +299,19 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
-    match cli.command {
+    let Cli { connection: cli, command } = cli;
+    match command {
         Command::Node { overrides } => run_node(overrides),
         Command::Deploy { library } => {
             let bytes =
                 std::fs::read(&library).map_err(|error| format!("cannot read {}: {error}", library.display()))?;
-            let info = connect(cli.address, cli.token_file.as_deref())?.deploy_plugin(&bytes)?;
+            let info = connect(&cli)?.deploy_plugin(&bytes)?;
             println!("deployed {} {} ({})", info.name, info.version, &info.digest[..info.digest.len().min(16)]);
             println!("  workflows: {}", info.workflows.join(", "));
             Ok(())
         }
         Command::Plugins => {
-            for plugin in connect(cli.address, cli.token_file.as_deref())?.list_plugins()? {
+            for plugin in connect(&cli)?.list_plugins()? {
                 println!(
                     "{} {} [{}] workflows: {}",
                     plugin.name,
@@ -280,7 +329,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             serde_json::from_str::<serde_json::Value>(&arguments)
                 .map_err(|error| format!("arguments are not valid JSON: {error}"))?;
             let invocation = Invocation::json(plugin, workflow, arguments).with_request_id(request_id.into_bytes());
-            match connect(cli.address, cli.token_file.as_deref())?.invoke(invocation)? {
+            match connect(&cli)?.invoke(invocation)? {
                 InvokeResult::Committed { timestamp, output_json, output } => {
                     let shown = output_json.unwrap_or_else(|| format!("{} bytes", output.len()));
                     println!("committed at {}.{}.{}: {shown}", timestamp.epoch, timestamp.node, timestamp.sequence);
@@ -300,14 +349,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Read { plugin, table, key } => {
             let key = parse_key(&key)?;
-            match connect(cli.address, cli.token_file.as_deref())?.read_key(&plugin, &table, &key)? {
+            match connect(&cli)?.read_key(&plugin, &table, &key)? {
                 None => println!("absent"),
                 Some(value) => println!("{}", describe_value(&value)),
             }
             Ok(())
         }
         Command::Status => {
-            let status = connect(cli.address, cli.token_file.as_deref())?.status()?;
+            let status = connect(&cli)?.status()?;
             println!(
                 "node {} (leasehold {}), concurrency control {}, fsync {}",
                 status.node, status.version, status.cc, status.fsync
@@ -352,9 +401,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     status.bytes_migrated_total
                 );
                 println!(
-                    "  routing: {} requests forwarded to other nodes, {} run for other nodes; load {:.1} \
-                     (decayed transactions)",
-                    status.forwarded_total, status.forwards_received_total, status.transactions_decayed
+                    "  routing: {} requests forwarded to other nodes, {} run for other nodes, {} clients \
+                     redirected (stale lease table); load {:.1} (decayed transactions)",
+                    status.forwarded_total,
+                    status.forwards_received_total,
+                    status.redirected_total,
+                    status.transactions_decayed
                 );
             }
             Ok(())
@@ -362,16 +414,53 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Cluster(command) => cluster::run(command),
         Command::Bench(arguments) => bench(cli.address, cli.token_file.as_deref(), arguments),
         Command::Compare(arguments) => compare(arguments),
+        Command::Plot(arguments) => {
+            let charts = leasehold_bench::plot::plot_file(
+                &arguments.input,
+                &arguments.x,
+                arguments.series.as_deref(),
+                &arguments.output_prefix,
+            )?;
+            for path in charts {
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
     }
 }
 
-fn connect(address: SocketAddr, token_file: Option<&Path>) -> Result<BlockingClient, Failure> {
+/// Connects to the node at `--address` as the global flags say (token, TLS).
+fn connect(cli: &ConnectionArguments) -> Result<BlockingClient, Failure> {
+    connect_to(cli.address, cli.token_file.as_deref(), tls_settings(cli)?.as_ref())
+}
+
+/// The TLS settings of the global flags, when `--tls-ca-file` asks for TLS.
+fn tls_settings(cli: &ConnectionArguments) -> Result<Option<TlsSettings>, Failure> {
+    let Some(ca_file) = &cli.tls_ca_file else {
+        if cli.client_certificate_file.is_some() {
+            return Err("--client-certificate-file needs --tls-ca-file (the CA that signed the node's certificate)".into());
+        }
+        return Ok(None);
+    };
+    let identity = cli.client_certificate_file.as_deref().zip(cli.client_key_file.as_deref());
+    let settings = TlsSettings::from_pem_files(ca_file, identity)?;
+    Ok(Some(match &cli.tls_server_name {
+        Some(name) => settings.with_server_name(name.clone()),
+        None => settings,
+    }))
+}
+
+fn connect_to(address: SocketAddr, token_file: Option<&Path>, tls: Option<&TlsSettings>) -> Result<BlockingClient, Failure> {
     let token = match token_file {
         Some(path) => Some(read_token_file(path).map_err(|error| format!("--token-file: {error}"))?),
         None => None,
     };
     let token = token.as_ref().map(|token| token.as_bytes()).unwrap_or_default();
-    BlockingClient::connect_with_token(address, token).map_err(|error| {
+    let connected = match tls {
+        Some(tls) => BlockingClient::connect_tls(address, token, tls),
+        None => BlockingClient::connect_with_token(address, token),
+    };
+    connected.map_err(|error| {
         let hint = match (&error, token_file) {
             (ClientError::AuthenticationFailed, None) => {
                 "the node requires a token: pass --token-file or set LEASEHOLD_TOKEN_FILE".to_string()
@@ -379,6 +468,12 @@ fn connect(address: SocketAddr, token_file: Option<&Path>) -> Result<BlockingCli
             (ClientError::AuthenticationFailed, Some(path)) => {
                 format!("the token in {} is not the node's", path.display())
             }
+            (ClientError::Tls(_), _) => {
+                "check --tls-ca-file, --tls-server-name and, for mutual TLS, --client-certificate-file".to_string()
+            }
+            // A TLS node closes a plaintext connection at once, which looks like an
+            // early end of file to capnp.
+            _ if tls.is_none() => format!("is a node running at {address}? if it speaks TLS, pass --tls-ca-file"),
             _ => format!("is a node running at {address}?"),
         };
         Failure { code: 1, message: format!("{error} ({hint})") }
@@ -482,6 +577,7 @@ fn run_embedded(
         mode: "embedded",
         fsync: Some(node_config.fsync.as_str().to_string()),
         executor_threads: Some(node_config.executor_threads),
+        cc: Some(node_config.cc.as_str().to_string()),
     };
     Ok((report?, parameters))
 }
@@ -491,7 +587,8 @@ fn read_library(path: &Path) -> Result<Vec<u8>, Failure> {
 }
 
 fn bench(address: SocketAddr, token_file: Option<&Path>, arguments: BenchArguments) -> Result<(), Failure> {
-    let config = arguments.load.bench_config(arguments.rate, !arguments.no_load);
+    let mut config = arguments.load.bench_config(arguments.rate, !arguments.no_load);
+    config.route_by_lease_table = arguments.route_by_lease_table;
     // Phase lines on stderr (none with --json), and a progress bar when stderr is a terminal.
     let display = ProgressDisplay::new("bench", arguments.json);
     let library = match &arguments.plugin {
@@ -510,7 +607,7 @@ fn bench(address: SocketAddr, token_file: Option<&Path>, arguments: BenchArgumen
         if token_file.is_some() {
             return Err("bench --remote cannot use --token-file yet: benchmark a node without a token".into());
         }
-        connect(addresses[0], None)?.deploy_plugin(&library)?;
+        connect_to(addresses[0], None, None)?.deploy_plugin(&library)?;
         let mode = if arguments.cluster_file.is_some() { "cluster" } else { "remote" };
         let node = NodeParameters { mode, ..NodeParameters::default() };
         (leasehold_bench::run::run_observed(&addresses, &config, &display)?, node)

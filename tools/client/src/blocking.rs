@@ -4,7 +4,7 @@
 
 use crate::error::ClientError;
 use crate::types::{Invocation, InvokeResult, NodeStatus, PluginInfo};
-use crate::Client;
+use crate::{Client, TlsSettings};
 use std::fmt;
 use std::future::Future;
 
@@ -34,10 +34,23 @@ impl BlockingClient {
     where
         A: tokio::net::ToSocketAddrs + fmt::Display,
     {
+        BlockingClient::connect_by(Client::connect_with_token(address, token))
+    }
+
+    /// Connects over TLS and authenticates with `token`; see [`Client::connect_tls`].
+    pub fn connect_tls<A>(address: A, token: &[u8], tls: &TlsSettings) -> Result<BlockingClient, ClientError>
+    where
+        A: tokio::net::ToSocketAddrs + fmt::Display,
+    {
+        BlockingClient::connect_by(Client::connect_tls(address, token, tls))
+    }
+
+    /// Runs `connecting` in a new runtime and keeps the runtime for the connection.
+    fn connect_by(connecting: impl Future<Output = Result<Client, ClientError>>) -> Result<BlockingClient, ClientError> {
         let runtime =
             tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(ClientError::Runtime)?;
         let local = tokio::task::LocalSet::new();
-        let client = local.block_on(&runtime, Client::connect_with_token(address, token))?;
+        let client = local.block_on(&runtime, connecting)?;
         Ok(BlockingClient { client, local, runtime })
     }
 

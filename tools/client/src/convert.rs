@@ -4,7 +4,8 @@
 
 use crate::error::ClientError;
 use crate::types::{
-    AbortKind, Arguments, Invocation, InvokeResult, NodeStatus, PluginInfo, RejectionKind, TableInfo, Timestamp,
+    AbortKind, Arguments, Invocation, InvokeResult, LeaseTable, NodeStatus, PluginInfo, RejectionKind, TableInfo,
+    Timestamp,
 };
 use leasehold_schema::leasehold_capnp as wire;
 
@@ -19,7 +20,14 @@ pub(crate) fn list_length(length: usize) -> Result<u32, ClientError> {
     u32::try_from(length).map_err(|_| ClientError::InvalidRequest(format!("{length} items do not fit in one list")))
 }
 
-pub(crate) fn write_invocation(mut builder: wire::invocation::Builder<'_>, invocation: &Invocation) {
+/// Writes one invocation; `redirect_if_elsewhere` asks the node for a redirect instead of
+/// forwarding (see `Invocation.redirectIfElsewhere`).
+pub(crate) fn write_invocation(
+    mut builder: wire::invocation::Builder<'_>,
+    invocation: &Invocation,
+    redirect_if_elsewhere: bool,
+) {
+    builder.set_redirect_if_elsewhere(redirect_if_elsewhere);
     builder.set_plugin(&invocation.plugin);
     builder.set_workflow(&invocation.workflow);
     if !invocation.request_id.is_empty() {
@@ -93,7 +101,37 @@ pub(crate) fn rejected(rejection: capnp::Result<wire::rejection::Reader<'_>>) ->
     }
 }
 
+/// The answer to one invocation: its result, or (only when the invocation asked for it)
+/// the node that holds its keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Reply {
+    Result(InvokeResult),
+    Redirected { node: u16, lease_table_digest: u64 },
+}
+
+/// Reads the result of an invocation that did not ask for redirects.
 pub(crate) fn read_result(result: wire::result::Reader<'_>) -> Result<InvokeResult, ClientError> {
+    match read_reply(result)? {
+        Reply::Result(result) => Ok(result),
+        Reply::Redirected { node, .. } => {
+            Err(ClientError::Protocol(format!("the node redirected to node {node} a request that did not ask for it")))
+        }
+    }
+}
+
+/// Reads the answer to an invocation, which may be a redirect.
+pub(crate) fn read_reply(result: wire::result::Reader<'_>) -> Result<Reply, ClientError> {
+    if let Ok(wire::result::Redirected(redirect)) = result.which() {
+        let redirect = redirect.map_err(ClientError::protocol)?;
+        return Ok(Reply::Redirected {
+            node: redirect.get_node(),
+            lease_table_digest: redirect.get_lease_table_digest(),
+        });
+    }
+    read_invocation_result(result).map(Reply::Result)
+}
+
+fn read_invocation_result(result: wire::result::Reader<'_>) -> Result<InvokeResult, ClientError> {
     match result.which().map_err(|member| unknown_member("a result", member))? {
         wire::result::Committed(committed) => {
             let output_json = read_text(committed.get_output_json())?;
@@ -113,7 +151,38 @@ pub(crate) fn read_result(result: wire::result::Reader<'_>) -> Result<InvokeResu
             let (kind, message) = read_rejection(rejection)?;
             Ok(InvokeResult::Rejected { kind, message })
         }
+        wire::result::Redirected(_) => unreachable!("read_reply reads redirects first"),
     }
+}
+
+/// Reads a lease table, checking what routing relies on: at least one node, one address
+/// per node in id order, and holders that exist.
+pub(crate) fn read_lease_table(table: wire::lease_table::Reader<'_>) -> Result<LeaseTable, ClientError> {
+    let node_count = table.get_node_count();
+    if node_count == 0 {
+        return Err(ClientError::Protocol("a lease table of no nodes".into()));
+    }
+    let nodes = table.get_nodes().map_err(ClientError::protocol)?;
+    if nodes.len() != u32::from(node_count) {
+        return Err(ClientError::Protocol(format!("a lease table of {node_count} nodes lists {} addresses", nodes.len())));
+    }
+    let mut client_addresses = Vec::with_capacity(usize::from(node_count));
+    for (expected, node) in (0..).zip(nodes.iter()) {
+        if node.get_node() != expected {
+            return Err(ClientError::Protocol(format!("lease table address {expected} names node {}", node.get_node())));
+        }
+        client_addresses.push(read_text(node.get_client_address())?);
+    }
+    let moved_list = table.get_moved().map_err(ClientError::protocol)?;
+    let mut moved = std::collections::HashMap::with_capacity(moved_list.len() as usize);
+    for lease in moved_list.iter() {
+        let holder = lease.get_holder();
+        if holder >= node_count {
+            return Err(ClientError::Protocol(format!("a lease held by node {holder} of {node_count}")));
+        }
+        moved.insert(lease.get_storage_key().map_err(ClientError::protocol)?.to_vec(), holder);
+    }
+    Ok(LeaseTable { node_count, digest: table.get_digest(), client_addresses, moved })
 }
 
 fn read_text_list(list: capnp::Result<capnp::text_list::Reader<'_>>) -> Result<Vec<String>, ClientError> {
@@ -125,7 +194,13 @@ pub(crate) fn read_plugin_info(info: wire::plugin_info::Reader<'_>) -> Result<Pl
         .get_tables()
         .map_err(ClientError::protocol)?
         .iter()
-        .map(|table| Ok(TableInfo { name: read_text(table.get_name())?, value_bytes_max: table.get_value_bytes_max() }))
+        .map(|table| {
+            Ok(TableInfo {
+                name: read_text(table.get_name())?,
+                value_bytes_max: table.get_value_bytes_max(),
+                table_id: table.get_table_id(),
+            })
+        })
         .collect::<Result<_, ClientError>>()?;
     Ok(PluginInfo {
         name: read_text(info.get_name())?,
@@ -166,6 +241,7 @@ pub(crate) fn read_node_status(status: wire::node_status::Reader<'_>) -> Result<
         forwarded_total: status.get_forwarded_total(),
         forwards_received_total: status.get_forwards_received_total(),
         transactions_decayed: status.get_transactions_decayed(),
+        redirected_total: status.get_redirected_total(),
     })
 }
 
@@ -188,7 +264,7 @@ mod tests {
     fn writes_an_invocation_as_the_schema_describes() {
         let invocation = Invocation::json("banking", "transfer", "{\"amount\":5}").with_request_id(*b"retry-7");
         let mut message = Builder::new_default();
-        write_invocation(message.init_root(), &invocation);
+        write_invocation(message.init_root(), &invocation, false);
         let reader: wire::invocation::Reader<'_> = message.get_root_as_reader().expect("root");
         assert_eq!(reader.get_plugin().expect("plugin").to_str(), Ok("banking"));
         assert_eq!(reader.get_workflow().expect("workflow").to_str(), Ok("transfer"));
@@ -202,9 +278,10 @@ mod tests {
 
         let invocation = Invocation::encoded("ycsb", "read", vec![1, 2, 3]);
         let mut message = Builder::new_default();
-        write_invocation(message.init_root(), &invocation);
+        write_invocation(message.init_root(), &invocation, true);
         let reader: wire::invocation::Reader<'_> = message.get_root_as_reader().expect("root");
         assert!(!reader.has_request_id(), "an untracked request sends no id");
+        assert!(reader.get_redirect_if_elsewhere(), "a routed request asks for redirects");
         match reader.get_arguments().which() {
             Ok(wire::invocation::arguments::Encoded(bytes)) => assert_eq!(bytes.expect("bytes"), &[1, 2, 3]),
             _ => panic!("expected encoded arguments"),
@@ -295,6 +372,7 @@ mod tests {
             let mut tables = info.reborrow().init_tables(1);
             tables.reborrow().get(0).set_name("accounts");
             tables.reborrow().get(0).set_value_bytes_max(128);
+            tables.reborrow().get(0).set_table_id(0xdead_beef);
             let mut workflows = info.init_workflows(2);
             workflows.set(0, "transfer");
             workflows.set(1, "audit");
@@ -302,7 +380,7 @@ mod tests {
         let info = read_plugin_info(message.get_root_as_reader().expect("root")).expect("plugin info");
         assert_eq!(info.name, "banking");
         assert_eq!(info.build_info, "");
-        assert_eq!(info.tables, vec![TableInfo { name: "accounts".into(), value_bytes_max: 128 }]);
+        assert_eq!(info.tables, vec![TableInfo { name: "accounts".into(), value_bytes_max: 128, table_id: 0xdead_beef }]);
         assert_eq!(info.workflows, vec!["transfer".to_string(), "audit".to_string()]);
 
         let mut message = Builder::new_default();
@@ -323,5 +401,61 @@ mod tests {
     fn refuses_lists_cap_n_proto_cannot_encode() {
         assert_eq!(list_length(3).expect("small list"), 3);
         assert!(matches!(list_length(LIST_LENGTH_MAX + 1), Err(ClientError::InvalidRequest(_))));
+    }
+
+    #[test]
+    fn reads_redirects_only_where_they_were_asked_for() {
+        let message = result_message(|result| {
+            let mut redirect = result.init_redirected();
+            redirect.set_node(2);
+            redirect.set_lease_table_digest(99);
+        });
+        let reader = message.get_root_as_reader().expect("root");
+        assert_eq!(read_reply(reader).expect("reply"), Reply::Redirected { node: 2, lease_table_digest: 99 });
+        assert!(matches!(read_back(&message), Err(ClientError::Protocol(_))), "an unasked-for redirect is refused");
+    }
+
+    fn lease_table_message(node_count: u16, addresses: &[(u16, &str)], moved: &[(&[u8], u16)]) -> Builder<HeapAllocator> {
+        let mut message = Builder::new_default();
+        let mut table: wire::lease_table::Builder<'_> = message.init_root();
+        table.set_node_count(node_count);
+        table.set_digest(7);
+        let mut nodes = table.reborrow().init_nodes(addresses.len() as u32);
+        for (index, (node, address)) in (0..).zip(addresses) {
+            nodes.reborrow().get(index).set_node(*node);
+            nodes.reborrow().get(index).set_client_address(*address);
+        }
+        let mut list = table.init_moved(moved.len() as u32);
+        for (index, (key, holder)) in (0..).zip(moved) {
+            list.reborrow().get(index).set_storage_key(key);
+            list.reborrow().get(index).set_holder(*holder);
+        }
+        message
+    }
+
+    #[test]
+    fn reads_a_lease_table_and_refuses_one_that_routing_cannot_use() {
+        let key = leasehold_keyspace::storage_key(3, b"account-1");
+        let home = leasehold_keyspace::home_node(&key, 3);
+        let elsewhere = (home + 1) % 3;
+        let addresses = [(0, "a:1"), (1, "b:2"), (2, "c:3")];
+        let message = lease_table_message(3, &addresses, &[(&key, elsewhere)]);
+        let table = read_lease_table(message.get_root_as_reader().expect("root")).expect("lease table");
+        assert_eq!((table.node_count, table.digest), (3, 7));
+        assert_eq!(table.client_addresses, vec!["a:1", "b:2", "c:3"]);
+        assert_eq!(table.holder(&key), elsewhere, "a moved lease overrides the home node");
+        let other = leasehold_keyspace::storage_key(3, b"account-2");
+        assert_eq!(table.holder(&other), leasehold_keyspace::home_node(&other, 3));
+
+        for (node_count, addresses, moved) in [
+            (0u16, &addresses[..0], &[][..]),
+            (3, &addresses[..2], &[][..]),
+            (3, &[(0, "a:1"), (2, "c:3"), (1, "b:2")][..], &[][..]),
+            (3, &addresses[..], &[(&key[..], 3u16)][..]),
+        ] {
+            let message = lease_table_message(node_count, addresses, moved);
+            let read = read_lease_table(message.get_root_as_reader().expect("root"));
+            assert!(matches!(read, Err(ClientError::Protocol(_))), "{node_count} {addresses:?} {moved:?}: {read:?}");
+        }
     }
 }

@@ -35,6 +35,11 @@ pub enum ClientError {
     /// connection the node closes it.
     #[error("authentication failed: the node refused the token")]
     AuthenticationFailed,
+    /// TLS could not be set up: unreadable certificate or key files, a server name that
+    /// is not one, or a handshake the node or the client refused (an untrusted
+    /// certificate, no client certificate where the node demands one, a plaintext node).
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The reply did not have the shape the schema promises.
     #[error("malformed reply from the node: {0}")]
     Protocol(String),

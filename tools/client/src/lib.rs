@@ -9,6 +9,10 @@
 //! [`BlockingClient`] wraps a client in its own single-threaded runtime for programs and
 //! tests that just want to make one call after another.
 //!
+//! [`ClusterClient`] talks to every node of a cluster and sends each request straight to
+//! the node that holds its keys, by a lease table it caches and refreshes when a node
+//! redirects it.
+//!
 //! The client has its own plain types ([`Invocation`], [`InvokeResult`], ...) and does
 //! not depend on the engine.
 //!
@@ -20,12 +24,17 @@
 mod blocking;
 mod convert;
 mod error;
+mod routing;
+mod tls;
 mod types;
 
 pub use blocking::BlockingClient;
 pub use error::ClientError;
+pub use routing::{ClusterClient, RoutedInvocation};
+pub use tls::TlsSettings;
 pub use types::{
-    AbortKind, Arguments, Invocation, InvokeResult, NodeStatus, PluginInfo, RejectionKind, TableInfo, Timestamp,
+    AbortKind, Arguments, Invocation, InvokeResult, LeaseTable, NodeStatus, PluginInfo, RejectionKind, RoutingKey,
+    TableInfo, Timestamp,
 };
 
 use capnp::message::ReaderOptions;
@@ -72,12 +81,37 @@ impl Client {
             .map_err(|source| ClientError::Connect { address: described.clone(), source })?;
         // Requests are small and latency matters more than packet count: send them at once.
         stream.set_nodelay(true).map_err(|source| ClientError::Connect { address: described, source })?;
-        Client::over(stream, token).await
+        let (reader, writer) = stream.into_split();
+        Client::over(reader, writer, token).await
     }
 
-    /// Authenticates over an open TCP connection and speaks the client API on it.
-    async fn over(stream: tokio::net::TcpStream, token: &[u8]) -> Result<Client, ClientError> {
-        let (reader, writer) = stream.into_split();
+    /// Connects over TLS (see [`TlsSettings`]) and authenticates with `token` (empty for a
+    /// node without one). A node that does not trust the client's certificate, or that
+    /// the client does not trust, fails the handshake: [`ClientError::Tls`].
+    pub async fn connect_tls<A>(address: A, token: &[u8], tls: &TlsSettings) -> Result<Client, ClientError>
+    where
+        A: tokio::net::ToSocketAddrs + fmt::Display,
+    {
+        let described = address.to_string();
+        let server_name = tls.server_name_for(&described)?;
+        let stream = tokio::net::TcpStream::connect(address)
+            .await
+            .map_err(|source| ClientError::Connect { address: described.clone(), source })?;
+        stream.set_nodelay(true).map_err(|source| ClientError::Connect { address: described.clone(), source })?;
+        let stream = tokio_rustls::TlsConnector::from(tls.config())
+            .connect(server_name, stream)
+            .await
+            .map_err(|error| ClientError::Tls(format!("TLS handshake with {described} failed: {error}")))?;
+        let (reader, writer) = tokio::io::split(stream);
+        Client::over(reader, writer, token).await
+    }
+
+    /// Authenticates over an open connection and speaks the client API on it.
+    async fn over<R, W>(reader: R, writer: W, token: &[u8]) -> Result<Client, ClientError>
+    where
+        R: tokio::io::AsyncRead + Unpin + 'static,
+        W: tokio::io::AsyncWrite + Unpin + 'static,
+    {
         let mut reader_options = ReaderOptions::new();
         reader_options.traversal_limit_in_words(Some(REPLY_BYTES_MAX / 8));
         let network = twoparty::VatNetwork::new(
@@ -132,7 +166,7 @@ impl Client {
     /// durable.
     pub async fn invoke(&self, invocation: Invocation) -> Result<InvokeResult, ClientError> {
         let mut request = self.leasehold.invoke_request();
-        convert::write_invocation(request.get().init_request(), &invocation);
+        convert::write_invocation(request.get().init_request(), &invocation, false);
         let response = request.send().promise.await?;
         let result = response.get().and_then(|results| results.get_result()).map_err(ClientError::protocol)?;
         convert::read_result(result)
@@ -144,29 +178,41 @@ impl Client {
     /// [`ClientError::Rejected`] of kind [`RejectionKind::TooManyInvocations`], and none
     /// of them runs.
     pub async fn invoke_many(&self, invocations: Vec<Invocation>) -> Result<Vec<InvokeResult>, ClientError> {
+        let call = self.invoke_many_call(&invocations, false)?;
+        // The request message holds its own copy now.
+        drop(invocations);
+        let replies = call.replies().await?;
+        replies
+            .into_iter()
+            .map(|reply| match reply {
+                convert::Reply::Result(result) => Ok(result),
+                convert::Reply::Redirected { node, .. } => Err(ClientError::Protocol(format!(
+                    "the node redirected to node {node} a request that did not ask for it"
+                ))),
+            })
+            .collect()
+    }
+
+    /// Builds one `invokeMany` call (with `redirect_if_elsewhere` on every invocation or
+    /// none) and returns the future of its replies, in request order. The request is
+    /// built before the future is returned, so the invocations may be dropped at once.
+    pub(crate) fn invoke_many_call<'a, I>(
+        &self,
+        invocations: I,
+        redirect_if_elsewhere: bool,
+    ) -> Result<InvokeManyCall, ClientError>
+    where
+        I: IntoIterator<Item = &'a Invocation>,
+        I::IntoIter: ExactSizeIterator,
+    {
+        let invocations = invocations.into_iter();
         let sent = convert::list_length(invocations.len())?;
         let mut request = self.leasehold.invoke_many_request();
         let mut list = request.get().init_requests(sent);
-        for (index, invocation) in (0..).zip(&invocations) {
-            convert::write_invocation(list.reborrow().get(index), invocation);
+        for (index, invocation) in (0..).zip(invocations) {
+            convert::write_invocation(list.reborrow().get(index), invocation, redirect_if_elsewhere);
         }
-        // The request message holds its own copy now.
-        drop(invocations);
-        let response = request.send().promise.await?;
-        let result = response.get().and_then(|results| results.get_result()).map_err(ClientError::protocol)?;
-        match result.which() {
-            Ok(invoke_many_result::Results(results)) => {
-                let results = results.map_err(ClientError::protocol)?;
-                // Results are matched to requests by position, so a count mismatch would
-                // attribute outcomes to the wrong requests.
-                if results.len() != sent {
-                    return Err(ClientError::Protocol(format!("{} results for {sent} invocations", results.len())));
-                }
-                results.iter().map(convert::read_result).collect()
-            }
-            Ok(invoke_many_result::Rejected(rejection)) => Err(convert::rejected(rejection)),
-            Err(member) => Err(convert::unknown_member("an invokeMany result", member)),
-        }
+        Ok(InvokeManyCall { promise: request.send().promise, sent })
     }
 
     /// Reads the committed value of one key; `None` when the key does not exist. A read
@@ -193,6 +239,14 @@ impl Client {
         let response = self.leasehold.status_request().send().promise.await?;
         let status = response.get().and_then(|results| results.get_status()).map_err(ClientError::protocol)?;
         convert::read_node_status(status)
+    }
+
+    /// Where every key of the node's cluster is held and how to reach each node (what
+    /// [`ClusterClient`] routes by).
+    pub async fn lease_table(&self) -> Result<LeaseTable, ClientError> {
+        let response = self.leasehold.lease_table_request().send().promise.await?;
+        let table = response.get().and_then(|results| results.get_table()).map_err(ClientError::protocol)?;
+        convert::read_lease_table(table)
     }
 
     /// Closes the connection cleanly: the node learns at once that the client left.
@@ -233,5 +287,37 @@ impl Drop for Client {
         // The connection task would otherwise keep the socket open for as long as the
         // LocalSet lives.
         self.connection.abort();
+    }
+}
+
+/// An `invokeMany` call in flight: it owns its promise, not the invocations it was built
+/// from, so callers may build several and await them together.
+pub(crate) struct InvokeManyCall {
+    promise: capnp::capability::Promise<
+        capnp::capability::Response<leasehold::invoke_many_results::Owned>,
+        capnp::Error,
+    >,
+    sent: u32,
+}
+
+impl InvokeManyCall {
+    /// The replies, in request order.
+    pub(crate) async fn replies(self) -> Result<Vec<convert::Reply>, ClientError> {
+        let sent = self.sent;
+        let response = self.promise.await?;
+        let result = response.get().and_then(|results| results.get_result()).map_err(ClientError::protocol)?;
+        match result.which() {
+            Ok(invoke_many_result::Results(results)) => {
+                let results = results.map_err(ClientError::protocol)?;
+                // Results are matched to requests by position, so a count mismatch would
+                // attribute outcomes to the wrong requests.
+                if results.len() != sent {
+                    return Err(ClientError::Protocol(format!("{} results for {sent} invocations", results.len())));
+                }
+                results.iter().map(convert::read_reply).collect()
+            }
+            Ok(invoke_many_result::Rejected(rejection)) => Err(convert::rejected(rejection)),
+            Err(member) => Err(convert::unknown_member("an invokeMany result", member)),
+        }
     }
 }

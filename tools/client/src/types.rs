@@ -192,6 +192,50 @@ pub struct TableInfo {
     pub name: String,
     /// The largest value the table stores.
     pub value_bytes_max: u32,
+    /// The table's number in storage keys (see [`LeaseTable`]), the same on every node.
+    pub table_id: u32,
+}
+
+/// Where every key of a cluster is held, as a node reported it: the keys whose lease
+/// moved away from their home node, and the home rule for all others
+/// (`leasehold-keyspace`, the rule the nodes use).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LeaseTable {
+    /// Nodes of the cluster (1 for a single node).
+    pub node_count: u16,
+    /// Equal for tables that place every key alike; redirects carry the node's.
+    pub digest: u64,
+    /// Client addresses by node id.
+    pub client_addresses: Vec<String>,
+    /// Storage keys held away from their home node, with their holders.
+    pub moved: std::collections::HashMap<Vec<u8>, u16>,
+}
+
+impl LeaseTable {
+    /// The node that holds the key with this storage key
+    /// ([`leasehold_keyspace::storage_key`]).
+    pub fn holder(&self, storage_key: &[u8]) -> u16 {
+        match self.moved.get(storage_key) {
+            Some(&holder) => holder,
+            None => leasehold_keyspace::home_node(storage_key, self.node_count.max(1)),
+        }
+    }
+}
+
+/// A key a request will use, named as the plugin names it: what a routing client
+/// ([`crate::ClusterClient`]) looks up in its lease table to pick the node.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RoutingKey {
+    /// A table of the invocation's plugin.
+    pub table: String,
+    /// The key's bytes, exactly as the plugin's planner declares them.
+    pub key: Vec<u8>,
+}
+
+impl RoutingKey {
+    pub fn new(table: impl Into<String>, key: impl Into<Vec<u8>>) -> RoutingKey {
+        RoutingKey { table: table.into(), key: key.into() }
+    }
 }
 
 /// A node's view of itself.
@@ -242,4 +286,6 @@ pub struct NodeStatus {
     pub forwards_received_total: u64,
     /// This node's decayed count of transactions run (the load routing weighs).
     pub transactions_decayed: f64,
+    /// Requests from routing clients this node answered with a redirect because their lease table was stale, since it started.
+    pub redirected_total: u64,
 }

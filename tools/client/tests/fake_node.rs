@@ -205,7 +205,7 @@ fn every_call_round_trips() {
 
         let info = client.deploy_plugin(b"a plugin").await.expect("deploy");
         assert_eq!(info.name, "echo");
-        assert_eq!(info.tables, vec![TableInfo { name: "values".into(), value_bytes_max: 16 }]);
+        assert_eq!(info.tables, vec![TableInfo { name: "values".into(), value_bytes_max: 16, table_id: 0 }]);
         assert_eq!(info.workflows, vec!["run".to_string()]);
         match client.deploy_plugin(b"garbage").await {
             Err(ClientError::DeployRefused { message }) => assert_eq!(message, "not a shared library"),
