@@ -177,6 +177,20 @@ fn a_routing_client_goes_to_the_holders_and_follows_moved_leases() {
     let served: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a.committed_total - b.committed_total).collect();
     assert!(served.iter().all(|&count| count >= 150), "every node ran its share of the deposits: {served:?}");
 
+    // Calls in flight together on a new client open their connections concurrently; each
+    // must finish (a connection opened twice once closed under a call in flight).
+    let concurrent = local.block_on(&runtime, async {
+        let fresh = ClusterClient::connect(&seed, &[]).await.expect("connect another router");
+        let calls = (0..4).map(|slot| fresh.invoke_many(routed_deposits(0..ACCOUNTS, 1, &format!("together{slot}"))));
+        futures::future::join_all(calls).await
+    });
+    for results in concurrent {
+        for (account, result) in results.expect("every call answers").iter().enumerate() {
+            assert!(result.is_committed(), "deposit to {account}: {result:?}");
+            expected[account] += 1;
+        }
+    }
+
     // Move the leases of accounts 0..100 to node 0: deposits through node 0 without
     // forwarding make node 0 their heaviest user.
     let moved = 0..ACCOUNTS / 3;

@@ -181,10 +181,17 @@ impl ClusterClient {
             .cloned()
             .ok_or_else(|| ClientError::Protocol(format!("no address for node {node}")))?;
         let client = Rc::new(Client::connect_with_token(address.as_str(), &self.token).await?);
-        if let Some(slot) = self.nodes.borrow_mut().get_mut(usize::from(node)) {
-            *slot = Some(Rc::clone(&client));
+        // Another call may have connected while this one waited: keep the first
+        // connection, so that both calls share it (this one is closed when dropped).
+        let mut nodes = self.nodes.borrow_mut();
+        match nodes.get_mut(usize::from(node)) {
+            Some(Some(existing)) => Ok(Rc::clone(existing)),
+            Some(slot) => {
+                *slot = Some(Rc::clone(&client));
+                Ok(client)
+            }
+            None => Ok(client),
         }
-        Ok(client)
     }
 
     /// Runs one request on the node holding its keys; see [`Client::invoke`].
@@ -264,7 +271,13 @@ impl ClusterClient {
             let connection = self.connection(node as u16).await?;
             let call = connection
                 .invoke_many_call(indices.iter().map(|&index| &requests[index].invocation), redirect_if_elsewhere)?;
-            calls.push(async move { call.replies().await.map(|replies| indices.into_iter().zip(replies).collect::<Vec<_>>()) });
+            calls.push(async move {
+                // Dropping the last handle of a connection closes it, so the call holds
+                // one until its replies are in (the table may have replaced the
+                // connection meanwhile).
+                let _connection = connection;
+                call.replies().await.map(|replies| indices.into_iter().zip(replies).collect::<Vec<_>>())
+            });
         }
         let mut replies = Vec::with_capacity(requests.len());
         for node_replies in futures::future::join_all(calls).await {
