@@ -1,7 +1,10 @@
 //! Local clusters for tests: a cluster file with free loopback ports and one real
-//! `leasehold-engine` process per node.
+//! `leasehold-engine` process per node; or, in a [`NetworkLab`], each node in its own
+//! network namespace on the lab's addresses.
 
-use crate::EngineProcess;
+use crate::netns::NetworkLab;
+use crate::{EngineProcess, Launch};
+use leasehold_client::{BlockingClient, ClientError};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -13,6 +16,9 @@ pub struct LocalCluster {
     /// Client addresses, by node id.
     pub addresses: Vec<SocketAddr>,
     shm_directory: PathBuf,
+    /// The network namespace of each node in a lab cluster (empty otherwise): its
+    /// addresses are reachable only from there.
+    namespaces: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -23,6 +29,23 @@ fn free_port() -> u16 {
 /// Writes `<directory>/cluster.toml` for `node_count` nodes over `fabric` and returns
 /// its path, the client addresses and the shm directory it names.
 pub fn write_cluster_file(directory: &Path, node_count: u16, fabric: &str) -> (PathBuf, Vec<SocketAddr>, PathBuf) {
+    let addresses = (0..node_count)
+        .map(|_| {
+            let client = format!("127.0.0.1:{}", free_port()).parse().expect("address");
+            let peer = format!("127.0.0.1:{}", free_port()).parse().expect("address");
+            (client, peer)
+        })
+        .collect::<Vec<_>>();
+    write_cluster_file_with(directory, fabric, &addresses)
+}
+
+/// Writes `<directory>/cluster.toml` for nodes with the given (client, peer) addresses,
+/// by node id; returns as [`write_cluster_file`].
+pub fn write_cluster_file_with(
+    directory: &Path,
+    fabric: &str,
+    node_addresses: &[(SocketAddr, SocketAddr)],
+) -> (PathBuf, Vec<SocketAddr>, PathBuf) {
     static CLUSTERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let shm_directory = PathBuf::from(format!(
         "/dev/shm/leasehold-test-{}-{}",
@@ -37,13 +60,11 @@ pub fn write_cluster_file(directory: &Path, node_count: u16, fabric: &str) -> (P
         text.push_str("peer_token_file = \"peer-token\"\n");
     }
     let mut addresses = Vec::new();
-    for id in 0..node_count {
-        let client: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("address");
-        let peer: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("address");
+    for (id, (client, peer)) in node_addresses.iter().enumerate() {
         text.push_str(&format!(
             "\n[[nodes]]\nid = {id}\nclient_address = \"{client}\"\npeer_address = \"{peer}\"\ndata_dir = \"node-{id}\"\n"
         ));
-        addresses.push(client);
+        addresses.push(*client);
     }
     let path = directory.join("cluster.toml");
     std::fs::write(&path, text).expect("write cluster file");
@@ -63,15 +84,54 @@ impl LocalCluster {
                 EngineProcess::start(&directory.join(format!("node-{id}")), &arguments)
             })
             .collect();
-        LocalCluster { cluster_file, nodes, addresses, shm_directory }
+        LocalCluster { cluster_file, nodes, addresses, shm_directory, namespaces: Vec::new() }
+    }
+
+    /// Starts one node in each namespace of `lab` over `fabric` ("tcp": shm would not
+    /// cross a partition) under `directory`. Every node listens on its lab address with
+    /// fixed ports: each namespace is fresh, so nothing else can hold them.
+    pub fn start_in_lab(directory: &Path, lab: &NetworkLab, fabric: &str, extra_arguments: &[&str]) -> LocalCluster {
+        const CLIENT_PORT: u16 = 7420;
+        const PEER_PORT: u16 = 7520;
+        let node_addresses: Vec<(SocketAddr, SocketAddr)> = (0..lab.node_count())
+            .map(|node| ((lab.address(node), CLIENT_PORT).into(), (lab.address(node), PEER_PORT).into()))
+            .collect();
+        let (cluster_file, addresses, shm_directory) = write_cluster_file_with(directory, fabric, &node_addresses);
+        let file = cluster_file.display().to_string();
+        let nodes = (0..lab.node_count())
+            .map(|node| {
+                let id = node.to_string();
+                let mut arguments = vec!["--cluster-file", file.as_str(), "--node-id", id.as_str()];
+                arguments.extend_from_slice(extra_arguments);
+                let data_dir = directory.join(format!("node-{id}"));
+                let launch = Launch {
+                    command_prefix: lab.command_prefix(node),
+                    log_label: Some(format!("node {id}")),
+                    ..Launch::default()
+                };
+                EngineProcess::start_with(&data_dir, launch, &arguments)
+            })
+            .collect();
+        let namespaces = (0..lab.node_count()).map(|node| lab.namespace(node)).collect();
+        LocalCluster { cluster_file, nodes, addresses, shm_directory, namespaces }
+    }
+
+    /// A client of node `node`, connected from the node's namespace in a lab cluster
+    /// (the calling thread returns to its own namespace; the connection stays usable).
+    pub fn connect(&self, node: usize) -> Result<BlockingClient, ClientError> {
+        match self.namespaces.get(node) {
+            Some(namespace) => crate::netns::connect_in(namespace, self.addresses[node]),
+            None => BlockingClient::connect(self.addresses[node]),
+        }
     }
 
     /// Waits until every node reports that it agreed on the view with all peers.
     pub fn wait_until_synced(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        for (id, address) in self.addresses.iter().enumerate() {
+        for id in 0..self.addresses.len() {
             loop {
-                let synced = leasehold_client::BlockingClient::connect(*address)
+                let synced = self
+                    .connect(id)
                     .and_then(|client| client.status())
                     .map(|status| status.cluster_synced)
                     .unwrap_or(false);

@@ -3,18 +3,22 @@
 //!
 //! The tests run against real components only: the `leasehold-engine` binary, RocksDB on
 //! disk in a temporary directory, plugins loaded from their built shared libraries, and
-//! Cap'n Proto over loopback sockets.
+//! Cap'n Proto over loopback sockets (or, for tests that cut links, over a private
+//! network of namespaces: [`netns`]).
 
 pub mod history;
 
 pub mod cluster;
 
+pub mod netns;
+
 pub mod simulation;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The directory of the running test's profile (`target/<profile>`), where cargo puts
@@ -63,17 +67,55 @@ pub struct EngineProcess {
     pub address: SocketAddr,
     pub data_dir: PathBuf,
     extra_arguments: Vec<String>,
+    /// How it was launched, kept for restarts.
+    launch: Launch,
+}
+
+/// How [`EngineProcess::start_with`] runs an engine, beyond its arguments.
+#[derive(Clone, Debug, Default)]
+pub struct Launch {
+    /// Words run in front of the engine binary: a command that ends by exec'ing its
+    /// arguments, so that the pid is still the engine's (such as
+    /// [`netns::NetworkLab::command_prefix`]). Empty: the binary itself.
+    pub command_prefix: Vec<String>,
+    /// When set, the engine's stderr goes through the test: every line is written to the
+    /// test's stderr behind this label (several engines' logs stay apart) and kept for
+    /// [`EngineProcess::log_lines`]. When not set, the engine inherits stderr.
+    pub log_label: Option<String>,
+    /// The lines kept so far (shared by every incarnation of a restarted engine).
+    log: Option<Arc<Mutex<Vec<String>>>>,
 }
 
 impl EngineProcess {
     /// Starts an engine with a data directory under `data_dir` on a free port.
     pub fn start(data_dir: &Path, extra_arguments: &[&str]) -> EngineProcess {
-        let extra_arguments: Vec<String> = extra_arguments.iter().map(|s| s.to_string()).collect();
-        Self::spawn(data_dir.to_path_buf(), "127.0.0.1:0".parse().expect("literal address"), extra_arguments)
+        Self::start_with(data_dir, Launch::default(), extra_arguments)
     }
 
-    fn spawn(data_dir: PathBuf, address: SocketAddr, extra_arguments: Vec<String>) -> EngineProcess {
-        let mut child = Command::new(binary("leasehold-engine"))
+    /// Like [`EngineProcess::start`], launched as `launch` says.
+    pub fn start_with(data_dir: &Path, mut launch: Launch, extra_arguments: &[&str]) -> EngineProcess {
+        if launch.log_label.is_some() {
+            launch.log.get_or_insert_with(Default::default);
+        }
+        let extra_arguments: Vec<String> = extra_arguments.iter().map(|s| s.to_string()).collect();
+        Self::spawn(data_dir.to_path_buf(), "127.0.0.1:0".parse().expect("literal address"), extra_arguments, launch)
+    }
+
+    fn spawn(data_dir: PathBuf, address: SocketAddr, extra_arguments: Vec<String>, launch: Launch) -> EngineProcess {
+        let mut command = match launch.command_prefix.split_first() {
+            Some((program, arguments)) => {
+                let mut command = Command::new(program);
+                command.args(arguments).arg(binary("leasehold-engine"));
+                command
+            }
+            None => Command::new(binary("leasehold-engine")),
+        };
+        let stderr = if launch.log.is_some() { Stdio::piped() } else { Stdio::inherit() };
+        if launch.log.is_some() {
+            // Plain lines: they are kept and printed behind a label, not shown on a terminal.
+            command.env("NO_COLOR", "1");
+        }
+        let mut child = command
             .arg("--data-dir")
             .arg(&data_dir)
             .arg("--client-address")
@@ -81,9 +123,19 @@ impl EngineProcess {
             .args(&extra_arguments)
             .env("RUST_LOG", std::env::var("LEASEHOLD_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start leasehold-engine");
+        if let (Some(stderr), Some(log), Some(label)) = (child.stderr.take(), &launch.log, &launch.log_label) {
+            let (log, label) = (log.clone(), label.clone());
+            // Written past the test harness's capture, as an inherited stderr would be.
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    let _ = writeln!(std::io::stderr().lock(), "[{label}] {line}");
+                    log.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(line);
+                }
+            });
+        }
         let stdout = child.stdout.take().expect("piped stdout");
         let mut lines = BufReader::new(stdout).lines();
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -103,7 +155,17 @@ impl EngineProcess {
         };
         // Keep draining stdout so the engine never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        EngineProcess { child, address, data_dir, extra_arguments }
+        EngineProcess { child, address, data_dir, extra_arguments, launch }
+    }
+
+    /// What the engine wrote to stderr so far, when launched with a
+    /// [`Launch::log_label`] (empty otherwise).
+    pub fn log_lines(&self) -> Vec<String> {
+        self.launch
+            .log
+            .as_ref()
+            .map(|log| log.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone())
+            .unwrap_or_default()
     }
 
     /// The engine's process id (for signals a test sends itself).
@@ -127,7 +189,8 @@ impl EngineProcess {
     /// Starts the engine again on the same data directory and the same port.
     pub fn restart(&mut self) {
         self.kill();
-        let restarted = Self::spawn(self.data_dir.clone(), self.address, self.extra_arguments.clone());
+        let restarted =
+            Self::spawn(self.data_dir.clone(), self.address, self.extra_arguments.clone(), self.launch.clone());
         *self = restarted;
     }
 }

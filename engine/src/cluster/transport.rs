@@ -16,6 +16,14 @@
 //! Delivery: frames reach a live peer in order, exactly once. Frames sent to a peer that
 //! is down, or that restarts before reading them, are lost; the cluster driver's view
 //! agreement resynchronises everything after a restart, so nothing depends on them.
+//!
+//! A push that fails may still have been published: over tcp, a peer cut off for longer
+//! than the fabric's response timeout may have performed the WRITEs and only the response
+//! was lost. So a failed push keeps the stream as it is (session, pending bytes, offset),
+//! and the reopened ring, which knows the last message published, tells whether the
+//! chunk arrived: if it did, the stream goes on after it; if not, the same chunk goes
+//! again. Sending it again in a new session would deliver its frames twice, and the
+//! driver counts handovers and write-backs (a duplicate starts transactions early).
 
 use super::wire::{self, Frame};
 use crate::model::NodeId;
@@ -231,10 +239,12 @@ impl Transport {
             session: u32,
             pending: Vec<u8>,
             offset: usize,
-            diag: Option<u64>,
+            /// After a failed push: the messages published before it and where its chunk
+            /// ended in `pending`, until the reopened ring tells whether it arrived.
+            unconfirmed: Option<(u64, usize)>,
         }
         let mut peers: Vec<PeerSender> = (0..self.node_count)
-            .map(|_| PeerSender { ring: None, session: 1, pending: Vec::new(), offset: 0, diag: None })
+            .map(|_| PeerSender { ring: None, session: 1, pending: Vec::new(), offset: 0, unconfirmed: None })
             .collect();
         let mut chunk = Vec::with_capacity(RING_MESSAGE_BYTES as usize);
         // How long to wait before retrying: a full ring drains fast, an unreachable peer
@@ -257,7 +267,9 @@ impl Transport {
             for peer in self.peers() {
                 let state = &mut peers[usize::from(peer)];
                 if self.reconnect[usize::from(peer)].swap(false, Ordering::AcqRel) {
-                    Self::drop_ring(state.offset, &mut state.pending, &mut state.ring, &mut state.session);
+                    // A stream is under way if a ring is open, or was until a push failed.
+                    let streaming = state.ring.take().is_some() | state.unconfirmed.take().is_some();
+                    Self::new_stream(streaming, state.offset, &mut state.pending, &mut state.session);
                     state.offset = 0;
                 }
                 if state.pending.is_empty() {
@@ -270,10 +282,21 @@ impl Transport {
                 if state.ring.is_none() {
                     match RingSender::open(self.fabric.as_ref(), peer, RegionId::inbound_ring(self.me)) {
                         Ok(ring) => {
-                            if let Some(before) = state.diag.take() {
-                                tracing::warn!(peer, before, after = ring.sent_count(), "DIAG reopened ring after a failed push");
+                            if let Some((published_before, end)) = state.unconfirmed.take() {
+                                let published = ring.sent_count();
+                                if published == published_before + 1 {
+                                    tracing::warn!(peer, "the failed push had arrived; the stream goes on after it");
+                                    state.offset = end;
+                                } else if published == published_before {
+                                    tracing::warn!(peer, "the failed push had not arrived; sending it again");
+                                } else {
+                                    // Not the ring pushed to before: the peer restarted.
+                                    Self::new_stream(true, state.offset, &mut state.pending, &mut state.session);
+                                    state.offset = 0;
+                                    retry(Duration::ZERO);
+                                }
                             }
-                            state.ring = Some(ring)
+                            state.ring = Some(ring);
                         }
                         Err(error) => {
                             tracing::debug!(%error, peer, "peer not reachable yet");
@@ -298,9 +321,11 @@ impl Transport {
                         }
                         Err(error) => {
                             tracing::warn!(%error, peer, "push to peer failed; reopening its ring");
-                            state.diag = Some(ring.sent_count());
-                            Self::drop_ring(state.offset, &mut state.pending, &mut state.ring, &mut state.session);
-                            state.offset = 0;
+                            // It may have been published all the same (see the module
+                            // comment): the stream stays as it is until the reopened ring
+                            // tells.
+                            state.unconfirmed = Some((ring.sent_count(), end));
+                            state.ring = None;
                             retry(Duration::from_millis(10));
                             break;
                         }
@@ -316,15 +341,132 @@ impl Transport {
         }
     }
 
-    /// Forgets a ring handle; the next one starts a new session. A stream cut in the
-    /// middle of a frame cannot be continued in a new session, so the rest of a partly
-    /// sent buffer is dropped with it.
-    fn drop_ring(offset: usize, pending: &mut Vec<u8>, ring: &mut Option<RingSender>, session: &mut u32) {
-        if ring.take().is_some() {
+    /// Starts a new stream to a peer that restarted: the next push opens a new session
+    /// (if one was `streaming`). A stream cut in the middle of a frame cannot be continued
+    /// in a new session, so the rest of a partly sent buffer is dropped with it.
+    fn new_stream(streaming: bool, offset: usize, pending: &mut Vec<u8>, session: &mut u32) {
+        if streaming {
             *session = session.wrapping_add(1);
         }
         if offset > 0 {
             pending.clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use leasehold_fabric::tcp::TcpFabric;
+    use leasehold_fabric::{LocalRegion, Operation, RemoteRegion};
+    use std::collections::BTreeMap;
+    use std::sync::atomic::AtomicU64;
+
+    /// How the injected failure of a push looks to the sender.
+    #[derive(Clone, Copy)]
+    enum Lost {
+        /// The WRITEs took effect and the response was lost (a tcp peer cut off for
+        /// longer than the response timeout).
+        Response,
+        /// Nothing reached the peer.
+        Request,
+    }
+
+    /// A fabric whose pushes (batches with a WRITE) fail as scripted, by push number.
+    struct Flaky {
+        inner: Arc<TcpFabric>,
+        pushes: Arc<AtomicU64>,
+        faults: Arc<BTreeMap<u64, Lost>>,
+    }
+
+    struct FlakyRegion {
+        inner: Arc<dyn RemoteRegion>,
+        pushes: Arc<AtomicU64>,
+        faults: Arc<BTreeMap<u64, Lost>>,
+    }
+
+    impl Fabric for Flaky {
+        fn node_id(&self) -> NodeId {
+            self.inner.node_id()
+        }
+        fn backend_name(&self) -> &'static str {
+            "flaky"
+        }
+        fn register_region(&self, region: RegionId, size_bytes: u64) -> Result<Arc<LocalRegion>, FabricError> {
+            self.inner.register_region(region, size_bytes)
+        }
+        fn deregister_region(&self, region: RegionId) -> Result<(), FabricError> {
+            self.inner.deregister_region(region)
+        }
+        fn open_remote(&self, node: NodeId, region: RegionId) -> Result<Arc<dyn RemoteRegion>, FabricError> {
+            let inner = self.inner.open_remote(node, region)?;
+            Ok(Arc::new(FlakyRegion { inner, pushes: self.pushes.clone(), faults: self.faults.clone() }))
+        }
+    }
+
+    impl RemoteRegion for FlakyRegion {
+        fn node(&self) -> NodeId {
+            self.inner.node()
+        }
+        fn region(&self) -> RegionId {
+            self.inner.region()
+        }
+        fn size_bytes(&self) -> u64 {
+            self.inner.size_bytes()
+        }
+        fn execute(&self, operations: &mut [Operation<'_>]) -> Result<(), FabricError> {
+            if !operations.iter().any(|operation| matches!(operation, Operation::Write { .. })) {
+                return self.inner.execute(operations);
+            }
+            let push = self.pushes.fetch_add(1, Ordering::SeqCst);
+            let unreachable = |reason: &str| FabricError::PeerUnreachable { node: self.node(), reason: reason.into() };
+            match self.faults.get(&push) {
+                None => self.inner.execute(operations),
+                Some(Lost::Response) => {
+                    self.inner.execute(operations)?;
+                    Err(unreachable("the response was lost (injected)"))
+                }
+                Some(Lost::Request) => Err(unreachable("the request was lost (injected)")),
+            }
+        }
+    }
+
+    /// Frames reach the peer exactly once and in order although pushes fail, whether the
+    /// failed push took effect (only its response was lost) or not.
+    #[test]
+    fn a_failed_push_is_delivered_exactly_once() {
+        let loopback = "127.0.0.1:0".parse().expect("literal address");
+        let (fabric_0, fabric_1) =
+            (TcpFabric::start(0, loopback).expect("node 0"), TcpFabric::start(1, loopback).expect("node 1"));
+        fabric_0.add_peer(1, fabric_1.local_address());
+        fabric_1.add_peer(0, fabric_0.local_address());
+        let faults = [(2, Lost::Response), (5, Lost::Request), (8, Lost::Response), (9, Lost::Response)];
+        let flaky = Arc::new(Flaky {
+            inner: fabric_0,
+            pushes: Arc::new(AtomicU64::new(0)),
+            faults: Arc::new(faults.into_iter().collect()),
+        });
+        let (delivered, received) = std::sync::mpsc::channel();
+        let receiver = Transport::start(
+            fabric_1,
+            1,
+            2,
+            1,
+            Box::new(move |from, frame| {
+                let _ = delivered.send((from, frame));
+            }),
+        )
+        .expect("node 1's transport");
+        let sender = Transport::start(flaky, 0, 2, 1, Box::new(|_, _| {})).expect("node 0's transport");
+        // One frame at a time, so that each goes in a push of its own.
+        for epoch in 1..=12 {
+            sender.send(1, &Frame::Durable { generation: 7, epoch });
+            let (from, frame) = received.recv_timeout(Duration::from_secs(10)).expect("the frame arrives");
+            assert_eq!(from, 0);
+            assert!(matches!(frame, Frame::Durable { generation: 7, epoch: e } if e == epoch), "{frame:?} for {epoch}");
+        }
+        assert!(received.recv_timeout(Duration::from_millis(300)).is_err(), "no frame arrives twice");
+        sender.stop();
+        receiver.stop();
     }
 }
