@@ -1,9 +1,14 @@
 #!/bin/bash
 # The cluster and placement figures of benches/RESULTS.md: one node, three nodes over shm
 # and tcp (throughput, idle latency, epoch barrier from each node's metrics), and grouped
-# banking with placement on and off. Run on a quiet machine after building the workspace;
-# everything goes under $OUT (default ./cluster-measurements), the summary to $OUT/out.txt.
+# banking with placement on and off, and uniform banking with requests routed three ways
+# (where they arrive, forwarded by the nodes, routed by the client's lease table). Run on a
+# quiet machine after building the workspace; everything goes under $OUT (default
+# ./cluster-measurements), the summary to $OUT/out.txt. SECTIONS picks parts (default:
+# "single cluster placement routing").
 set -u
+SECTIONS=${SECTIONS:-single cluster placement routing}
+section() { case " $SECTIONS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 OUT=${OUT:-./cluster-measurements}
 mkdir -p "$OUT"
 T=${CARGO_TARGET_DIR:-$HOME/.cache/leasehold-target}/release
@@ -26,10 +31,12 @@ barrier() { # base
   for i in 0 1 2; do curl -s 127.0.0.1:$(( $1 + 200 + i ))/metrics | grep -E "leasehold_epoch_barrier_seconds\{quantile=\"0.5\"\}|leasehold_epoch_barrier_seconds\{quantile=\"0.99\"\}" | sed "s/^/  node $i /"; done
 }
 log "== $(date -u +%H:%M) load $(cut -d' ' -f1-3 /proc/loadavg)"
+if section single; then
 log "-- single node, banking 100k, 10 s"
 $L bench --duration-seconds 10 2>&1 | grep -E "transactions/s|latency" | tee -a $out
 $L bench --duration-seconds 5 --clients 1 --pipeline 1 --batch 1 2>&1 | grep -E "transactions/s|latency" | tee -a $out
-for fabric in shm tcp; do
+fi
+section cluster && for fabric in shm tcp; do
   d=$OUT/c-$fabric; rm -rf $d; cluster_file $d $fabric 7800 true
   $L cluster start --directory $d >/dev/null 2>&1 || log "start failed"
   log "-- 3 nodes $fabric, banking 100k uniform, 10 s (load $(cut -d' ' -f1 /proc/loadavg))"
@@ -40,13 +47,26 @@ for fabric in shm tcp; do
   $L cluster status --directory $d | tee -a $out
   $L cluster stop --directory $d >/dev/null
 done
-for placement in true false; do
+section placement && for placement in true false; do
   d=$OUT/p-$placement; rm -rf $d; cluster_file $d tcp 7900 $placement
   $L cluster start --directory $d -- --placement $placement >/dev/null 2>&1 || log "start failed"
   log "-- grouped banking 30k keys, 3 groups, 3 clients, tcp, placement $placement, 10 s warm-up + 10 s (load $(cut -d' ' -f1 /proc/loadavg))"
   $L bench --cluster-file $d/cluster.toml --key-groups 3 --clients 3 --keys 30000 --duration-seconds 10 2>&1 | grep -E "transactions/s" | sed 's/^/  warm-up run: /' | tee -a $out
   $L cluster status --directory $d | sed 's/^/  before: /' | tee -a $out
   $L bench --cluster-file $d/cluster.toml --no-load --key-groups 3 --clients 3 --keys 30000 --duration-seconds 10 --output-json $OUT/placement-$placement.json 2>&1 | grep -E "transactions/s|latency|invariant" | tee -a $out
+  $L cluster status --directory $d | sed 's/^/  after: /' | tee -a $out
+  $L cluster stop --directory $d >/dev/null
+done
+# Uniform transfers over 100k accounts touch keys on two nodes, so where a request runs
+# decides how many of its accesses are remote. Placement is off so that only routing moves.
+section routing && for routing in arrival forwarding client; do
+  d=$OUT/r-$routing; rm -rf $d; cluster_file $d tcp 8000 false
+  forwarding=true; [ $routing = arrival ] && forwarding=false
+  $L cluster start --directory $d -- --placement false --forwarding $forwarding >/dev/null 2>&1 || log "start failed"
+  extra=""; [ $routing = client ] && extra="--route-by-lease-table"
+  log "-- banking 100k uniform, tcp, requests run: $routing, 10 s (load $(cut -d' ' -f1 /proc/loadavg))"
+  $L cluster status --directory $d | sed 's/^/  before: /' >> $OUT/status-$routing.txt
+  $L bench --cluster-file $d/cluster.toml $extra --duration-seconds 10 --output-csv $OUT/routing.csv 2>&1 | grep -E "transactions/s|latency|invariant" | tee -a $out
   $L cluster status --directory $d | sed 's/^/  after: /' | tee -a $out
   $L cluster stop --directory $d >/dev/null
 done

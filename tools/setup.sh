@@ -6,7 +6,7 @@
 # every script uses one persistent target directory under $HOME unless told otherwise.
 set -euo pipefail
 
-packages=(capnproto clang libclang-dev libibverbs-dev librdmacm-dev pkg-config)
+packages=(capnproto clang libclang-dev libibverbs-dev librdmacm-dev pkg-config iproute2)
 missing=()
 for package in "${packages[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

@@ -25,6 +25,27 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
+/// The node that holds most of the keys whose holders are `holders` (in the caller's key
+/// order); ties go to the node holding the earliest of those keys.
+fn most_held(holders: &[u16], node_count: usize) -> u16 {
+    // Most requests name a handful of keys, so counting by node id in a small vector is
+    // cheaper than any map. Per node: keys held, and the position of its first.
+    let mut held: Vec<(u32, usize)> = vec![(0, usize::MAX); node_count];
+    for (position, &holder) in holders.iter().enumerate() {
+        let node = &mut held[usize::from(holder) % node_count];
+        node.0 += 1;
+        node.1 = node.1.min(position);
+    }
+    let mut best = 0;
+    for (node, &(count, first)) in held.iter().enumerate() {
+        let (best_count, best_first) = held[best];
+        if count > best_count || (count == best_count && first < best_first) {
+            best = node;
+        }
+    }
+    best as u16
+}
+
 /// A request with the keys it will use, by which [`ClusterClient`] picks its node.
 #[derive(Clone, Debug)]
 pub struct RoutedInvocation {
@@ -140,8 +161,10 @@ impl ClusterClient {
         Ok(leasehold_keyspace::storage_key(self.table_id(plugin, table)?, key))
     }
 
-    /// The node holding most of the request's keys (ties: the lowest node id), or the
-    /// next node in turn for a request without keys.
+    /// The node holding most of the request's keys, or the next node in turn for a
+    /// request without keys. Ties go to the holder of the earliest key in the caller's
+    /// order (a transfer's first account), which spreads requests whose keys are spread
+    /// instead of piling them on the lowest node id.
     pub fn node_for(&self, routed: &RoutedInvocation) -> Result<u16, ClientError> {
         let table = self.table.borrow();
         let node_count = usize::from(table.node_count.max(1));
@@ -150,22 +173,14 @@ impl ClusterClient {
             self.next_unkeyed.set(node + 1);
             return Ok(node as u16);
         }
-        // Most requests name a handful of keys, so counting by node id in a small vector
-        // is cheaper than any map.
-        let mut keys_held = vec![0u32; node_count];
+        let mut holders = Vec::with_capacity(routed.keys.len());
         let mut storage_key = Vec::new();
         for key in &routed.keys {
             let table_id = self.table_id(&routed.invocation.plugin, &key.table)?;
             leasehold_keyspace::storage_key_into(&mut storage_key, table_id, &key.key);
-            keys_held[usize::from(table.holder(&storage_key)) % node_count] += 1;
+            holders.push(table.holder(&storage_key));
         }
-        let mut best = 0;
-        for (node, &held) in keys_held.iter().enumerate() {
-            if held > keys_held[best] {
-                best = node;
-            }
-        }
-        Ok(best as u16)
+        Ok(most_held(&holders, node_count))
     }
 
     /// The connection to `node`, opened now if needed.
@@ -284,5 +299,19 @@ impl ClusterClient {
             replies.extend(node_replies?);
         }
         Ok(replies)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::most_held;
+
+    #[test]
+    fn the_node_holding_most_keys_wins_and_ties_go_to_the_earliest_key() {
+        assert_eq!(most_held(&[2, 1, 2], 3), 2, "two keys beat one");
+        assert_eq!(most_held(&[2, 1], 3), 2, "a tie goes to the first key's holder");
+        assert_eq!(most_held(&[1, 2], 3), 1);
+        assert_eq!(most_held(&[0, 1, 1, 0, 2], 3), 0, "0 and 1 tie; 0 holds the first key");
+        assert_eq!(most_held(&[1], 1), 0, "holders past the node count wrap instead of panicking");
     }
 }
