@@ -11,6 +11,7 @@
 //!
 //! [`RunRecord::columns`]: crate::record::RunRecord::columns
 
+use plotters::coord::ranged1d::ValueFormatter;
 use plotters::coord::{CoordTranslate, Shift};
 use plotters::prelude::*;
 use std::collections::BTreeMap;
@@ -282,18 +283,7 @@ pub fn throughput_svg(series: &[Series], x_column: &str) -> Result<String, PlotE
             .y_label_area_size(80)
             .build_cartesian_2d(x_low..x_high, 0.0..y_high)
             .map_err(|error| failed(error.to_string()))?;
-        chart
-            .configure_mesh()
-            .x_desc(axis_caption(x_column))
-            .y_desc("transactions/s (committed + aborted)")
-            .label_style(("sans-serif", 14))
-            .axis_desc_style(("sans-serif", 16))
-            .bold_line_style(BLACK.mix(0.2))
-            .light_line_style(BLACK.mix(0.05))
-            .x_label_formatter(&|value| short_number(*value))
-            .y_label_formatter(&|value| short_number(*value))
-            .draw()
-            .map_err(|error| failed(error.to_string()))?;
+        draw_mesh(&mut chart, x_column, "transactions/s (committed + aborted)").map_err(failed)?;
         let mut legend = Vec::new();
         for (index, one) in series.iter().enumerate() {
             let color = Palette99::pick(index).to_rgba();
@@ -343,18 +333,7 @@ pub fn latency_svg(series: &[Series], x_column: &str) -> Result<String, PlotErro
                 (y_low..y_high).log_scale().with_key_points(labelled).with_light_points(grid),
             )
             .map_err(|error| failed(error.to_string()))?;
-        chart
-            .configure_mesh()
-            .x_desc(axis_caption(x_column))
-            .y_desc("latency (ms, log scale)")
-            .label_style(("sans-serif", 14))
-            .axis_desc_style(("sans-serif", 16))
-            .bold_line_style(BLACK.mix(0.2))
-            .light_line_style(BLACK.mix(0.05))
-            .x_label_formatter(&|value| short_number(*value))
-            .y_label_formatter(&|value| short_number(*value))
-            .draw()
-            .map_err(|error| failed(error.to_string()))?;
+        draw_mesh(&mut chart, x_column, "latency (ms, log scale)").map_err(failed)?;
         // With one unnamed series the legend needs only the percentiles.
         let lone = series.len() == 1 && series[0].name == ALL_RUNS;
         let mut legend = Vec::new();
@@ -390,6 +369,32 @@ pub fn latency_svg(series: &[Series], x_column: &str) -> Result<String, PlotErro
 
 /// The x axis range over all points, widened when every run has the same x (a range of
 /// zero width cannot be drawn) and padded so that end markers are not cut in half.
+/// Draws the grid, axis labels and captions every chart shares.
+fn draw_mesh<DB, X, Y>(
+    chart: &mut ChartContext<'_, DB, Cartesian2d<X, Y>>,
+    x_column: &str,
+    y_caption: &str,
+) -> Result<(), String>
+where
+    DB: DrawingBackend,
+    X: Ranged<ValueType = f64> + ValueFormatter<f64>,
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    let x_caption = axis_caption(x_column);
+    chart
+        .configure_mesh()
+        .x_desc(x_caption)
+        .y_desc(y_caption)
+        .label_style(("sans-serif", 14))
+        .axis_desc_style(("sans-serif", 16))
+        .bold_line_style(BLACK.mix(0.2))
+        .light_line_style(BLACK.mix(0.05))
+        .x_label_formatter(&|value| short_number(*value))
+        .y_label_formatter(&|value| short_number(*value))
+        .draw()
+        .map_err(|error| error.to_string())
+}
+
 fn x_range(series: &[Series]) -> (f64, f64) {
     let xs = || series.iter().flat_map(|series| &series.points).map(|point| point.x);
     let (low, high) = (xs().fold(f64::INFINITY, f64::min), xs().fold(f64::NEG_INFINITY, f64::max));

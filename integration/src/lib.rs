@@ -226,3 +226,14 @@ pub fn banking_balances(client: &leasehold_client::BlockingClient, count: u64) -
         })
         .collect()
 }
+
+/// A small seeded number source for test clients: each call returns a number below
+/// `modulus` (a 64-bit linear congruential generator, high bits). Deterministic per seed,
+/// so a failing run's requests can be reproduced; not for anything but test load.
+pub fn seeded_numbers(seed: u64) -> impl FnMut(u64) -> u64 {
+    let mut state = seed;
+    move |modulus: u64| {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 33) % modulus
+    }
+}

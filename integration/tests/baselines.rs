@@ -115,11 +115,7 @@ fn balances(client: &BlockingClient, count: u64) -> Vec<i64> {
 
 /// A deterministic stream of transfers between `accounts` accounts.
 fn transfers(count: usize, accounts: u64, seed: u64) -> Vec<(Vec<u8>, Transfer)> {
-    let mut state = seed;
-    let mut next = move |modulus: u64| {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (state >> 33) % modulus
-    };
+    let mut next = leasehold_integration::seeded_numbers(seed);
     (0..count)
         .map(|i| {
             let from = next(accounts);

@@ -46,11 +46,7 @@ fn is_final(result: &InvokeResult) -> bool {
 fn run_client(address: SocketAddr, client: u64, stop: Arc<AtomicBool>) -> Vec<(Vec<u8>, Sent)> {
     let connection = BlockingClient::connect(address).expect("connect before the crash");
     let mut sent = Vec::new();
-    let mut state = client * 7919 + 1;
-    let mut next = move |modulus: u64| {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (state >> 33) % modulus
-    };
+    let mut next = leasehold_integration::seeded_numbers(client * 7919 + 1);
     for batch in 0u64.. {
         if stop.load(Ordering::Relaxed) {
             break;

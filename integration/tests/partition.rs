@@ -99,11 +99,7 @@ fn run_client(
     enter_namespace(&namespace).expect("enter the node's namespace");
     let mut log = ClientLog::default();
     let Some(mut connection) = connect_patiently(address, &give_up) else { return log };
-    let mut state = client as u64 * 7919 + 17;
-    let mut next = move |modulus: u64| {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (state >> 33) % modulus
-    };
+    let mut next = leasehold_integration::seeded_numbers(client as u64 * 7919 + 17);
     for batch in 0u64.. {
         if stop.load(Ordering::Relaxed) {
             break;

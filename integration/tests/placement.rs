@@ -38,11 +38,7 @@ fn run_client(
     stop: Arc<AtomicBool>,
 ) -> Vec<(Transfer, InvokeResult)> {
     let connection = BlockingClient::connect(address).expect("connect");
-    let mut state = group * 7919 + 3;
-    let mut next = move |modulus: u64| {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (state >> 33) % modulus
-    };
+    let mut next = leasehold_integration::seeded_numbers(group * 7919 + 3);
     let mut done = Vec::new();
     for batch in 0u64.. {
         if stop.load(Ordering::Relaxed) {
