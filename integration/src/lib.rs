@@ -237,3 +237,11 @@ pub fn seeded_numbers(seed: u64) -> impl FnMut(u64) -> u64 {
         (state >> 33) % modulus
     }
 }
+
+/// The share of local accesses of a cluster between two status snapshots of every node
+/// (`before` and `after`, by node id).
+pub fn local_share(before: &[leasehold_client::NodeStatus], after: &[leasehold_client::NodeStatus]) -> f64 {
+    let local: u64 = after.iter().zip(before).map(|(a, b)| a.local_accesses - b.local_accesses).sum();
+    let remote: u64 = after.iter().zip(before).map(|(a, b)| a.remote_accesses - b.remote_accesses).sum();
+    local as f64 / (local + remote).max(1) as f64
+}

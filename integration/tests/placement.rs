@@ -7,7 +7,7 @@
 
 use leasehold_client::{BlockingClient, Invocation, InvokeResult, NodeStatus};
 use leasehold_integration::cluster::LocalCluster;
-use leasehold_integration::{banking_balances, plugin_bytes};
+use leasehold_integration::{banking_balances, local_share, plugin_bytes};
 use leasehold_plugin_api::banking::{Open, Transfer};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,13 +20,6 @@ const INITIAL: i64 = 1_000_000;
 
 fn statuses(addresses: &[SocketAddr]) -> Vec<NodeStatus> {
     addresses.iter().map(|a| BlockingClient::connect(*a).expect("connect").status().expect("status")).collect()
-}
-
-/// The share of local accesses between two status snapshots of every node.
-fn local_share(before: &[NodeStatus], after: &[NodeStatus]) -> f64 {
-    let local: u64 = after.iter().zip(before).map(|(a, b)| a.local_accesses - b.local_accesses).sum();
-    let remote: u64 = after.iter().zip(before).map(|(a, b)| a.remote_accesses - b.remote_accesses).sum();
-    local as f64 / (local + remote).max(1) as f64
 }
 
 /// Client `group`: transfers inside key group `(group + offset) % 3`, through node

@@ -9,7 +9,7 @@
 
 use leasehold_client::{BlockingClient, ClusterClient, Invocation, InvokeResult, NodeStatus, RoutedInvocation, RoutingKey};
 use leasehold_integration::cluster::LocalCluster;
-use leasehold_integration::{banking_balances, plugin_bytes};
+use leasehold_integration::{banking_balances, local_share, plugin_bytes};
 use leasehold_plugin_api::banking::{Deposit, Open};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -20,6 +20,21 @@ const INITIAL: i64 = 1_000;
 
 fn statuses(addresses: &[SocketAddr]) -> Vec<NodeStatus> {
     addresses.iter().map(|a| BlockingClient::connect(*a).expect("connect").status().expect("status")).collect()
+}
+
+/// Starts a 3-node shm cluster with `flags`, deploys banking through node 0 and opens
+/// accounts `0..ACCOUNTS` with `INITIAL` each; returns the cluster and node 0's client.
+fn banking_cluster(directory: &std::path::Path, flags: &[&str]) -> (LocalCluster, BlockingClient) {
+    let cluster = LocalCluster::start(directory, NODES, "shm", flags);
+    cluster.wait_until_synced(Duration::from_secs(60));
+    let client = BlockingClient::connect(cluster.addresses[0]).expect("connect");
+    client.deploy_plugin(&plugin_bytes("banking")).expect("deploy");
+    let open = Open { first: 0, count: ACCOUNTS, balance: INITIAL };
+    let opened = client
+        .invoke(Invocation::encoded("banking", "open", leasehold_sdk::encode(&open).expect("encode")))
+        .expect("open accounts");
+    assert!(opened.is_committed(), "{opened:?}");
+    (cluster, client)
 }
 
 fn deposit(account: u64, amount: i64, id: String) -> Invocation {
@@ -42,16 +57,8 @@ struct Run {
 fn run(forwarding: bool, rounds: u64) -> Run {
     let directory = tempfile::tempdir().expect("temporary directory");
     let flag = if forwarding { "true" } else { "false" };
-    let cluster = LocalCluster::start(directory.path(), NODES, "shm", &["--placement", "false", "--forwarding", flag]);
-    cluster.wait_until_synced(Duration::from_secs(60));
+    let (cluster, client) = banking_cluster(directory.path(), &["--placement", "false", "--forwarding", flag]);
     let addresses = cluster.addresses.clone();
-    let client = BlockingClient::connect(addresses[0]).expect("connect");
-    client.deploy_plugin(&plugin_bytes("banking")).expect("deploy");
-    let open = Open { first: 0, count: ACCOUNTS, balance: INITIAL };
-    let opened = client
-        .invoke(Invocation::encoded("banking", "open", leasehold_sdk::encode(&open).expect("encode")))
-        .expect("open accounts");
-    assert!(opened.is_committed(), "{opened:?}");
 
     let before = statuses(&addresses);
     let mut expected = vec![INITIAL; ACCOUNTS as usize];
@@ -78,14 +85,12 @@ fn run(forwarding: bool, rounds: u64) -> Run {
         let reader = BlockingClient::connect(*address).expect("connect");
         assert_eq!(banking_balances(&reader, ACCOUNTS), expected, "balances through {address}: each deposit once");
     }
-    let local: u64 = after.iter().zip(&before).map(|(a, b)| a.local_accesses - b.local_accesses).sum();
-    let remote: u64 = after.iter().zip(&before).map(|(a, b)| a.remote_accesses - b.remote_accesses).sum();
     for status in &after {
         assert_eq!(status.lease_table_digest, after[0].lease_table_digest);
         assert_eq!(status.fenced_total, 0);
     }
     Run {
-        local_share: local as f64 / (local + remote).max(1) as f64,
+        local_share: local_share(&before, &after),
         forwarded: after[0].forwarded_total - before[0].forwarded_total,
         forwarded_everywhere: after.iter().map(|s| s.forwarded_total).sum::<u64>()
             - before.iter().map(|s| s.forwarded_total).sum::<u64>(),
@@ -136,16 +141,8 @@ fn routed_deposits(accounts: std::ops::Range<u64>, amount: i64, prefix: &str) ->
 #[test]
 fn a_routing_client_goes_to_the_holders_and_follows_moved_leases() {
     let directory = tempfile::tempdir().expect("temporary directory");
-    let cluster = LocalCluster::start(directory.path(), NODES, "shm", &["--forwarding", "false"]);
-    cluster.wait_until_synced(Duration::from_secs(60));
+    let (cluster, plain) = banking_cluster(directory.path(), &["--forwarding", "false"]);
     let addresses = cluster.addresses.clone();
-    let plain = BlockingClient::connect(addresses[0]).expect("connect");
-    plain.deploy_plugin(&plugin_bytes("banking")).expect("deploy");
-    let open = Open { first: 0, count: ACCOUNTS, balance: INITIAL };
-    let opened = plain
-        .invoke(Invocation::encoded("banking", "open", leasehold_sdk::encode(&open).expect("encode")))
-        .expect("open accounts");
-    assert!(opened.is_committed(), "{opened:?}");
     let mut expected = vec![INITIAL; ACCOUNTS as usize];
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
@@ -167,11 +164,7 @@ fn a_routing_client_goes_to_the_holders_and_follows_moved_leases() {
     }
     let after = statuses(&addresses);
     assert_eq!(router.redirects_total(), 0, "a fresh table needs no redirect");
-    let local_share = {
-        let local: u64 = after.iter().zip(&before).map(|(a, b)| a.local_accesses - b.local_accesses).sum();
-        let remote: u64 = after.iter().zip(&before).map(|(a, b)| a.remote_accesses - b.remote_accesses).sum();
-        local as f64 / (local + remote).max(1) as f64
-    };
+    let local_share = local_share(&before, &after);
     assert!(local_share >= 0.99, "routed by the table, {local_share:.3} of accesses are local");
     assert!(after.iter().zip(&before).all(|(a, b)| a.forwarded_total == b.forwarded_total));
     let served: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a.committed_total - b.committed_total).collect();
