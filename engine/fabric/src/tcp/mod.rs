@@ -9,6 +9,14 @@
 //! operations as the owner (`memory.rs`), so the memory model holds: a client's WRITE has
 //! taken effect before its next operation is sent.
 //!
+//! The newest connection from a node supersedes its older ones: a client opens a new
+//! connection only after the old one failed, and a request it gave up on may still sit in
+//! the old connection's kernel buffers (a partition that heals lets the retransmission
+//! through). Performed late, after the newer connection's requests, that request would
+//! break the issue order the memory model promises, so the responder closes a superseded
+//! connection and performs nothing more from it; and a client resets (SO_LINGER 0) a
+//! connection whose round trip failed, so that its kernel drops what it still holds.
+//!
 //! Frames from the network are untrusted: the responder checks sizes before allocating,
 //! parses strictly, and closes a connection that sends a malformed frame.
 
@@ -53,6 +61,9 @@ struct ResponderShared {
     /// Accepted connections, so that dropping the fabric can close them.
     connections: Mutex<FxHashMap<u64, TcpStream>>,
     next_connection_id: AtomicU64,
+    /// Per client node: its newest connection's id, and the lock under which requests
+    /// from that node are performed and a newer connection takes over.
+    clients: Mutex<FxHashMap<NodeId, (u64, Arc<Mutex<()>>)>>,
 }
 
 impl TcpFabric {
@@ -82,6 +93,7 @@ impl TcpFabric {
             shutting_down: AtomicBool::new(false),
             connections: Mutex::new(FxHashMap::default()),
             next_connection_id: AtomicU64::new(0),
+            clients: Mutex::new(FxHashMap::default()),
         });
         let acceptor_shared = Arc::clone(&shared);
         let acceptor = std::thread::Builder::new()
@@ -248,8 +260,12 @@ impl PeerConnection {
         match outcome {
             Ok(value) => Ok(value),
             Err(error) => {
-                // The stream's state is unknown after a failure: start afresh next time.
-                *guard = None;
+                // The stream's state is unknown after a failure: start afresh next time,
+                // and reset this one so that its kernel drops the request instead of
+                // delivering it late (see the module comment).
+                if let Some(failed) = guard.take() {
+                    reset_on_close(&failed.writer);
+                }
                 Err(match error {
                     RoundTripError::Unreachable(reason) => self.unreachable(reason),
                     RoundTripError::Protocol(reason) => FabricError::Protocol { node: self.node, reason },
@@ -355,6 +371,27 @@ impl TcpRemoteRegion {
     }
 }
 
+/// Makes closing `stream` reset the connection (SO_LINGER with a zero timeout): unsent
+/// bytes are discarded instead of being retransmitted until they arrive.
+fn reset_on_close(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: setsockopt reads `size_of::<linger>()` bytes from a valid `linger` for a
+    // socket this stream owns; a failure only leaves the default close behaviour.
+    let result = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if result != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot make a failed connection reset on close");
+    }
+}
+
 fn accept_connections(listener: TcpListener, shared: Arc<ResponderShared>) {
     for stream in listener.incoming() {
         if shared.shutting_down.load(Ordering::SeqCst) {
@@ -374,7 +411,7 @@ fn accept_connections(listener: TcpListener, shared: Arc<ResponderShared>) {
         let connection_shared = Arc::clone(&shared);
         let spawned =
             std::thread::Builder::new().name(format!("fabric-tcp-respond-{}", shared.node)).spawn(move || {
-                if let Err(error) = respond(stream, &connection_shared) {
+                if let Err(error) = respond(stream, connection_id, &connection_shared) {
                     tracing::debug!(%error, "fabric responder: connection closed");
                 }
                 connection_shared.connections.lock().remove(&connection_id);
@@ -386,24 +423,52 @@ fn accept_connections(listener: TcpListener, shared: Arc<ResponderShared>) {
     }
 }
 
-/// Serves one client connection until it closes or misbehaves.
-fn respond(stream: TcpStream, shared: &ResponderShared) -> std::io::Result<()> {
+impl ResponderShared {
+    /// Makes `connection` the newest of client `node`'s connections and closes the one it
+    /// supersedes; returns the lock requests from `node` are performed under.
+    fn take_over(&self, node: NodeId, connection: u64) -> Arc<Mutex<()>> {
+        let lock = Arc::clone(&self.clients.lock().entry(node).or_insert_with(|| (connection, Arc::default())).1);
+        // Under the node's lock, so that a request of the old connection being performed
+        // now finishes before the new connection's first one starts.
+        let _performing = lock.lock();
+        let previous = self.clients.lock().insert(node, (connection, Arc::clone(&lock))).map(|(id, _)| id);
+        if let Some(previous) = previous.filter(|&previous| previous != connection) {
+            if let Some(stream) = self.connections.lock().get(&previous) {
+                tracing::debug!(node, "fabric responder: a newer connection supersedes an older one");
+                let _ = stream.shutdown(Shutdown::Both);
+            }
+        }
+        drop(_performing);
+        lock
+    }
+
+    /// Whether `connection` is still client `node`'s newest.
+    fn is_newest(&self, node: NodeId, connection: u64) -> bool {
+        self.clients.lock().get(&node).is_some_and(|(newest, _)| *newest == connection)
+    }
+}
+
+/// Serves one client connection until it closes, misbehaves or is superseded.
+fn respond(stream: TcpStream, connection: u64, shared: &ResponderShared) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
     let mut hello = [0u8; wire::HELLO_BYTES];
     reader.read_exact(&mut hello)?;
-    let accepted = wire::decode_hello(&hello).is_ok_and(|(to_node, digest)| {
+    let client = wire::decode_hello(&hello).ok().filter(|hello| {
         // Every byte is compared, so the time taken tells nothing about the digest.
         let token_matches = shared
             .required_digest
-            .is_none_or(|required| required.iter().zip(&digest).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0);
-        to_node == shared.node && token_matches
+            .is_none_or(|required| required.iter().zip(&hello.digest).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0);
+        hello.to_node == shared.node && token_matches
     });
-    writer.write_all(&wire::encode_welcome(accepted, shared.node))?;
-    if !accepted {
+    // Taken over before the welcome, so that once a client is welcomed, nothing more
+    // from its older connections is performed.
+    let performing = client.as_ref().map(|client| shared.take_over(client.from_node, connection));
+    writer.write_all(&wire::encode_welcome(client.is_some(), shared.node))?;
+    let (Some(client), Some(performing)) = (client, performing) else {
         return Ok(());
-    }
+    };
     let mut body = Vec::new();
     let mut response = Vec::new();
     loop {
@@ -419,6 +484,11 @@ fn respond(stream: TcpStream, shared: &ResponderShared) -> std::io::Result<()> {
         let well_formed = length <= wire::REQUEST_BODY_BYTES_MAX && {
             body.resize(length, 0);
             reader.read_exact(&mut body)?;
+            let _performing = performing.lock();
+            if !shared.is_newest(client.from_node, connection) {
+                // Superseded: whatever still arrives here was given up by its sender.
+                return Ok(());
+            }
             perform(shared, &body, &mut response)
         };
         if !well_formed {
@@ -588,5 +658,35 @@ mod tests {
             let error = connect(wrong).expect_err("a wrong or missing token is refused");
             assert!(error.to_string().contains("refused the connection"), "{error}");
         }
+    }
+    /// A request a client gave up on may arrive on its old connection after it opened a
+    /// new one (a partition that heals lets the retransmission through). The newer
+    /// connection supersedes the older: nothing from the old one is performed any more.
+    #[test]
+    fn a_newer_connection_from_a_node_supersedes_its_older_one() {
+        let fabric = TcpFabric::start(0, "127.0.0.1:0".parse().expect("literal address")).expect("start");
+        let region = fabric.register_region(RegionId(1), 64).expect("register");
+        let write = |stream: &mut TcpStream, value: u64| {
+            let bytes = value.to_le_bytes();
+            let mut frame = Vec::new();
+            wire::encode_batch(&mut frame, RegionId(1), &[Operation::Write { offset: 0, bytes: &bytes }]);
+            stream.write_all(&frame).and_then(|()| read_frame(stream))
+        };
+        let mut old = raw_client(&fabric);
+        write(&mut old, 1).expect("the only connection is served");
+        assert_eq!(region.load_word(0).expect("word"), 1);
+
+        let mut new = raw_client(&fabric);
+        assert!(write(&mut old, 2).is_err(), "the superseded connection is closed");
+        assert_eq!(region.load_word(0).expect("word"), 1, "nothing from the old connection was performed");
+        write(&mut new, 3).expect("the newer connection is served");
+        assert_eq!(region.load_word(0).expect("word"), 3);
+
+        // Other nodes' connections are unaffected.
+        let peer = TcpFabric::start(1, "127.0.0.1:0".parse().expect("literal address")).expect("start");
+        peer.add_peer(0, fabric.local_address());
+        let remote = peer.open_remote(0, RegionId(1)).expect("open");
+        assert_eq!(remote.fetch_add(0, 1).expect("fetch_add"), 3);
+        write(&mut new, 4).expect("node 9's connection still works");
     }
 }

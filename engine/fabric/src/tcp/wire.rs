@@ -64,16 +64,23 @@ pub(super) fn encode_hello(from_node: u16, to_node: u16, token_digest: &[u8; 32]
 
 /// The responder's reading of a hello: the node the client wants and the digest of the
 /// token it presents, or why it is refused.
-pub(super) fn decode_hello(hello: &[u8; HELLO_BYTES]) -> Result<(u16, [u8; 32]), String> {
+/// What a client's hello says: the node it is, the node it wants, its token digest.
+pub(super) struct Hello {
+    pub(super) from_node: u16,
+    pub(super) to_node: u16,
+    pub(super) digest: [u8; 32],
+}
+
+pub(super) fn decode_hello(hello: &[u8; HELLO_BYTES]) -> Result<Hello, String> {
     let mut reader = Reader::new(hello);
     let (magic, version) = (reader.u32()?, reader.u16()?);
     if magic != MAGIC || version != VERSION {
         return Err(format!("not a leasehold fabric client (magic {magic:#x}, version {version})"));
     }
-    let _from_node = reader.u16()?;
+    let from_node = reader.u16()?;
     let to_node = reader.u16()?;
     let digest: [u8; 32] = hello[10..42].try_into().expect("32 bytes");
-    Ok((to_node, digest))
+    Ok(Hello { from_node, to_node, digest })
 }
 
 pub(super) fn encode_welcome(accepted: bool, node: u16) -> [u8; WELCOME_BYTES] {
