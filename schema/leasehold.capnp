@@ -469,4 +469,9 @@ struct NodeStatus {
   redirectedTotal @27 :UInt64;
   # Requests with `Invocation.redirectIfElsewhere` this node answered with a redirect
   # (the client's lease table was stale), since it started.
+
+  overduePluginCalls @28 :List(Text);
+  # Plugin function calls running longer than the node's `plugin_call_warn_ms`, one line
+  # each ("plugin version: function running for N s"). Native plugin code cannot be
+  # stopped: such a call holds its executor thread and its epoch until it returns.
 }

@@ -132,6 +132,8 @@ pub struct Config {
     pub routing_load_weight: f64,
     /// The concurrency control (`lease`, `2pl` or `occ`).
     pub cc: ConcurrencyControl,
+    /// A plugin function call running longer than this is reported (log, metric, status).
+    pub plugin_call_warn_ms: u64,
 }
 
 impl Default for Config {
@@ -166,6 +168,7 @@ impl Default for Config {
             routing_affinity_weight: 0.5,
             routing_load_weight: 0.5,
             cc: ConcurrencyControl::Lease,
+            plugin_call_warn_ms: 10_000,
         }
     }
 }
@@ -241,6 +244,7 @@ impl Config {
             ("key_bytes_max", self.key_bytes_max),
             ("checkpoint_interval_ms", self.checkpoint_interval_ms as usize),
             ("request_id_retention_hours", self.request_id_retention_hours as usize),
+            ("plugin_call_warn_ms", self.plugin_call_warn_ms as usize),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -385,6 +389,9 @@ pub struct ConfigOverrides {
     /// Concurrency control: the lease protocol, or a baseline for comparison.
     #[arg(long, env = "LEASEHOLD_CC", value_enum)]
     pub cc: Option<ConcurrencyControl>,
+    /// Report a plugin function call that runs longer than this (milliseconds).
+    #[arg(long, env = "LEASEHOLD_PLUGIN_CALL_WARN_MS")]
+    pub plugin_call_warn_ms: Option<u64>,
 }
 
 impl ConfigOverrides {
@@ -444,6 +451,9 @@ impl ConfigOverrides {
         }
         if let Some(value) = self.cc {
             config.cc = value;
+        }
+        if let Some(value) = self.plugin_call_warn_ms {
+            config.plugin_call_warn_ms = value;
         }
         config.apply_cluster_file()?;
         config.validate()?;

@@ -23,6 +23,7 @@ pub const BYTES_MIGRATED_TOTAL: &str = "leasehold_bytes_migrated_total";
 pub const CONCURRENCY_RETRIES_TOTAL: &str = "leasehold_concurrency_retries_total";
 pub const FORWARDED_TOTAL: &str = "leasehold_requests_forwarded_total";
 pub const REDIRECTED_TOTAL: &str = "leasehold_requests_redirected_total";
+pub const PLUGIN_CALLS_OVERDUE: &str = "leasehold_plugin_calls_overdue";
 
 /// Errors starting the metrics endpoint.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +62,10 @@ fn describe() {
     metrics::describe_counter!(
         REDIRECTED_TOTAL,
         "Requests from routing clients answered with a redirect because their lease table was stale."
+    );
+    metrics::describe_gauge!(
+        PLUGIN_CALLS_OVERDUE,
+        "Plugin function calls running longer than plugin_call_warn_ms (an endless loop holds its executor)."
     );
     metrics::describe_counter!(LEASE_MOVES_TOTAL, "Leases this node gave up to the node that uses their keys most.");
     metrics::describe_counter!(BYTES_MIGRATED_TOTAL, "Value bytes this node sent along with leases it gave up.");

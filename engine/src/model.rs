@@ -229,4 +229,6 @@ pub struct NodeStatus {
     pub transactions_decayed: f64,
     /// Requests answered with a redirect (the client's lease table was stale).
     pub redirected_total: u64,
+    /// Plugin calls running longer than `plugin_call_warn_ms`, described for people.
+    pub overdue_plugin_calls: Vec<String>,
 }

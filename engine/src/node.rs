@@ -366,8 +366,10 @@ impl Node {
             started: Instant::now(),
             limits,
         };
+        let shared = Arc::new(shared);
+        watch_plugin_calls(Arc::downgrade(&shared));
         Ok(Node {
-            handle: NodeHandle { shared: Arc::new(shared) },
+            handle: NodeHandle { shared },
             driver: Some(driver),
             committer: Some(committer),
             checkpointer: Some(checkpointer),
@@ -405,6 +407,44 @@ impl Node {
         self.storage.flush()?;
         tracing::info!(node = self.handle.shared.config.node_id, "node stopped");
         Ok(())
+    }
+}
+
+/// Starts the thread that reports plugin calls running longer than
+/// `plugin_call_warn_ms`: an error line per call (naming the plugin and the function)
+/// and the `leasehold_plugin_calls_overdue` gauge. Native code cannot be stopped, so this
+/// is all the node can do about an endless loop in a plugin. The thread ends once the
+/// node is gone.
+fn watch_plugin_calls(shared: std::sync::Weak<Shared>) {
+    let Some(threshold) = shared.upgrade().map(|shared| Duration::from_millis(shared.config.plugin_call_warn_ms)) else {
+        return;
+    };
+    let period = (threshold / 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let spawned = std::thread::Builder::new().name("leasehold-plugin-watch".into()).spawn(move || {
+        let mut reported = std::collections::HashSet::new();
+        loop {
+            std::thread::sleep(period);
+            if shared.strong_count() == 0 {
+                return;
+            }
+            let calls = crate::plugin::watchdog::overdue(threshold);
+            metrics::gauge!(crate::metrics::PLUGIN_CALLS_OVERDUE).set(calls.len() as f64);
+            reported.retain(|started| calls.iter().any(|call| call.started_us == *started));
+            for call in &calls {
+                if reported.insert(call.started_us) {
+                    tracing::error!(
+                        plugin = %call.plugin,
+                        function = %call.function,
+                        running_s = call.running.as_secs_f64(),
+                        "a plugin call has not returned: its executor thread and its epoch wait for it; \
+                         restart the node and deploy a fixed version of the plugin"
+                    );
+                }
+            }
+        }
+    });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "cannot start the plugin call watchdog; overdue calls show in status only");
     }
 }
 
@@ -651,6 +691,10 @@ impl NodeHandle {
             forwarded_total: cluster.map_or(0, |c| c.stats.forwarded_total.load(Ordering::Relaxed)),
             forwards_received_total: cluster.map_or(0, |c| c.stats.forwards_received_total.load(Ordering::Relaxed)),
             redirected_total: cluster.map_or(0, |c| c.stats.redirected_total.load(Ordering::Relaxed)),
+            overdue_plugin_calls: crate::plugin::watchdog::overdue(Duration::from_millis(config.plugin_call_warn_ms))
+                .into_iter()
+                .map(|call| format!("{}: {} running for {:.1} s", call.plugin, call.function, call.running.as_secs_f64()))
+                .collect(),
             transactions_decayed: cluster
                 .and_then(|c| c.stats.loads.load().get(usize::from(config.node_id)).copied())
                 .unwrap_or(0.0),

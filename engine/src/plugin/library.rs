@@ -55,6 +55,8 @@ pub struct LoadedPlugin {
     pub tables: Vec<LoadedTable>,
     pub workflows: Vec<LoadedWorkflow>,
     workflow_index: FxHashMap<String, u32>,
+    /// This load's number in the call watchdog, which names overdue calls.
+    watch_id: u32,
     descriptor: *const PluginDescriptor,
     // Declared last so that it is dropped (unmapped) after everything pointing into it.
     _library: libloading::Library,
@@ -207,8 +209,9 @@ impl LoadedPlugin {
         }
         // SAFETY: the descriptor promises `function_count` entries.
         let functions = unsafe { array(declared.functions, declared.function_count, FUNCTIONS_MAX, "functions")? };
+        let mut function_names = Vec::with_capacity(functions.len());
         for function in functions {
-            name(function.name, "function name")?;
+            function_names.push(name(function.name, "function name")?);
         }
         let mut workflows = Vec::new();
         let mut workflow_index = FxHashMap::default();
@@ -243,6 +246,7 @@ impl LoadedPlugin {
         for table in &mut tables {
             table.table_id = table_id(&plugin_name, &table.name)?;
         }
+        let watch_id = super::watchdog::register(&plugin_name, &version, function_names);
         let info = PluginInfo {
             name: plugin_name,
             version,
@@ -251,7 +255,7 @@ impl LoadedPlugin {
             tables: tables.iter().map(|t| TableInfo { name: t.name.clone(), value_bytes_max: t.value_bytes_max, table_id: t.table_id }).collect(),
             workflows: workflows.iter().map(|w| w.name.clone()).collect(),
         };
-        Ok(LoadedPlugin { info, tables, workflows, workflow_index, descriptor, _library: library })
+        Ok(LoadedPlugin { info, tables, workflows, workflow_index, watch_id, descriptor, _library: library })
     }
 
     fn descriptor(&self) -> &PluginDescriptor {
@@ -331,6 +335,7 @@ impl LoadedPlugin {
     /// Runs function number `function` with the host callbacks in `call`; returns the ABI
     /// status.
     pub fn run(&self, function: u32, call: &FunctionCall) -> i32 {
+        let _watched = super::watchdog::enter(self.watch_id, function);
         (self.descriptor().run)(function, call)
     }
 }

@@ -8,6 +8,7 @@
 
 mod library;
 mod registry;
+pub mod watchdog;
 
 pub use library::{AccessLimits, LoadedPlugin, LoadedTable, LoadedWorkflow, StepCall};
 pub(crate) use library::vec_sink;

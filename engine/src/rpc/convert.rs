@@ -230,6 +230,7 @@ pub(super) fn write_node_status(mut builder: wire::node_status::Builder<'_>, sta
     builder.set_forwards_received_total(status.forwards_received_total);
     builder.set_transactions_decayed(status.transactions_decayed);
     builder.set_redirected_total(status.redirected_total);
+    write_text_list(builder.reborrow().init_overdue_plugin_calls(list_length(status.overdue_plugin_calls.len())), &status.overdue_plugin_calls);
     builder.set_concurrency_retries_total(status.concurrency_retries_total);
     write_text_list(builder.init_plugins(list_length(status.plugins.len())), &status.plugins);
 }

@@ -409,6 +409,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     status.transactions_decayed
                 );
             }
+            for call in &status.overdue_plugin_calls {
+                println!("  plugin call not returning: {call}");
+            }
             Ok(())
         }
         Command::Cluster(command) => cluster::run(command),

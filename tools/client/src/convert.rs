@@ -242,6 +242,7 @@ pub(crate) fn read_node_status(status: wire::node_status::Reader<'_>) -> Result<
         forwards_received_total: status.get_forwards_received_total(),
         transactions_decayed: status.get_transactions_decayed(),
         redirected_total: status.get_redirected_total(),
+        overdue_plugin_calls: read_text_list(status.get_overdue_plugin_calls())?,
     })
 }
 

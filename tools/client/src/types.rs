@@ -288,4 +288,6 @@ pub struct NodeStatus {
     pub transactions_decayed: f64,
     /// Requests from routing clients this node answered with a redirect because their lease table was stale, since it started.
     pub redirected_total: u64,
+    /// Plugin calls running longer than the node's `plugin_call_warn_ms`, one line each.
+    pub overdue_plugin_calls: Vec<String>,
 }
