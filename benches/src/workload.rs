@@ -519,9 +519,11 @@ pub fn committed_delta(kind: WorkloadKind, workflow: &str, output: &[u8]) -> Opt
 pub fn routing_keys(kind: WorkloadKind, invocation: &Invocation) -> Vec<RoutingKey> {
     let Arguments::Encoded(arguments) = &invocation.arguments else { return Vec::new() };
     let accounts = match (kind, invocation.workflow.as_str()) {
-        (WorkloadKind::Banking, "transfer") => leasehold_sdk::decode::<leasehold_plugin_api::banking::Transfer>(arguments)
-            .ok()
-            .map(|transfer| ("accounts", [transfer.from, transfer.to])),
+        (WorkloadKind::Banking, "transfer") => {
+            leasehold_sdk::decode::<leasehold_plugin_api::banking::Transfer>(arguments)
+                .ok()
+                .map(|transfer| ("accounts", [transfer.from, transfer.to]))
+        }
         (WorkloadKind::YcsbT, "transfer") => leasehold_sdk::decode::<leasehold_plugin_api::ycsb_t::Transfer>(arguments)
             .ok()
             .map(|transfer| ("keys", [transfer.a, transfer.b])),

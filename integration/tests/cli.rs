@@ -240,7 +240,18 @@ fn cluster_start_status_invoke_and_stop_a_local_cluster() {
     let anywhere = unused_address();
     let started = succeeds(
         anywhere,
-        &["cluster", "start", "--directory", &cluster_directory, "--nodes", "3", "--fabric", "tcp", "--base-port", &base],
+        &[
+            "cluster",
+            "start",
+            "--directory",
+            &cluster_directory,
+            "--nodes",
+            "3",
+            "--fabric",
+            "tcp",
+            "--base-port",
+            &base,
+        ],
     );
     assert!(started.stdout.contains("cluster of 3 nodes over tcp is up"), "{started:?}");
     let again = fails(anywhere, &["cluster", "start", "--directory", &cluster_directory], 1, &["already running"]);

@@ -7,7 +7,9 @@
 //! load stays on node 0 and two thirds of its accesses are remote: the comparison shows
 //! the assertion can fail.
 
-use leasehold_client::{BlockingClient, ClusterClient, Invocation, InvokeResult, NodeStatus, RoutedInvocation, RoutingKey};
+use leasehold_client::{
+    BlockingClient, ClusterClient, Invocation, InvokeResult, NodeStatus, RoutedInvocation, RoutingKey,
+};
 use leasehold_integration::cluster::LocalCluster;
 use leasehold_integration::{banking_balances, local_share, plugin_bytes};
 use leasehold_plugin_api::banking::{Deposit, Open};
@@ -239,7 +241,8 @@ fn a_routing_client_goes_to_the_holders_and_follows_moved_leases() {
     }
     assert_eq!(router.redirects_total(), homed_elsewhere, "a fresh table needs no more redirects");
     let after = statuses(&addresses);
-    let redirected_by_nodes: u64 = after.iter().zip(&before).map(|(a, b)| a.redirected_total - b.redirected_total).sum();
+    let redirected_by_nodes: u64 =
+        after.iter().zip(&before).map(|(a, b)| a.redirected_total - b.redirected_total).sum();
     assert_eq!(redirected_by_nodes, homed_elsewhere, "the nodes counted the redirects the client saw");
 
     // A retried id of a redirected request meets its first outcome, through any node.

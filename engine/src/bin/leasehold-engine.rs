@@ -47,9 +47,11 @@ fn run(arguments: Arguments) -> Result<(), String> {
 }
 
 fn wait_for_signal() -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|error| error.to_string())?;
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|error| error.to_string())?;
     runtime.block_on(async {
-        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|error| error.to_string())?;
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|error| error.to_string())?;
         tokio::select! {
             result = tokio::signal::ctrl_c() => result.map_err(|error| error.to_string()),
             _ = terminate.recv() => Ok(()),

@@ -16,8 +16,8 @@
 //! on words, tested on their own.
 
 use crate::model::NodeId;
-use leasehold_keyspace::{fnv1a, FNV_OFFSET_BASIS};
 use arc_swap::ArcSwap;
+use leasehold_keyspace::{fnv1a, FNV_OFFSET_BASIS};
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
 

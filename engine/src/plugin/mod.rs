@@ -10,8 +10,8 @@ mod library;
 mod registry;
 pub mod watchdog;
 
-pub use library::{AccessLimits, LoadedPlugin, LoadedTable, LoadedWorkflow, StepCall};
 pub(crate) use library::vec_sink;
+pub use library::{AccessLimits, LoadedPlugin, LoadedTable, LoadedWorkflow, StepCall};
 pub use registry::PluginRegistry;
 
 use std::path::PathBuf;

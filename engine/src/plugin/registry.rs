@@ -37,7 +37,12 @@ impl PluginRegistry {
     /// reported and skipped, so the node still starts and the operator can redeploy it.
     pub fn open(directory: PathBuf, storage: Arc<Storage>) -> Result<PluginRegistry, PluginError> {
         std::fs::create_dir_all(&directory).map_err(|source| PluginError::Io { path: directory.clone(), source })?;
-        let registry = PluginRegistry { current: ArcSwap::from_pointee(Snapshot::default()), deploy_lock: Mutex::new(()), directory, storage };
+        let registry = PluginRegistry {
+            current: ArcSwap::from_pointee(Snapshot::default()),
+            deploy_lock: Mutex::new(()),
+            directory,
+            storage,
+        };
         let mut snapshot = Snapshot::default();
         for (name, library) in registry.storage.stored_plugins()? {
             match registry.load_bytes(&library) {
@@ -45,7 +50,9 @@ impl PluginRegistry {
                     tracing::info!(plugin = %name, version = %plugin.info.version, "loaded stored plugin");
                     snapshot.insert(name, Arc::new(plugin));
                 }
-                Ok(plugin) => tracing::error!(stored = %name, declared = %plugin.name(), "stored plugin declares another name; skipped"),
+                Ok(plugin) => {
+                    tracing::error!(stored = %name, declared = %plugin.name(), "stored plugin declares another name; skipped")
+                }
                 Err(error) => tracing::error!(plugin = %name, %error, "stored plugin no longer loads; redeploy it"),
             }
         }
@@ -71,7 +78,8 @@ impl PluginRegistry {
             // Written under a temporary name and renamed, so a crash never leaves a
             // truncated library under the final name.
             let temporary = self.directory.join(format!("{digest}.so.partial"));
-            std::fs::write(&temporary, library).map_err(|source| PluginError::Io { path: temporary.clone(), source })?;
+            std::fs::write(&temporary, library)
+                .map_err(|source| PluginError::Io { path: temporary.clone(), source })?;
             std::fs::rename(&temporary, &path).map_err(|source| PluginError::Io { path: path.clone(), source })?;
         }
         Ok(path)

@@ -46,7 +46,9 @@ impl BlockingClient {
     }
 
     /// Runs `connecting` in a new runtime and keeps the runtime for the connection.
-    fn connect_by(connecting: impl Future<Output = Result<Client, ClientError>>) -> Result<BlockingClient, ClientError> {
+    fn connect_by(
+        connecting: impl Future<Output = Result<Client, ClientError>>,
+    ) -> Result<BlockingClient, ClientError> {
         let runtime =
             tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(ClientError::Runtime)?;
         let local = tokio::task::LocalSet::new();

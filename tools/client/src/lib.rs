@@ -293,10 +293,8 @@ impl Drop for Client {
 /// An `invokeMany` call in flight: it owns its promise, not the invocations it was built
 /// from, so callers may build several and await them together.
 pub(crate) struct InvokeManyCall {
-    promise: capnp::capability::Promise<
-        capnp::capability::Response<leasehold::invoke_many_results::Owned>,
-        capnp::Error,
-    >,
+    promise:
+        capnp::capability::Promise<capnp::capability::Response<leasehold::invoke_many_results::Owned>, capnp::Error>,
     sent: u32,
 }
 

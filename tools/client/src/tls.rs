@@ -47,9 +47,9 @@ impl TlsSettings {
         #[allow(deprecated)]
         let provider = rustls::crypto::ring::default_provider();
         let builder = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
-                .with_safe_default_protocol_versions()
-                .map_err(|error| ClientError::Tls(error.to_string()))?
-                .with_root_certificates(roots);
+            .with_safe_default_protocol_versions()
+            .map_err(|error| ClientError::Tls(error.to_string()))?
+            .with_root_certificates(roots);
         let config = match client_identity {
             Some((certificate_file, key_file)) => {
                 let key = PrivateKeyDer::from_pem_file(key_file)
