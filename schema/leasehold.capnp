@@ -231,6 +231,10 @@ enum AbortKind {
 
   valueTooLarge @3;
   # A function wrote a value larger than its table's `valueBytesMax`.
+
+  pluginTimedOut @4;
+  # A function ran longer than the node's `plugin_call_abandon_ms`; the node abandoned
+  # the call (nothing of the transaction took effect) and quarantined the plugin.
 }
 
 struct Rejection {
@@ -288,6 +292,10 @@ enum RejectionKind {
   # A node of the cluster restarted before the request's epoch was durable on every node,
   # so the cluster rolled that epoch back: nothing of the request took effect. Send it
   # again with the same request id.
+
+  pluginQuarantined @13;
+  # A call of the plugin ran so long that the node abandoned it; the plugin takes no calls
+  # until a new version of it is deployed.
 }
 
 struct InvokeManyResult {
@@ -473,5 +481,10 @@ struct NodeStatus {
   overduePluginCalls @28 :List(Text);
   # Plugin function calls running longer than the node's `plugin_call_warn_ms`, one line
   # each ("plugin version: function running for N s"). Native plugin code cannot be
-  # stopped: such a call holds its executor thread and its epoch until it returns.
+  # stopped: such a call holds its executor thread, and its epoch unless the node abandons
+  # it (`plugin_call_abandon_ms`).
+
+  abandonedPluginCalls @29 :UInt64;
+  # Plugin function calls the node abandoned after `plugin_call_abandon_ms` (their
+  # transactions aborted as `pluginTimedOut`, their plugins quarantined), since it started.
 }

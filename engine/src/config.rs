@@ -134,6 +134,11 @@ pub struct Config {
     pub cc: ConcurrencyControl,
     /// A plugin function call running longer than this is reported (log, metric, status).
     pub plugin_call_warn_ms: u64,
+    /// A plugin function call running longer than this is abandoned: its transaction
+    /// aborts (`plugin-timed-out`), its epoch and the other plugins go on, and its plugin
+    /// is quarantined until a new version is deployed. 0: never (calls are only
+    /// reported). Only the single-node lease mode abandons calls so far.
+    pub plugin_call_abandon_ms: u64,
 }
 
 impl Default for Config {
@@ -169,6 +174,7 @@ impl Default for Config {
             routing_load_weight: 0.5,
             cc: ConcurrencyControl::Lease,
             plugin_call_warn_ms: 10_000,
+            plugin_call_abandon_ms: 30_000,
         }
     }
 }
@@ -392,6 +398,10 @@ pub struct ConfigOverrides {
     /// Report a plugin function call that runs longer than this (milliseconds).
     #[arg(long, env = "LEASEHOLD_PLUGIN_CALL_WARN_MS")]
     pub plugin_call_warn_ms: Option<u64>,
+    /// Abandon a plugin function call that runs longer than this (milliseconds; 0: never)
+    /// and quarantine its plugin.
+    #[arg(long, env = "LEASEHOLD_PLUGIN_CALL_ABANDON_MS")]
+    pub plugin_call_abandon_ms: Option<u64>,
 }
 
 impl ConfigOverrides {
@@ -454,6 +464,9 @@ impl ConfigOverrides {
         }
         if let Some(value) = self.plugin_call_warn_ms {
             config.plugin_call_warn_ms = value;
+        }
+        if let Some(value) = self.plugin_call_abandon_ms {
+            config.plugin_call_abandon_ms = value;
         }
         config.apply_cluster_file()?;
         config.validate()?;

@@ -24,6 +24,7 @@ pub const CONCURRENCY_RETRIES_TOTAL: &str = "leasehold_concurrency_retries_total
 pub const FORWARDED_TOTAL: &str = "leasehold_requests_forwarded_total";
 pub const REDIRECTED_TOTAL: &str = "leasehold_requests_redirected_total";
 pub const PLUGIN_CALLS_OVERDUE: &str = "leasehold_plugin_calls_overdue";
+pub const PLUGIN_CALLS_ABANDONED_TOTAL: &str = "leasehold_plugin_calls_abandoned_total";
 
 /// Errors starting the metrics endpoint.
 #[derive(Debug, thiserror::Error)]
@@ -45,10 +46,19 @@ pub fn install_prometheus(address: SocketAddr) -> Result<(), MetricsError> {
 
 fn describe() {
     metrics::describe_counter!(COMMITTED_TOTAL, "Transactions that committed.");
-    metrics::describe_counter!(ABORTED_TOTAL, "Transactions that aborted (logic, undeclared access, panic, oversized value).");
-    metrics::describe_counter!(REJECTED_TOTAL, "Requests refused before running (unknown workflow, bad arguments, ...).");
+    metrics::describe_counter!(
+        ABORTED_TOTAL,
+        "Transactions that aborted (logic, undeclared access, panic, oversized value)."
+    );
+    metrics::describe_counter!(
+        REJECTED_TOTAL,
+        "Requests refused before running (unknown workflow, bad arguments, ...)."
+    );
     metrics::describe_histogram!(EPOCH_TRANSACTIONS, "Transactions per epoch.");
-    metrics::describe_histogram!(EPOCH_EXECUTION_SECONDS, "Time from closing an epoch to handing it to the commit thread.");
+    metrics::describe_histogram!(
+        EPOCH_EXECUTION_SECONDS,
+        "Time from closing an epoch to handing it to the commit thread."
+    );
     metrics::describe_histogram!(EPOCH_LATENCY_SECONDS, "Time from closing an epoch to releasing its replies.");
     metrics::describe_histogram!(COMMIT_SECONDS, "Time to write (and fsync) one group of epochs.");
     metrics::describe_histogram!(GROUP_COMMIT_EPOCHS, "Epochs made durable by one group commit.");
@@ -56,7 +66,10 @@ fn describe() {
     metrics::describe_counter!(PLUGIN_DEPLOYS_TOTAL, "Plugin deploys that succeeded.");
     metrics::describe_counter!(AUTHENTICATION_FAILURES_TOTAL, "Client authentications refused for a wrong token.");
     metrics::describe_counter!(LOCAL_ACCESSES_TOTAL, "Key accesses of this node's transactions to keys it holds.");
-    metrics::describe_counter!(REMOTE_ACCESSES_TOTAL, "Key accesses of this node's transactions to keys held elsewhere.");
+    metrics::describe_counter!(
+        REMOTE_ACCESSES_TOTAL,
+        "Key accesses of this node's transactions to keys held elsewhere."
+    );
     metrics::describe_histogram!(EPOCH_BARRIER_SECONDS, "Time from sending an epoch's batches to having every peer's.");
     metrics::describe_counter!(FORWARDED_TOTAL, "Requests this node sent to the node holding most of their keys.");
     metrics::describe_counter!(
@@ -66,6 +79,10 @@ fn describe() {
     metrics::describe_gauge!(
         PLUGIN_CALLS_OVERDUE,
         "Plugin function calls running longer than plugin_call_warn_ms (an endless loop holds its executor)."
+    );
+    metrics::describe_counter!(
+        PLUGIN_CALLS_ABANDONED_TOTAL,
+        "Plugin function calls abandoned after plugin_call_abandon_ms (their plugins are quarantined)."
     );
     metrics::describe_counter!(LEASE_MOVES_TOTAL, "Leases this node gave up to the node that uses their keys most.");
     metrics::describe_counter!(BYTES_MIGRATED_TOTAL, "Value bytes this node sent along with leases it gave up.");

@@ -65,6 +65,9 @@ pub enum AbortKind {
     PluginPanic,
     /// A function wrote a value larger than its table allows.
     ValueTooLarge,
+    /// A function ran longer than `plugin_call_abandon_ms` and was abandoned (its plugin
+    /// is quarantined).
+    PluginTimedOut,
 }
 
 impl AbortKind {
@@ -74,6 +77,7 @@ impl AbortKind {
             AbortKind::UndeclaredAccess => "undeclared-access",
             AbortKind::PluginPanic => "plugin-panic",
             AbortKind::ValueTooLarge => "value-too-large",
+            AbortKind::PluginTimedOut => "plugin-timed-out",
         }
     }
 
@@ -83,6 +87,7 @@ impl AbortKind {
             AbortKind::UndeclaredAccess => 1,
             AbortKind::PluginPanic => 2,
             AbortKind::ValueTooLarge => 3,
+            AbortKind::PluginTimedOut => 4,
         }
     }
 
@@ -92,6 +97,7 @@ impl AbortKind {
             1 => AbortKind::UndeclaredAccess,
             2 => AbortKind::PluginPanic,
             3 => AbortKind::ValueTooLarge,
+            4 => AbortKind::PluginTimedOut,
             _ => return None,
         })
     }
@@ -145,6 +151,10 @@ pub enum Rejection {
     /// durable everywhere); nothing of it took effect and the client should retry.
     #[error("the cluster rolled back this request's epoch ({0}); nothing took effect, retry with the same id")]
     Retry(String),
+    /// A call of the plugin ran so long that the node abandoned it; the plugin takes no
+    /// calls until a new version is deployed.
+    #[error("plugin {plugin:?} is quarantined ({reason}); deploy a fixed version to lift it")]
+    PluginQuarantined { plugin: String, reason: String },
 }
 
 /// What a deployed plugin declares, as shown to clients.
@@ -231,4 +241,6 @@ pub struct NodeStatus {
     pub redirected_total: u64,
     /// Plugin calls running longer than `plugin_call_warn_ms`, described for people.
     pub overdue_plugin_calls: Vec<String>,
+    /// Plugin calls abandoned after `plugin_call_abandon_ms`, since the node started.
+    pub abandoned_plugin_calls: u64,
 }

@@ -6,15 +6,15 @@
 use crate::cc::{BaselineDriver, BaselineParts, ConcurrencyStats};
 use crate::cluster::driver::{ClusterDriver, ClusterStats, DriverState};
 use crate::cluster::forward::{ForwardServer, ForwardedRequest, Forwards};
-use crate::cluster::routing::{self, Route};
 use crate::cluster::lease::{LeaseTable, LeaseTables};
+use crate::cluster::routing::{self, Route};
 use crate::cluster::transport::{Deliver, Transport};
 use crate::cluster::wire::Frame;
 use crate::cluster::{ClusterError, ClusterSpec};
 use crate::config::{ConcurrencyControl, Config, ConfigError};
 use crate::model::{
-    Arguments, Invocation, LeaseTableSnapshot, NodeId, NodeStatus, Outcome, PluginInfo, Redirect, Rejection,
-    RequestId, REQUEST_ID_BYTES_MAX,
+    Arguments, Invocation, LeaseTableSnapshot, NodeId, NodeStatus, Outcome, PluginInfo, Redirect, Rejection, RequestId,
+    REQUEST_ID_BYTES_MAX,
 };
 use crate::plugin::{AccessLimits, LoadedPlugin, PluginError, PluginRegistry};
 use crate::storage::{data_key_into, SlotStore, Storage, StorageError, StorageOptions};
@@ -219,7 +219,12 @@ impl Node {
                     storage: storage.clone(),
                     ledger: ledger.clone(),
                     stats: stats.clone(),
-                    executor: Executor::new(executor_threads).map_err(thread_error)?,
+                    executor: Executor::new(
+                        executor_threads,
+                        (config.plugin_call_abandon_ms > 0)
+                            .then(|| Duration::from_millis(config.plugin_call_abandon_ms)),
+                    )
+                    .map_err(thread_error)?,
                     inbox: inbox_receiver,
                     commits,
                     epoch_transactions_max: config.epoch_transactions_max,
@@ -412,11 +417,12 @@ impl Node {
 
 /// Starts the thread that reports plugin calls running longer than
 /// `plugin_call_warn_ms`: an error line per call (naming the plugin and the function)
-/// and the `leasehold_plugin_calls_overdue` gauge. Native code cannot be stopped, so this
-/// is all the node can do about an endless loop in a plugin. The thread ends once the
-/// node is gone.
+/// and the `leasehold_plugin_calls_overdue` gauge. Native code cannot be stopped; past
+/// `plugin_call_abandon_ms` the epoch driver abandons the call (`txn::executor`), which
+/// frees its epoch but not its thread. The thread ends once the node is gone.
 fn watch_plugin_calls(shared: std::sync::Weak<Shared>) {
-    let Some(threshold) = shared.upgrade().map(|shared| Duration::from_millis(shared.config.plugin_call_warn_ms)) else {
+    let Some(threshold) = shared.upgrade().map(|shared| Duration::from_millis(shared.config.plugin_call_warn_ms))
+    else {
         return;
     };
     let period = (threshold / 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
@@ -436,8 +442,8 @@ fn watch_plugin_calls(shared: std::sync::Weak<Shared>) {
                         plugin = %call.plugin,
                         function = %call.function,
                         running_s = call.running.as_secs_f64(),
-                        "a plugin call has not returned: its executor thread and its epoch wait for it; \
-                         restart the node and deploy a fixed version of the plugin"
+                        "a plugin call has not returned: it holds its executor thread (and its epoch, \
+                         until plugin_call_abandon_ms); deploy a fixed version of the plugin"
                     );
                 }
             }
@@ -516,7 +522,11 @@ impl NodeHandle {
     /// are mostly held elsewhere is not forwarded: the answer names the node to send it
     /// to (the client routes by a lease table that was stale). Nothing of a redirected
     /// request ran or was recorded, so it may be sent again under the same id.
-    pub fn submit_or_redirect(&self, invocation: Invocation, redirect_if_elsewhere: bool) -> Result<Submitted, Rejection> {
+    pub fn submit_or_redirect(
+        &self,
+        invocation: Invocation,
+        redirect_if_elsewhere: bool,
+    ) -> Result<Submitted, Rejection> {
         let (transaction, json) = match plan_invocation(&self.shared.registry, self.shared.limits, invocation) {
             Ok(planned) => planned,
             Err(rejection) => return self.rejected(rejection),
@@ -693,8 +703,11 @@ impl NodeHandle {
             redirected_total: cluster.map_or(0, |c| c.stats.redirected_total.load(Ordering::Relaxed)),
             overdue_plugin_calls: crate::plugin::watchdog::overdue(Duration::from_millis(config.plugin_call_warn_ms))
                 .into_iter()
-                .map(|call| format!("{}: {} running for {:.1} s", call.plugin, call.function, call.running.as_secs_f64()))
+                .map(|call| {
+                    format!("{}: {} running for {:.1} s", call.plugin, call.function, call.running.as_secs_f64())
+                })
                 .collect(),
+            abandoned_plugin_calls: crate::plugin::watchdog::abandoned_total(),
             transactions_decayed: cluster
                 .and_then(|c| c.stats.loads.load().get(usize::from(config.node_id)).copied())
                 .unwrap_or(0.0),
@@ -715,6 +728,9 @@ fn plan_invocation(
         return Err(Rejection::RequestIdTooLong);
     }
     let plugin = registry.get(&invocation.plugin).ok_or_else(|| Rejection::UnknownPlugin(invocation.plugin.clone()))?;
+    if let Some(rejection) = plugin.quarantined() {
+        return Err(rejection);
+    }
     let workflow = plugin.workflow_named(&invocation.workflow).ok_or_else(|| Rejection::UnknownWorkflow {
         plugin: invocation.plugin.clone(),
         workflow: invocation.workflow.clone(),

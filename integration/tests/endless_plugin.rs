@@ -1,11 +1,16 @@
 //! A hostile plugin whose function never returns (`plugins/endless`), against a real
-//! engine: native code cannot be stopped, so the node must at least stay up and say what
-//! is wrong. The call shows in `status` (naming the plugin and the function) and in an
-//! error line of the log once it has run longer than `--plugin-call-warn-ms`, and the
-//! node keeps answering status and plugin listings while the call spins.
+//! engine. Native code cannot be stopped, so:
+//! * the call shows in `status` (naming the plugin and the function) and in an error line
+//!   of the log once it has run longer than `--plugin-call-warn-ms`, and the node keeps
+//!   answering status and plugin listings while the call spins;
+//! * past `--plugin-call-abandon-ms` the node abandons the call: its transaction aborts as
+//!   `plugin-timed-out`, a transaction queued behind it on the same key commits, other
+//!   plugins are served again, the plugin is quarantined (refused with a clear kind)
+//!   until it is deployed again, and the abandoned call, still spinning, never sees the
+//!   value it holds change under it.
 
-use leasehold_client::{BlockingClient, Invocation};
-use leasehold_integration::{plugin_bytes, EngineProcess, Launch};
+use leasehold_client::{AbortKind, BlockingClient, Invocation, InvokeResult, RejectionKind};
+use leasehold_integration::{banking_balances, plugin_bytes, EngineProcess, Launch};
 use std::time::{Duration, Instant};
 
 #[test]
@@ -13,8 +18,12 @@ fn an_endless_plugin_call_is_reported_and_the_node_keeps_answering() {
     let directory = tempfile::tempdir().expect("temporary directory");
     let mut launch = Launch::default();
     launch.log_label = Some("endless".into());
-    let engine =
-        EngineProcess::start_with(&directory.path().join("node"), launch, &["--plugin-call-warn-ms", "300"]);
+    // Abandoning is off here (0), so that the report of a call that keeps spinning is seen.
+    let engine = EngineProcess::start_with(
+        &directory.path().join("node"),
+        launch,
+        &["--plugin-call-warn-ms", "300", "--plugin-call-abandon-ms", "0"],
+    );
     let address = engine.address;
     let client = BlockingClient::connect(address).expect("connect");
     let info = client.deploy_plugin(&plugin_bytes("endless")).expect("deploy the endless plugin");
@@ -44,11 +53,90 @@ fn an_endless_plugin_call_is_reported_and_the_node_keeps_answering() {
     assert!(plugins.iter().any(|plugin| plugin.name == "banking"), "{plugins:?}");
 
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !engine.log_lines().iter().any(|line| line.contains("a plugin call has not returned") && line.contains("spin")) {
+    while !engine
+        .log_lines()
+        .iter()
+        .any(|line| line.contains("a plugin call has not returned") && line.contains("spin"))
+    {
         assert!(Instant::now() < deadline, "no error line names the call: {:?}", engine.log_lines());
         std::thread::sleep(Duration::from_millis(50));
     }
     // Still spinning: the report stays until the call returns.
     std::thread::sleep(Duration::from_millis(400));
     assert_eq!(client.status().expect("status").overdue_plugin_calls.len(), 1);
+}
+
+#[test]
+fn an_endless_call_is_abandoned_its_plugin_quarantined_and_other_work_goes_on() {
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let mut launch = Launch::default();
+    launch.log_label = Some("endless-abandon".into());
+    let engine = EngineProcess::start_with(
+        &directory.path().join("node"),
+        launch,
+        &["--plugin-call-warn-ms", "200", "--plugin-call-abandon-ms", "1000"],
+    );
+    let address = engine.address;
+    let client = BlockingClient::connect(address).expect("connect");
+    client.deploy_plugin(&plugin_bytes("endless")).expect("deploy the endless plugin");
+    client.deploy_plugin(&plugin_bytes("banking")).expect("deploy banking");
+    let open = client.invoke(Invocation::json("banking", "open", r#"{"first":0,"count":4,"balance":100}"#));
+    assert!(open.expect("open accounts").is_committed());
+    let put = |value: i64| Invocation::json("endless", "put", format!(r#"{{"key":7,"value":{value}}}"#));
+    assert!(client.invoke(put(1)).expect("put").is_committed());
+
+    // The spinning call and a write of the same key in one message, so that the write
+    // waits behind the spinning call in the same epoch.
+    let (results_sender, results) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let spinner = BlockingClient::connect(address).expect("connect");
+        let held = Invocation::json("endless", "spin_holding", r#"{"key":7}"#);
+        let _ = results_sender.send(spinner.invoke_many(vec![held, put(2)]));
+    });
+    let results = results.recv_timeout(Duration::from_secs(30)).expect("the spinning call was never abandoned");
+    let results = results.expect("invokeMany answered");
+    match &results[0] {
+        InvokeResult::Aborted { kind: AbortKind::PluginTimedOut, message, .. } => {
+            assert!(message.contains("abandoned"), "{message}")
+        }
+        other => panic!("the spinning call ended as {other:?}"),
+    }
+    assert!(results[1].is_committed(), "the write queued behind it: {:?}", results[1]);
+    let value = client.read_key("endless", "cells", &7u64.to_be_bytes()).expect("read").expect("the key exists");
+    assert_eq!(value, 2i64.to_le_bytes(), "the queued write took effect, the abandoned one did not");
+
+    // Other plugins are served, the abandoned call's plugin is quarantined.
+    let transfer = client.invoke(Invocation::json("banking", "transfer", r#"{"from":0,"to":1,"amount":30}"#));
+    assert!(transfer.expect("transfer").is_committed(), "banking is served after the abandonment");
+    assert_eq!(banking_balances(&client, 4), vec![70, 130, 100, 100]);
+    match client.invoke(put(3)).expect("answered") {
+        InvokeResult::Rejected { kind: RejectionKind::PluginQuarantined, message } => {
+            assert!(message.contains("endless") && message.contains("quarantined"), "{message}")
+        }
+        other => panic!("a call of the quarantined plugin: {other:?}"),
+    }
+    let status = client.status().expect("status");
+    assert_eq!(status.abandoned_plugin_calls, 1);
+    assert_eq!(
+        status.overdue_plugin_calls.len(),
+        1,
+        "the abandoned call still spins: {:?}",
+        status.overdue_plugin_calls
+    );
+    assert!(status.overdue_plugin_calls[0].contains("spin_holding"), "{:?}", status.overdue_plugin_calls);
+    assert!(
+        engine.log_lines().iter().any(|line| line.contains("abandoned a plugin call") && line.contains("endless")),
+        "no error line names the abandoned plugin"
+    );
+
+    // A new deployment lifts the quarantine; the node keeps going with one thread lost.
+    client.deploy_plugin(&plugin_bytes("endless")).expect("deploy the endless plugin again");
+    assert!(client.invoke(put(4)).expect("put").is_committed(), "the redeployed plugin takes calls");
+    let value = client.read_key("endless", "cells", &7u64.to_be_bytes()).expect("read").expect("the key exists");
+    assert_eq!(value, 4i64.to_le_bytes());
+    for _ in 0..20 {
+        let transfer = client.invoke(Invocation::json("banking", "transfer", r#"{"from":1,"to":2,"amount":1}"#));
+        assert!(transfer.expect("transfer").is_committed());
+    }
+    assert_eq!(banking_balances(&client, 4).iter().sum::<i64>(), 400, "the banking invariant holds");
 }

@@ -11,7 +11,7 @@
 //!   misses), gives each transaction its wait-die timestamp from a counter, and hands it
 //!   to the executors at once: no epochs for execution;
 //! * `executor_threads` executors run transactions under the chosen protocol. Plugins
-//!   run through `txn::executor::execute` on private copies of the values ([`Attempt`]),
+//!   run through `txn::executor::execute_unclaimed` on private copies of the values ([`Attempt`]),
 //!   so an abort or a retry leaves nothing behind. A finished transaction reserves the
 //!   next commit sequence number while the protocol still orders it against every
 //!   conflicting transaction (see each protocol's module doc), and hands its outcome and
@@ -179,7 +179,7 @@ impl Attempt {
     /// Runs the transaction on the private copies; a committed run leaves its writes in
     /// them.
     pub(crate) fn execute(&self) -> Outcome {
-        crate::txn::executor::execute(&self.prepared)
+        crate::txn::executor::execute_unclaimed(&self.prepared)
     }
 
     /// Copies the values a committed run wrote into the shared records (the protocol

@@ -1167,7 +1167,7 @@ impl ClusterDriver {
 /// Runs a transaction unless its request id already holds an outcome (a retry, possibly
 /// through another node), and records the outcome under the id.
 fn run_once(transaction: &PreparedTransaction, id_slot: Option<SlotPointer>) -> Outcome {
-    let Some(pointer) = id_slot else { return crate::txn::executor::execute(transaction) };
+    let Some(pointer) = id_slot else { return crate::txn::executor::execute_unclaimed(transaction) };
     // SAFETY: the graph (at the id's holder) gives this transaction the id key alone.
     let slot = unsafe { pointer.get() };
     // SAFETY: as above.
@@ -1177,7 +1177,7 @@ fn run_once(transaction: &PreparedTransaction, id_slot: Option<SlotPointer>) -> 
             None => tracing::error!("unreadable stored outcome of a request id; running the request"),
         }
     }
-    let outcome = crate::txn::executor::execute(transaction);
+    let outcome = crate::txn::executor::execute_unclaimed(transaction);
     let mut encoded = Vec::new();
     crate::storage::codec::encode_stored_result_into(&mut encoded, &outcome, crate::storage::unix_seconds_now());
     // SAFETY: as above.

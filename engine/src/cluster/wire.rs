@@ -248,6 +248,7 @@ fn encode_rejection(out: &mut Vec<u8>, rejection: &Rejection) {
         Rejection::ShuttingDown => (8, &none, &none, [0, 0]),
         Rejection::Storage(message) => (9, message, &none, [0, 0]),
         Rejection::Retry(message) => (10, message, &none, [0, 0]),
+        Rejection::PluginQuarantined { plugin, reason } => (11, plugin, reason, [0, 0]),
     };
     out.push(code);
     put_bytes(out, first.as_bytes());
@@ -319,6 +320,7 @@ impl<'a> Reader<'a> {
             8 => Rejection::ShuttingDown,
             9 => Rejection::Storage(first),
             10 => Rejection::Retry(first),
+            11 => Rejection::PluginQuarantined { plugin: first, reason: second },
             _ => return Err(WireError::Invalid("rejection")),
         })
     }

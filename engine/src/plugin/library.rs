@@ -57,6 +57,9 @@ pub struct LoadedPlugin {
     workflow_index: FxHashMap<String, u32>,
     /// This load's number in the call watchdog, which names overdue calls.
     watch_id: u32,
+    /// Why this load takes no more calls: set once, when the node abandoned a call of it
+    /// (`txn::executor`). Deploying a new version makes a new, unquarantined load.
+    quarantine: std::sync::OnceLock<String>,
     descriptor: *const PluginDescriptor,
     // Declared last so that it is dropped (unmapped) after everything pointing into it.
     _library: libloading::Library,
@@ -83,7 +86,9 @@ fn name(bytes: RawBytes, what: &str) -> Result<String, PluginError> {
     let name = text(bytes, what)?;
     let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
     if !valid {
-        return Err(PluginError::Invalid(format!("{what} {name:?} must be non-empty ASCII letters, digits, '_', '-' or '.'")));
+        return Err(PluginError::Invalid(format!(
+            "{what} {name:?} must be non-empty ASCII letters, digits, '_', '-' or '.'"
+        )));
     }
     Ok(name)
 }
@@ -164,7 +169,8 @@ impl LoadedPlugin {
     ) -> Result<LoadedPlugin, PluginError> {
         // SAFETY: loading runs the library's initialisers. Plugins are native code the
         // operator chose to deploy; the checks below guard against mistakes, not malice.
-        let library = unsafe { libloading::Library::new(path) }.map_err(|error| PluginError::NotALibrary(error.to_string()))?;
+        let library =
+            unsafe { libloading::Library::new(path) }.map_err(|error| PluginError::NotALibrary(error.to_string()))?;
         // SAFETY: the symbol's type is fixed by the ABI.
         let entry: abi::EntryFn = unsafe {
             *library.get::<abi::EntryFn>(abi::ENTRY_SYMBOL).map_err(|_| PluginError::MissingEntry {
@@ -226,7 +232,10 @@ impl LoadedPlugin {
             let mut calls = Vec::with_capacity(steps.len());
             for (index, step) in steps.iter().enumerate() {
                 if step.function as usize >= functions.len() {
-                    return Err(PluginError::Invalid(format!("workflow {workflow_name} names function number {}", step.function)));
+                    return Err(PluginError::Invalid(format!(
+                        "workflow {workflow_name} names function number {}",
+                        step.function
+                    )));
                 }
                 // SAFETY: the step promises `parent_count` parents.
                 let parents = unsafe { array(step.parents, step.parent_count, STEPS_MAX, "parents")? };
@@ -252,10 +261,22 @@ impl LoadedPlugin {
             version,
             build_info,
             digest: digest.to_string(),
-            tables: tables.iter().map(|t| TableInfo { name: t.name.clone(), value_bytes_max: t.value_bytes_max, table_id: t.table_id }).collect(),
+            tables: tables
+                .iter()
+                .map(|t| TableInfo { name: t.name.clone(), value_bytes_max: t.value_bytes_max, table_id: t.table_id })
+                .collect(),
             workflows: workflows.iter().map(|w| w.name.clone()).collect(),
         };
-        Ok(LoadedPlugin { info, tables, workflows, workflow_index, watch_id, descriptor, _library: library })
+        Ok(LoadedPlugin {
+            info,
+            tables,
+            workflows,
+            workflow_index,
+            watch_id,
+            quarantine: std::sync::OnceLock::new(),
+            descriptor,
+            _library: library,
+        })
     }
 
     fn descriptor(&self) -> &PluginDescriptor {
@@ -268,6 +289,18 @@ impl LoadedPlugin {
     }
 
     /// The number of a workflow by name.
+    /// Stops this load from taking calls, for `reason`; the first reason stays.
+    pub fn quarantine(&self, reason: String) {
+        let _ = self.quarantine.set(reason);
+    }
+
+    /// The refusal for calls of a quarantined load.
+    pub fn quarantined(&self) -> Option<Rejection> {
+        self.quarantine
+            .get()
+            .map(|reason| Rejection::PluginQuarantined { plugin: self.info.name.clone(), reason: reason.clone() })
+    }
+
     pub fn workflow_named(&self, workflow: &str) -> Option<u32> {
         self.workflow_index.get(workflow).copied()
     }
@@ -296,9 +329,16 @@ impl LoadedPlugin {
     /// Converts an output of `workflow` into JSON.
     pub fn output_to_json(&self, workflow: u32, output: &[u8]) -> Result<String, String> {
         let (mut out, mut error) = (Vec::new(), Vec::new());
-        let status = (self.descriptor().output_to_json)(workflow, RawBytes::from_slice(output), &vec_sink(&mut out), &vec_sink(&mut error));
+        let status = (self.descriptor().output_to_json)(
+            workflow,
+            RawBytes::from_slice(output),
+            &vec_sink(&mut out),
+            &vec_sink(&mut error),
+        );
         match status {
-            abi::STATUS_OK => String::from_utf8(out).map_err(|_| "the plugin produced JSON that is not UTF-8".to_string()),
+            abi::STATUS_OK => {
+                String::from_utf8(out).map_err(|_| "the plugin produced JSON that is not UTF-8".to_string())
+            }
             _ => Err(utf8_lossy(error)),
         }
     }

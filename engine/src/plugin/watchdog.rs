@@ -3,8 +3,10 @@
 //! plugin) is reported with the plugin's and the function's names instead of the node
 //! silently stopping.
 //!
-//! Native plugin code cannot be preempted, so the watchdog only reports: the call keeps
-//! its executor thread and its epoch waits for it (see RELIABILITY.md). The hot path is
+//! Native plugin code cannot be preempted, so the watchdog only reports; abandoning a call
+//! that runs too long is the executor's (`txn::executor`, `plugin_call_abandon_ms`), and
+//! this module counts those too. An abandoned call keeps its thread, so it stays on the
+//! overdue list for as long as it runs. The hot path is
 //! two relaxed atomic stores per call into a slot the calling thread owns; a thread's
 //! slot is registered under a lock once, on its first call. Names live in an append-only
 //! table indexed by a number each loaded plugin gets, so the monitor never follows a
@@ -80,6 +82,18 @@ impl Drop for CallGuard {
         SLOT.with(|slot| slot.started_us.store(0, Ordering::Release));
     }
 }
+
+/// Counts calls the executor abandoned (`txn::executor`), for status.
+pub fn count_abandoned(calls: u64) {
+    ABANDONED_TOTAL.fetch_add(calls, Ordering::Relaxed);
+}
+
+/// Calls abandoned since the process started.
+pub fn abandoned_total() -> u64 {
+    ABANDONED_TOTAL.load(Ordering::Relaxed)
+}
+
+static ABANDONED_TOTAL: AtomicU64 = AtomicU64::new(0);
 
 /// A plugin call that has run longer than the threshold asked about.
 #[derive(Clone, Debug, PartialEq, Eq)]

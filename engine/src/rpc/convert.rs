@@ -52,6 +52,7 @@ fn rejection_kind(rejection: &Rejection) -> wire::RejectionKind {
         Rejection::ShuttingDown => Kind::ShuttingDown,
         Rejection::Storage(_) => Kind::Storage,
         Rejection::Retry(_) => Kind::Retry,
+        Rejection::PluginQuarantined { .. } => Kind::PluginQuarantined,
     }
 }
 
@@ -61,6 +62,7 @@ fn abort_kind(kind: AbortKind) -> wire::AbortKind {
         AbortKind::UndeclaredAccess => wire::AbortKind::UndeclaredAccess,
         AbortKind::PluginPanic => wire::AbortKind::PluginPanic,
         AbortKind::ValueTooLarge => wire::AbortKind::ValueTooLarge,
+        AbortKind::PluginTimedOut => wire::AbortKind::PluginTimedOut,
     }
 }
 
@@ -230,7 +232,11 @@ pub(super) fn write_node_status(mut builder: wire::node_status::Builder<'_>, sta
     builder.set_forwards_received_total(status.forwards_received_total);
     builder.set_transactions_decayed(status.transactions_decayed);
     builder.set_redirected_total(status.redirected_total);
-    write_text_list(builder.reborrow().init_overdue_plugin_calls(list_length(status.overdue_plugin_calls.len())), &status.overdue_plugin_calls);
+    builder.set_abandoned_plugin_calls(status.abandoned_plugin_calls);
+    write_text_list(
+        builder.reborrow().init_overdue_plugin_calls(list_length(status.overdue_plugin_calls.len())),
+        &status.overdue_plugin_calls,
+    );
     builder.set_concurrency_retries_total(status.concurrency_retries_total);
     write_text_list(builder.init_plugins(list_length(status.plugins.len())), &status.plugins);
 }

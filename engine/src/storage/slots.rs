@@ -12,7 +12,7 @@
 use rustc_hash::FxHashMap;
 use std::cell::UnsafeCell;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 const SLOTS_PER_CHUNK: usize = 4096;
 
@@ -31,6 +31,10 @@ pub struct Slot {
     /// In a cluster: the lease word (`cluster::lease::LeaseWord`) of the key; unused by a
     /// single node.
     lease_word: AtomicU64,
+    /// Set when an abandoned plugin call may still hold a slice of the value: the next
+    /// `set` then leaks the buffer instead of reusing or freeing it (see
+    /// [`Slot::pin_value_buffer`]).
+    value_pinned: AtomicBool,
 }
 
 // SAFETY: see the concurrency note on `Slot`.
@@ -45,6 +49,7 @@ impl Slot {
             value: UnsafeCell::new(value),
             dirty_epoch: AtomicU64::new(0),
             lease_word: AtomicU64::new(0),
+            value_pinned: AtomicBool::new(false),
         }
     }
 
@@ -76,6 +81,14 @@ impl Slot {
     /// As for [`Slot::value`], and no reference returned by `value` may be alive.
     pub unsafe fn set(&self, value: Option<&[u8]>) {
         let current = &mut *self.value.get();
+        if self.value_pinned.load(Ordering::Relaxed) {
+            self.value_pinned.store(false, Ordering::Relaxed);
+            // An abandoned call may still read the old buffer: it must stay allocated and
+            // unchanged forever. A few bytes per abandoned call are leaked, by design.
+            if let Some(buffer) = current.take() {
+                std::mem::forget(buffer);
+            }
+        }
         match (current.as_mut(), value) {
             (Some(buffer), Some(value)) => {
                 buffer.clear();
@@ -84,6 +97,18 @@ impl Slot {
             (None, Some(value)) => *current = Some(value.to_vec()),
             (_, None) => *current = None,
         }
+    }
+
+    /// Keeps the current value's buffer alive and unchanged for good: the next `set` leaks
+    /// it instead of reusing or freeing it. Called for every key of a transaction whose
+    /// plugin call was abandoned while it may still hold slices of their values.
+    ///
+    /// # Safety
+    /// As for [`Slot::set`]: the caller holds the key (the transaction it abandons does,
+    /// and its successors wait for the abandonment). Concurrent readers of the key are
+    /// fine: the flag is only read by `set`, which no reader runs.
+    pub unsafe fn pin_value_buffer(&self) {
+        self.value_pinned.store(true, Ordering::Relaxed);
     }
 
     /// Marks the slot as changed in `epoch`; true the first time per epoch, so the commit

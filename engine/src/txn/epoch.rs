@@ -147,12 +147,11 @@ impl EpochDriver {
         let graph = self.graph_builder.build(transactions.len(), |t| {
             transactions[t].planned.accesses.entries().iter().zip(&transactions[t].slots).map(|(e, s)| (s.0, e.mode))
         });
-        let outcomes = self.executor.run(&transactions, &graph);
+        let (executed, outcomes) = self.executor.run(transactions, graph);
 
         let (mut committed, mut aborted) = (0u64, 0u64);
         let mut dirty: Vec<&Slot> = Vec::new();
-        let mut to_release = Vec::with_capacity(transactions.len());
-        for ((transaction, outcome), reply) in transactions.into_iter().zip(outcomes).zip(replies) {
+        for (transaction, outcome) in executed.transactions().iter().zip(&outcomes) {
             if outcome.is_committed() {
                 committed += 1;
                 for (entry, (_, slot)) in transaction.planned.accesses.entries().iter().zip(&transaction.slots) {
@@ -167,8 +166,14 @@ impl EpochDriver {
             } else {
                 aborted += 1;
             }
-            to_release.push((transaction.planned.request_id, outcome, reply));
         }
+        let to_release: Vec<_> = executed
+            .into_request_ids()
+            .into_iter()
+            .zip(outcomes)
+            .zip(replies)
+            .map(|((id, outcome), reply)| (id, outcome, reply))
+            .collect();
         let mut record = EpochRecord::new(epoch);
         for slot in dirty {
             // SAFETY: execution has finished; the driver is the only user.

@@ -412,6 +412,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
             for call in &status.overdue_plugin_calls {
                 println!("  plugin call not returning: {call}");
             }
+            if status.abandoned_plugin_calls > 0 {
+                println!(
+                    "  plugin calls abandoned: {} (their plugins are quarantined until a fixed version is deployed)",
+                    status.abandoned_plugin_calls
+                );
+            }
             Ok(())
         }
         Command::Cluster(command) => cluster::run(command),
@@ -441,7 +447,9 @@ fn connect(cli: &ConnectionArguments) -> Result<BlockingClient, Failure> {
 fn tls_settings(cli: &ConnectionArguments) -> Result<Option<TlsSettings>, Failure> {
     let Some(ca_file) = &cli.tls_ca_file else {
         if cli.client_certificate_file.is_some() {
-            return Err("--client-certificate-file needs --tls-ca-file (the CA that signed the node's certificate)".into());
+            return Err(
+                "--client-certificate-file needs --tls-ca-file (the CA that signed the node's certificate)".into()
+            );
         }
         return Ok(None);
     };
@@ -453,7 +461,11 @@ fn tls_settings(cli: &ConnectionArguments) -> Result<Option<TlsSettings>, Failur
     }))
 }
 
-fn connect_to(address: SocketAddr, token_file: Option<&Path>, tls: Option<&TlsSettings>) -> Result<BlockingClient, Failure> {
+fn connect_to(
+    address: SocketAddr,
+    token_file: Option<&Path>,
+    tls: Option<&TlsSettings>,
+) -> Result<BlockingClient, Failure> {
     let token = match token_file {
         Some(path) => Some(read_token_file(path).map_err(|error| format!("--token-file: {error}"))?),
         None => None,

@@ -61,6 +61,7 @@ pub(crate) fn abort_kind(kind: Result<wire::AbortKind, capnp::NotInSchema>) -> A
         Ok(wire::AbortKind::UndeclaredAccess) => AbortKind::UndeclaredAccess,
         Ok(wire::AbortKind::PluginPanic) => AbortKind::PluginPanic,
         Ok(wire::AbortKind::ValueTooLarge) => AbortKind::ValueTooLarge,
+        Ok(wire::AbortKind::PluginTimedOut) => AbortKind::PluginTimedOut,
         Err(capnp::NotInSchema(ordinal)) => AbortKind::Unrecognized(ordinal),
     }
 }
@@ -81,6 +82,7 @@ pub(crate) fn rejection_kind(kind: Result<wire::RejectionKind, capnp::NotInSchem
         Ok(Wire::MalformedRequest) => RejectionKind::MalformedRequest,
         Ok(Wire::TooManyInvocations) => RejectionKind::TooManyInvocations,
         Ok(Wire::Retry) => RejectionKind::Retry,
+        Ok(Wire::PluginQuarantined) => RejectionKind::PluginQuarantined,
         Err(capnp::NotInSchema(ordinal)) => RejectionKind::Unrecognized(ordinal),
     }
 }
@@ -164,12 +166,18 @@ pub(crate) fn read_lease_table(table: wire::lease_table::Reader<'_>) -> Result<L
     }
     let nodes = table.get_nodes().map_err(ClientError::protocol)?;
     if nodes.len() != u32::from(node_count) {
-        return Err(ClientError::Protocol(format!("a lease table of {node_count} nodes lists {} addresses", nodes.len())));
+        return Err(ClientError::Protocol(format!(
+            "a lease table of {node_count} nodes lists {} addresses",
+            nodes.len()
+        )));
     }
     let mut client_addresses = Vec::with_capacity(usize::from(node_count));
     for (expected, node) in (0..).zip(nodes.iter()) {
         if node.get_node() != expected {
-            return Err(ClientError::Protocol(format!("lease table address {expected} names node {}", node.get_node())));
+            return Err(ClientError::Protocol(format!(
+                "lease table address {expected} names node {}",
+                node.get_node()
+            )));
         }
         client_addresses.push(read_text(node.get_client_address())?);
     }
@@ -243,6 +251,7 @@ pub(crate) fn read_node_status(status: wire::node_status::Reader<'_>) -> Result<
         transactions_decayed: status.get_transactions_decayed(),
         redirected_total: status.get_redirected_total(),
         overdue_plugin_calls: read_text_list(status.get_overdue_plugin_calls())?,
+        abandoned_plugin_calls: status.get_abandoned_plugin_calls(),
     })
 }
 
@@ -381,7 +390,10 @@ mod tests {
         let info = read_plugin_info(message.get_root_as_reader().expect("root")).expect("plugin info");
         assert_eq!(info.name, "banking");
         assert_eq!(info.build_info, "");
-        assert_eq!(info.tables, vec![TableInfo { name: "accounts".into(), value_bytes_max: 128, table_id: 0xdead_beef }]);
+        assert_eq!(
+            info.tables,
+            vec![TableInfo { name: "accounts".into(), value_bytes_max: 128, table_id: 0xdead_beef }]
+        );
         assert_eq!(info.workflows, vec!["transfer".to_string(), "audit".to_string()]);
 
         let mut message = Builder::new_default();
@@ -416,7 +428,11 @@ mod tests {
         assert!(matches!(read_back(&message), Err(ClientError::Protocol(_))), "an unasked-for redirect is refused");
     }
 
-    fn lease_table_message(node_count: u16, addresses: &[(u16, &str)], moved: &[(&[u8], u16)]) -> Builder<HeapAllocator> {
+    fn lease_table_message(
+        node_count: u16,
+        addresses: &[(u16, &str)],
+        moved: &[(&[u8], u16)],
+    ) -> Builder<HeapAllocator> {
         let mut message = Builder::new_default();
         let mut table: wire::lease_table::Builder<'_> = message.init_root();
         table.set_node_count(node_count);

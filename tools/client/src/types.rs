@@ -82,6 +82,8 @@ pub enum AbortKind {
     PluginPanic,
     /// A function wrote a value larger than its table allows.
     ValueTooLarge,
+    /// A function ran so long that the node abandoned it (and quarantined its plugin).
+    PluginTimedOut,
     /// A kind added to the schema after this client was built (its ordinal).
     Unrecognized(u16),
 }
@@ -93,6 +95,7 @@ impl fmt::Display for AbortKind {
             AbortKind::UndeclaredAccess => f.write_str("undeclared-access"),
             AbortKind::PluginPanic => f.write_str("plugin-panic"),
             AbortKind::ValueTooLarge => f.write_str("value-too-large"),
+            AbortKind::PluginTimedOut => f.write_str("plugin-timed-out"),
             AbortKind::Unrecognized(ordinal) => write!(f, "abort-kind-{ordinal}"),
         }
     }
@@ -116,6 +119,9 @@ pub enum RejectionKind {
     /// The cluster rolled the request's epoch back; nothing took effect: retry it with the
     /// same request id.
     Retry,
+    /// The plugin is quarantined after a call of it was abandoned; it takes no calls until
+    /// a new version is deployed.
+    PluginQuarantined,
     /// A kind added to the schema after this client was built (its ordinal).
     Unrecognized(u16),
 }
@@ -136,6 +142,7 @@ impl fmt::Display for RejectionKind {
             RejectionKind::MalformedRequest => "malformed-request",
             RejectionKind::TooManyInvocations => "too-many-invocations",
             RejectionKind::Retry => "retry",
+            RejectionKind::PluginQuarantined => "plugin-quarantined",
             RejectionKind::Unrecognized(ordinal) => return write!(f, "rejection-kind-{ordinal}"),
         };
         f.write_str(name)
@@ -290,4 +297,6 @@ pub struct NodeStatus {
     pub redirected_total: u64,
     /// Plugin calls running longer than the node's `plugin_call_warn_ms`, one line each.
     pub overdue_plugin_calls: Vec<String>,
+    /// Plugin calls the node abandoned (their plugins quarantined), since it started.
+    pub abandoned_plugin_calls: u64,
 }
