@@ -47,13 +47,19 @@ section cluster && for fabric in shm tcp; do
   $L cluster status --directory $d | tee -a $out
   $L cluster stop --directory $d >/dev/null
 done
-section placement && for placement in true false; do
-  d=$OUT/p-$placement; rm -rf $d; cluster_file $d tcp 7900 $placement
-  $L cluster start --directory $d -- --placement $placement >/dev/null 2>&1 || log "start failed"
-  log "-- grouped banking 30k keys, 3 groups, 3 clients, tcp, placement $placement, 10 s warm-up + 10 s (load $(cut -d' ' -f1 /proc/loadavg))"
+# Placement on, and static hash placement two ways: requests forwarded by the nodes to the
+# holder of most of their keys (the default), and run where they arrive (the research
+# systems' static baseline: functions run where invoked and reach remote data).
+section placement && for variant in on off-forwarding off-arrival; do
+  placement=true; forwarding=true
+  [ $variant != on ] && placement=false
+  [ $variant = off-arrival ] && forwarding=false
+  d=$OUT/p-$variant; rm -rf $d; cluster_file $d tcp 7900 $placement
+  $L cluster start --directory $d -- --placement $placement --forwarding $forwarding >/dev/null 2>&1 || log "start failed"
+  log "-- grouped banking 30k keys, 3 groups, 3 clients, tcp, placement $placement, forwarding $forwarding, 10 s warm-up + 10 s (load $(cut -d' ' -f1 /proc/loadavg))"
   $L bench --cluster-file $d/cluster.toml --key-groups 3 --clients 3 --keys 30000 --duration-seconds 10 2>&1 | grep -E "transactions/s" | sed 's/^/  warm-up run: /' | tee -a $out
   $L cluster status --directory $d | sed 's/^/  before: /' | tee -a $out
-  $L bench --cluster-file $d/cluster.toml --no-load --key-groups 3 --clients 3 --keys 30000 --duration-seconds 10 --output-json $OUT/placement-$placement.json 2>&1 | grep -E "transactions/s|latency|invariant" | tee -a $out
+  $L bench --cluster-file $d/cluster.toml --no-load --key-groups 3 --clients 3 --keys 30000 --duration-seconds 10 --output-json $OUT/placement-$variant.json 2>&1 | grep -E "transactions/s|latency|invariant" | tee -a $out
   $L cluster status --directory $d | sed 's/^/  after: /' | tee -a $out
   $L cluster stop --directory $d >/dev/null
 done
