@@ -11,3 +11,6 @@ cargo test --release --workspace --locked "$@"
 # it. leasehold-fabric does not depend on RocksDB, so this separate feature set rebuilds
 # only the fabric and its bindings, never RocksDB.
 cargo build --release -p leasehold-fabric --features rdma --locked
+# Coverage-guided fuzzing, CI-sized (about half a minute; the first run on a machine
+# also installs cargo-fuzz and builds the targets against the RocksDB built above).
+bash tools/fuzz.sh

@@ -129,10 +129,7 @@ impl RpcServer {
         let tls = match (&config.tls_certificate_file, &config.tls_key_file) {
             (Some(certificate), Some(key)) => {
                 let server = tls::server_config(certificate, key, config.tls_client_ca_file.as_deref())?;
-                tracing::info!(
-                    mutual = config.tls_client_ca_file.is_some(),
-                    "the client API speaks TLS only"
-                );
+                tracing::info!(mutual = config.tls_client_ca_file.is_some(), "the client API speaks TLS only");
                 Some(tokio_rustls::TlsAcceptor::from(server))
             }
             // `Config::validate` refuses one without the other.
@@ -222,6 +219,26 @@ fn reader_options(message_bytes_max: usize) -> ReaderOptions {
     let mut options = ReaderOptions::new();
     options.traversal_limit_in_words(Some((message_bytes_max / 8).max(1))).nesting_limit(NESTING_LIMIT);
     options
+}
+
+/// The decoding an `invokeMany` call's parameters go through, from the bytes of one
+/// serialized message: Cap'n Proto framing under the reader limits of client connections
+/// (`message_bytes_max`), then the edge checks of [`convert::read_invocation`] for each
+/// request. The service gets its messages framed by capnp-rpc; this entry point exists so
+/// that the `request_decoding` fuzz target (`fuzz/`) drives the same limits and checks
+/// with hostile bytes. A request that fails decoding gives its refusal's message.
+pub fn decode_invocation_batch(
+    message: &[u8],
+    message_bytes_max: usize,
+) -> Result<Vec<Result<crate::model::Invocation, String>>, capnp::Error> {
+    let mut input = message;
+    let message = capnp::serialize::read_message(&mut input, reader_options(message_bytes_max))?;
+    let parameters = message.get_root::<leasehold::invoke_many_params::Reader<'_>>()?;
+    let requests = parameters.get_requests()?;
+    Ok(requests
+        .iter()
+        .map(|request| convert::read_invocation(request).map_err(|refusal| refusal.to_string()))
+        .collect())
 }
 
 impl RpcThread {
@@ -413,7 +430,11 @@ async fn serve_connection(
 }
 
 /// The Cap'n Proto side of a connection over any byte stream (plain TCP or TLS).
-fn vat_network<R, W>(reader: R, writer: W, reader_options: ReaderOptions) -> Box<dyn capnp_rpc::VatNetwork<twoparty::VatId>>
+fn vat_network<R, W>(
+    reader: R,
+    writer: W,
+    reader_options: ReaderOptions,
+) -> Box<dyn capnp_rpc::VatNetwork<twoparty::VatId>>
 where
     R: tokio::io::AsyncRead + Unpin + 'static,
     W: tokio::io::AsyncWrite + Unpin + 'static,

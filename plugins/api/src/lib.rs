@@ -5,7 +5,9 @@
 //! Why a crate of its own: a plugin exports the `#[no_mangle]` entry point
 //! `leasehold_plugin_entry_v1`. If programs depended on plugin crates for these types,
 //! linking two plugins into one program could pull in both entry points and fail with a
-//! duplicate symbol. Plugins are therefore `cdylib`s only, and their types live here.
+//! duplicate symbol. Programs therefore never depend on plugin crates, and the types live
+//! here. (The workload plugins also build an rlib, for one caller: each plugin argument
+//! fuzz target in `fuzz/` links exactly one plugin.)
 //! Values travel in the SDK's encoding (`leasehold_sdk::encode`/`decode`).
 
 /// The banking workload (RTSFaaS banking service).

@@ -1,0 +1,11 @@
+//! Fuzz target: hostile arguments (JSON or the plugin's own encoding) to every workflow
+//! of the ycsb_t plugin, driven through its C ABI by `leasehold_fuzz::drive_plugin`, which
+//! states the promises checked.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    leasehold_fuzz::drive_plugin(leasehold_plugin_ycsb_t::leasehold_plugin_entry_v1(), data);
+});
