@@ -137,7 +137,8 @@ pub struct Config {
     /// A plugin function call running longer than this is abandoned: its transaction
     /// aborts (`plugin-timed-out`), its epoch and the other plugins go on, and its plugin
     /// is quarantined until a new version is deployed. 0: never (calls are only
-    /// reported). Only the single-node lease mode abandons calls so far.
+    /// reported). The lease mode abandons calls, on a single node and in a cluster; the
+    /// baseline modes (`cc = "2pl" | "occ"`) only report them.
     pub plugin_call_abandon_ms: u64,
 }
 
@@ -302,6 +303,11 @@ impl Config {
             affinity_weight: self.routing_affinity_weight,
             load_weight: self.routing_load_weight,
         }
+    }
+
+    /// How long a plugin call may run before it is abandoned, or `None` for never.
+    pub fn plugin_call_abandon_after(&self) -> Option<std::time::Duration> {
+        (self.plugin_call_abandon_ms > 0).then(|| std::time::Duration::from_millis(self.plugin_call_abandon_ms))
     }
 
     /// The placement settings, or `None` when placement is off.

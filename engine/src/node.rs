@@ -219,12 +219,8 @@ impl Node {
                     storage: storage.clone(),
                     ledger: ledger.clone(),
                     stats: stats.clone(),
-                    executor: Executor::new(
-                        executor_threads,
-                        (config.plugin_call_abandon_ms > 0)
-                            .then(|| Duration::from_millis(config.plugin_call_abandon_ms)),
-                    )
-                    .map_err(thread_error)?,
+                    executor: Executor::new(executor_threads, config.plugin_call_abandon_after())
+                        .map_err(thread_error)?,
                     inbox: inbox_receiver,
                     commits,
                     epoch_transactions_max: config.epoch_transactions_max,
@@ -292,6 +288,7 @@ impl Node {
                     leases: leases.clone(),
                     epoch_transactions_max: config.epoch_transactions_max,
                     forwards: forwards.clone(),
+                    abandon_after: config.plugin_call_abandon_after(),
                     state: DriverState::new(
                         spec.node_count(),
                         me,

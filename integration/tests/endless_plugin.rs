@@ -8,8 +8,12 @@
 //!   plugins are served again, the plugin is quarantined (refused with a clear kind)
 //!   until it is deployed again, and the abandoned call, still spinning, never sees the
 //!   value it holds change under it.
+//! * in a cluster the same holds, whether the spinning transaction holds a key of its own
+//!   node or one borrowed from a peer (which gets it back unchanged), and the epochs of
+//!   every node go on.
 
 use leasehold_client::{AbortKind, BlockingClient, Invocation, InvokeResult, RejectionKind};
+use leasehold_integration::cluster::LocalCluster;
 use leasehold_integration::{banking_balances, plugin_bytes, EngineProcess, Launch};
 use std::time::{Duration, Instant};
 
@@ -139,4 +143,75 @@ fn an_endless_call_is_abandoned_its_plugin_quarantined_and_other_work_goes_on() 
         assert!(transfer.expect("transfer").is_committed());
     }
     assert_eq!(banking_balances(&client, 4).iter().sum::<i64>(), 400, "the banking invariant holds");
+}
+
+#[test]
+fn in_a_cluster_an_endless_call_is_abandoned_on_its_node_and_every_node_goes_on() {
+    const NODES: u16 = 3;
+    const ACCOUNTS: u64 = 6;
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let cluster = LocalCluster::start(
+        directory.path(),
+        NODES,
+        "shm",
+        &["--plugin-call-warn-ms", "200", "--plugin-call-abandon-ms", "1000"],
+    );
+    cluster.wait_until_synced(Duration::from_secs(60));
+    let setup = cluster.connect(0).expect("connect to node 0");
+    setup.deploy_plugin(&plugin_bytes("endless")).expect("deploy the endless plugin (reaches every node)");
+    setup.deploy_plugin(&plugin_bytes("banking")).expect("deploy banking");
+    let open = setup.invoke(Invocation::json("banking", "open", r#"{"first":0,"count":6,"balance":100}"#));
+    assert!(open.expect("open accounts").is_committed());
+    let put = |value: i64| Invocation::json("endless", "put", format!(r#"{{"key":7,"value":{value}}}"#));
+    assert!(setup.invoke(put(0)).expect("put").is_committed());
+
+    // Key 7 has one holder: through each node in turn, the spinning transaction holds it
+    // once as a local key and at least once as a key borrowed from a peer.
+    for node in 0..usize::from(NODES) {
+        let address = cluster.addresses[node];
+        let value = node as i64 + 1;
+        let (results_sender, results) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let spinner = BlockingClient::connect(address).expect("connect");
+            let held = Invocation::json("endless", "spin_holding", r#"{"key":7}"#);
+            let _ = results_sender.send(spinner.invoke_many(vec![held, put(value)]));
+        });
+        let results = results.recv_timeout(Duration::from_secs(30)).expect("the spinning call was never abandoned");
+        let results = results.expect("invokeMany answered");
+        match &results[0] {
+            InvokeResult::Aborted { kind: AbortKind::PluginTimedOut, message, .. } => {
+                assert!(message.contains("abandoned"), "{message}")
+            }
+            other => panic!("through node {node}, the spinning call ended as {other:?}"),
+        }
+        assert!(results[1].is_committed(), "through node {node}, the write queued behind it: {:?}", results[1]);
+
+        let client = cluster.connect(node).expect("connect");
+        let stored = client.read_key("endless", "cells", &7u64.to_be_bytes()).expect("read").expect("the key exists");
+        assert_eq!(stored, value.to_le_bytes(), "through node {node}: the queued write took effect");
+        match client.invoke(put(-1)).expect("answered") {
+            InvokeResult::Rejected { kind: RejectionKind::PluginQuarantined, message } => {
+                assert!(message.contains("quarantined"), "{message}")
+            }
+            other => panic!("node {node} ran a call of the plugin it quarantined: {other:?}"),
+        }
+        let status = client.status().expect("status");
+        assert_eq!(status.abandoned_plugin_calls, 1, "node {node}");
+        // Every node still runs epochs: transfers through each of them commit.
+        for through in 0..usize::from(NODES) {
+            let client = cluster.connect(through).expect("connect");
+            let transfer = format!(r#"{{"from":{through},"to":{},"amount":5}}"#, (through + 1) % ACCOUNTS as usize);
+            let transfer = client.invoke(Invocation::json("banking", "transfer", transfer)).expect("transfer");
+            assert!(transfer.is_committed(), "after the abandonment on node {node}, a transfer through node {through}");
+        }
+    }
+    let balances = banking_balances(&setup, ACCOUNTS);
+    assert_eq!(balances.iter().sum::<i64>(), 600, "the banking invariant holds: {balances:?}");
+
+    // Deploying again lifts the quarantine everywhere.
+    setup.deploy_plugin(&plugin_bytes("endless")).expect("deploy the endless plugin again");
+    for node in 0..usize::from(NODES) {
+        let client = cluster.connect(node).expect("connect");
+        assert!(client.invoke(put(10 + node as i64)).expect("put").is_committed(), "node {node} takes calls again");
+    }
 }

@@ -42,6 +42,7 @@ use crate::storage::{data_key_into, is_request_id_key, EpochRecord, SlotStore, S
 use crate::txn::access::AccessMode;
 use crate::txn::commit::{CommitMessage, EpochCommit};
 use crate::txn::epoch::DriverMessage;
+use crate::txn::executor::{execute, now_us, Claim};
 use crate::txn::tpg::GraphBuilder;
 use crate::txn::{PreparedTransaction, Reply, Submission, TransactionStats};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -83,6 +84,11 @@ fn decode_lease_entry(value: &[u8]) -> Option<(NodeId, NodeId, u64)> {
     let to = NodeId::from_le_bytes(value.get(2..4)?.try_into().ok()?);
     let effective = u64::from_le_bytes(value.get(4..12)?.try_into().ok()?);
     Some((from, to, effective))
+}
+
+/// How often the driver looks for plugin calls to abandon, for a limit of `limit`.
+fn abandon_check_period(limit: Duration) -> Duration {
+    (limit / 4).clamp(Duration::from_millis(1), Duration::from_millis(100))
 }
 
 /// How often a node that waits for a view agreement announces its view again.
@@ -138,13 +144,20 @@ struct RemoteGroup {
 }
 
 /// What executor threads share during an epoch: the transactions and the private copies
-/// of borrowed keys their remote slots point to.
+/// of borrowed keys their remote slots point to. A thread stuck in an abandoned plugin
+/// call keeps its share for as long as it runs, so nothing it can reach is freed.
 struct EpochWork {
     transactions: Vec<PreparedTransaction>,
     /// The request-id slot of each tracked transaction (local or a borrowed copy).
     id_slots: Vec<Option<SlotPointer>>,
     /// Never resized after the pointers into it were taken.
     borrowed: Vec<Slot>,
+    /// Who decides each transaction's outcome when calls may be abandoned: its executor
+    /// thread or the driver (`txn::executor::Claim`).
+    claims: Vec<Claim>,
+    /// When each transaction started running (`txn::executor::now_us`); 0 before, and
+    /// always 0 when calls are never abandoned.
+    started_us: Vec<AtomicU64>,
 }
 
 /// Why an epoch did not finish.
@@ -172,6 +185,9 @@ pub struct ClusterDriver {
     pub epoch_transactions_max: usize,
     /// Requests this node forwarded: failed with `Retry` when the view changes.
     pub forwards: Arc<Forwards>,
+    /// How long a plugin call may run before it is abandoned (`plugin_call_abandon_ms`;
+    /// `None`: never). See `txn::executor` for what abandoning means.
+    pub abandon_after: Option<Duration>,
     pub state: DriverState,
 }
 
@@ -207,6 +223,10 @@ pub struct DriverState {
     moving: FxHashSet<Vec<u8>>,
     /// Moves in effect from the start of an epoch, by epoch.
     pending_moves: BTreeMap<u64, Vec<LeaseMove>>,
+    /// When the driver last looked for plugin calls to abandon.
+    abandon_checked_at: Instant,
+    /// Executor threads lost to abandoned plugin calls, since the node started.
+    threads_written_off: u64,
 }
 
 impl DriverState {
@@ -235,6 +255,8 @@ impl DriverState {
             announce: Vec::new(),
             moving: FxHashSet::default(),
             pending_moves: BTreeMap::new(),
+            abandon_checked_at: Instant::now(),
+            threads_written_off: 0,
         }
     }
 }
@@ -411,7 +433,12 @@ impl ClusterDriver {
         }
         // Every key reloads from storage, as of the agreed epoch, and so does the lease
         // table.
-        self.state.slots = SlotStore::new();
+        let old_slots = std::mem::replace(&mut self.state.slots, SlotStore::new());
+        if self.state.threads_written_off > 0 {
+            // A plugin call abandoned earlier may still hold slices of pinned values in
+            // these slots: they must never be freed.
+            std::mem::forget(old_slots);
+        }
         self.state.request_ids.clear();
         if let Err(error) = self.reload_leases(agreed_epoch) {
             tracing::error!(%error, "cannot read the lease table; the node stops taking work");
@@ -522,6 +549,57 @@ impl ClusterDriver {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Err(Interrupted::Stopping),
             }
+        }
+    }
+
+    /// As [`ClusterDriver::next_message`], but while transactions run and calls may be
+    /// abandoned it returns at least every check period (`Ok(None)`: nothing arrived), so
+    /// that the caller can look for overdue calls.
+    fn next_message_watching(&mut self, in_flight: usize) -> Result<Option<DriverMessage>, Interrupted> {
+        let Some(limit) = self.abandon_after.filter(|_| in_flight > 0) else { return self.next_message().map(Some) };
+        match self.inbox.recv_timeout(abandon_check_period(limit)) {
+            Ok(message) => Ok(Some(message)),
+            Err(RecvTimeoutError::Timeout) if self.stopping_too_long() => Err(Interrupted::Stopping),
+            Err(RecvTimeoutError::Timeout) => Ok(None),
+            Err(RecvTimeoutError::Disconnected) => Err(Interrupted::Stopping),
+        }
+    }
+
+    /// Abandons the local transactions of `epoch` whose plugin call has run longer than
+    /// `abandon_after` (at most once per check period): each gets the outcome
+    /// `plugin-timed-out`, recorded under its request id as `run_once` would have, and is
+    /// reported to the driver's own inbox as executed, so its keys go back to their
+    /// holders unchanged and the epoch finishes on every node. Its thread is replaced.
+    fn abandon_overdue(&mut self, work: &EpochWork, epoch: u64) {
+        let Some(limit) = self.abandon_after else { return };
+        if self.state.abandon_checked_at.elapsed() < abandon_check_period(limit) {
+            return;
+        }
+        self.state.abandon_checked_at = Instant::now();
+        let now = now_us();
+        let limit_us = limit.as_micros() as u64;
+        for (index, started) in work.started_us.iter().enumerate() {
+            let started = started.load(Ordering::Acquire);
+            if started == 0 || now.saturating_sub(started) <= limit_us || !work.claims[index].abandon() {
+                continue;
+            }
+            let outcome = crate::txn::executor::abandoned(&work.transactions[index], (now - started) / 1000);
+            if let Some(pointer) = work.id_slots[index] {
+                let mut encoded = Vec::new();
+                crate::storage::codec::encode_stored_result_into(
+                    &mut encoded,
+                    &outcome,
+                    crate::storage::unix_seconds_now(),
+                );
+                // SAFETY: the driver won the claim, so the transaction's thread touches no
+                // slot any more, and its successors wait for the report below.
+                unsafe { pointer.get().set(Some(&encoded)) };
+            }
+            self.state.threads_written_off += 1;
+            if let Err(error) = self.pool.write_off(1) {
+                tracing::error!(%error, "cannot start an executor thread to replace one lost to an abandoned call");
+            }
+            let _ = self.loopback.send(DriverMessage::Executed { epoch, transaction: index as u32, outcome });
         }
     }
 
@@ -838,7 +916,10 @@ impl ClusterDriver {
             transactions.push(PreparedTransaction { planned: transaction, timestamp, slots });
             replies.push(reply);
         }
-        let work = Arc::new(EpochWork { transactions, id_slots, borrowed });
+        let claims = (0..transactions.len()).map(|_| Claim::new()).collect();
+        let started_us = (0..transactions.len()).map(|_| AtomicU64::new(0)).collect();
+        let work = Arc::new(EpochWork { transactions, id_slots, borrowed, claims, started_us });
+        let abandonable = self.abandon_after.is_some();
 
         // 6. Execute.
         let mut remaining: Vec<u32> = graph.indegree.clone();
@@ -863,11 +944,18 @@ impl ClusterDriver {
                         let done = self.loopback.clone();
                         self.pool.spawn(move || {
                             let index = transaction as usize;
-                            let outcome = run_once(&work.transactions[index], work.id_slots[index]);
+                            let claim = abandonable.then(|| {
+                                work.started_us[index].store(now_us(), Ordering::Release);
+                                &work.claims[index]
+                            });
+                            // `None`: abandoned meanwhile; the driver reported it.
+                            let outcome = run_once(&work.transactions[index], work.id_slots[index], claim);
                             // Released before reporting, so that the driver owns the
                             // epoch's work alone once every transaction reported.
                             drop(work);
-                            let _ = done.send(DriverMessage::Executed { epoch, transaction, outcome });
+                            if let Some(outcome) = outcome {
+                                let _ = done.send(DriverMessage::Executed { epoch, transaction, outcome });
+                            }
                         });
                     }
                     Vertex::Virtual { from, sequence, keys } => {
@@ -895,12 +983,16 @@ impl ClusterDriver {
             if finished == vertices.len() {
                 break;
             }
+            if in_flight > 0 {
+                self.abandon_overdue(&work, epoch);
+            }
             let message = match pending_frames.pop_front() {
                 Some((from, frame)) => DriverMessage::Peer { from, frame },
-                None => match self.next_message() {
-                    Ok(message) => message,
+                None => match self.next_message_watching(in_flight) {
+                    Ok(Some(message)) => message,
+                    Ok(None) => continue,
                     Err(interrupted) => {
-                        self.wait_for_executions(in_flight);
+                        self.wait_for_executions(&work, epoch, in_flight);
                         return Err(self.abandon_prepared(replies, interrupted));
                     }
                 },
@@ -1034,7 +1126,7 @@ impl ClusterDriver {
                 other => self.absorb(other),
             }
             if !self.state.synced {
-                self.wait_for_executions(in_flight);
+                self.wait_for_executions(&work, epoch, in_flight);
                 return Err(self.abandon_prepared(replies, Interrupted::ViewChanged));
             }
         }
@@ -1053,11 +1145,20 @@ impl ClusterDriver {
                 self.state.request_ids.push_back((epoch, slot.storage_key().to_vec()));
             }
         }
-        let work =
-            Arc::try_unwrap(work).unwrap_or_else(|_| panic!("every execution finished, so no task holds the epoch"));
+        let request_ids: Vec<crate::model::RequestId> = match Arc::try_unwrap(work) {
+            Ok(work) => work.transactions.into_iter().map(|transaction| transaction.planned.request_id).collect(),
+            Err(shared) => {
+                // Only a thread stuck in an abandoned call still holds the epoch's work.
+                assert!(
+                    shared.claims.iter().any(Claim::is_abandoned),
+                    "every execution finished, so no task holds the epoch"
+                );
+                shared.transactions.iter().map(|transaction| transaction.planned.request_id.clone()).collect()
+            }
+        };
         let (mut committed, mut aborted) = (0u64, 0u64);
         let mut to_release = Vec::with_capacity(replies.len());
-        for ((transaction, outcome), reply) in work.transactions.into_iter().zip(outcomes).zip(replies) {
+        for ((request_id, outcome), reply) in request_ids.into_iter().zip(outcomes).zip(replies) {
             let outcome = outcome.expect("every local transaction ran");
             if outcome.is_committed() {
                 committed += 1;
@@ -1065,7 +1166,7 @@ impl ClusterDriver {
                 aborted += 1;
             }
             // A tracked outcome is already staged: its request-id key is a dirty slot.
-            to_release.push((transaction.planned.request_id, outcome, reply));
+            to_release.push((request_id, outcome, reply));
         }
         TransactionStats::count(&self.stats.committed, committed);
         TransactionStats::count(&self.stats.aborted, aborted);
@@ -1129,12 +1230,24 @@ impl ClusterDriver {
 
     /// Waits until the executor threads finished what they were given, so that the
     /// keys can be dropped safely.
-    fn wait_for_executions(&mut self, mut in_flight: usize) {
+    /// (A call that does not return is abandoned meanwhile, as during execution.)
+    fn wait_for_executions(&mut self, work: &EpochWork, epoch: u64, mut in_flight: usize) {
         while in_flight > 0 {
-            match self.inbox.recv() {
-                Ok(DriverMessage::Executed { .. }) => in_flight -= 1,
-                Ok(other) => self.absorb(other),
-                Err(_) => return,
+            self.abandon_overdue(work, epoch);
+            let message = match self.abandon_after {
+                Some(limit) => match self.inbox.recv_timeout(abandon_check_period(limit)) {
+                    Ok(message) => message,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                },
+                None => match self.inbox.recv() {
+                    Ok(message) => message,
+                    Err(_) => return,
+                },
+            };
+            match message {
+                DriverMessage::Executed { .. } => in_flight -= 1,
+                other => self.absorb(other),
             }
         }
     }
@@ -1165,22 +1278,23 @@ impl ClusterDriver {
 }
 
 /// Runs a transaction unless its request id already holds an outcome (a retry, possibly
-/// through another node), and records the outcome under the id.
-fn run_once(transaction: &PreparedTransaction, id_slot: Option<SlotPointer>) -> Outcome {
-    let Some(pointer) = id_slot else { return crate::txn::executor::execute_unclaimed(transaction) };
+/// through another node), and records the outcome under the id. With a claim, `None`
+/// when the driver abandoned the transaction meanwhile (it then records the outcome).
+fn run_once(transaction: &PreparedTransaction, id_slot: Option<SlotPointer>, claim: Option<&Claim>) -> Option<Outcome> {
+    let Some(pointer) = id_slot else { return execute(transaction, claim) };
     // SAFETY: the graph (at the id's holder) gives this transaction the id key alone.
     let slot = unsafe { pointer.get() };
     // SAFETY: as above.
     if let Some(stored) = unsafe { slot.value() } {
         match crate::storage::codec::decode_stored_result(stored) {
-            Some(outcome) => return outcome,
+            Some(outcome) => return claim.is_none_or(Claim::finish).then_some(outcome),
             None => tracing::error!("unreadable stored outcome of a request id; running the request"),
         }
     }
-    let outcome = crate::txn::executor::execute_unclaimed(transaction);
+    let outcome = execute(transaction, claim)?;
     let mut encoded = Vec::new();
     crate::storage::codec::encode_stored_result_into(&mut encoded, &outcome, crate::storage::unix_seconds_now());
-    // SAFETY: as above.
+    // SAFETY: as above; `execute` returned, so this thread won the claim (if any).
     unsafe { slot.set(Some(&encoded)) };
-    outcome
+    Some(outcome)
 }

@@ -63,7 +63,7 @@ impl Claim {
     const FINISHED: u8 = 2;
     const ABANDONED: u8 = 3;
 
-    fn new() -> Claim {
+    pub(crate) fn new() -> Claim {
         Claim(AtomicU8::new(Claim::RUNNING))
     }
 
@@ -78,13 +78,18 @@ impl Claim {
 
     /// The executor thread's claim once every call returned: false when the transaction
     /// was abandoned meanwhile.
-    fn finish(&self) -> bool {
+    pub(crate) fn finish(&self) -> bool {
         self.0.compare_exchange(Claim::RUNNING, Claim::FINISHED, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+    }
+
+    /// Whether the driver abandoned the transaction.
+    pub(crate) fn is_abandoned(&self) -> bool {
+        self.0.load(Ordering::Acquire) == Claim::ABANDONED
     }
 
     /// The driver's claim: false when the transaction finished first. Waits out a host
     /// call in progress (host calls are short; the plugin's own code is what may not end).
-    fn abandon(&self) -> bool {
+    pub(crate) fn abandon(&self) -> bool {
         loop {
             match self.0.compare_exchange(Claim::RUNNING, Claim::ABANDONED, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return true,
@@ -108,7 +113,7 @@ fn build_pool(threads: usize) -> Result<rayon::ThreadPool, rayon::ThreadPoolBuil
 }
 
 /// Microseconds since a process-wide origin, plus one (0 means "not started").
-fn now_us() -> u64 {
+pub(crate) fn now_us() -> u64 {
     static ORIGIN: OnceLock<Instant> = OnceLock::new();
     ORIGIN.get_or_init(Instant::now).elapsed().as_micros() as u64 + 1
 }
@@ -154,8 +159,6 @@ impl Executor {
                 }
                 let abandoned = self.wait_abandoning(&epoch, limit);
                 if abandoned > 0 {
-                    crate::plugin::watchdog::count_abandoned(abandoned);
-                    metrics::counter!(crate::metrics::PLUGIN_CALLS_ABANDONED_TOTAL).increment(abandoned);
                     // The stuck threads are lost to the pool; later epochs get a full one.
                     // (Dropping the old pool does not wait for them.)
                     match build_pool(self.threads) {
@@ -273,25 +276,8 @@ impl EpochWork {
         if !self.claims[transaction].abandon() {
             return false;
         }
-        let prepared = &self.transactions[transaction];
-        for (_, slot) in &prepared.slots {
-            // SAFETY: the abandoned transaction holds its keys until `resolve` releases its
-            // successors below.
-            unsafe { slot.get().pin_value_buffer() };
-        }
-        let plugin = &prepared.planned.plugin;
         let running_ms = now_us().saturating_sub(self.started_us[transaction].load(Ordering::Acquire)) / 1000;
-        let reason = format!("a call ran for {running_ms} ms and was abandoned");
-        tracing::error!(
-            plugin = %plugin.info.name,
-            version = %plugin.info.version,
-            running_ms,
-            "abandoned a plugin call that did not return: its transaction aborts, its executor thread is \
-             written off, and the plugin is quarantined until a fixed version is deployed"
-        );
-        plugin.quarantine(reason.clone());
-        let outcome =
-            Outcome::Aborted { timestamp: prepared.timestamp, kind: AbortKind::PluginTimedOut, message: reason };
+        let outcome = abandoned(&self.transactions[transaction], running_ms);
         let next = self.resolve(transaction, outcome, |successor| {
             let epoch = self.clone();
             pool.spawn(move || epoch.run_chain_detached(successor));
@@ -343,6 +329,31 @@ impl Executed {
             Executed::Shared(epoch) => epoch.transactions.iter().map(|t| t.planned.request_id.clone()).collect(),
         }
     }
+}
+
+/// What abandoning a transaction means besides resolving it, for a caller that won its
+/// claim (see the module doc): pins the buffers of its keys' values, reports the call
+/// (log, status, metric), quarantines the plugin, and returns the transaction's outcome.
+/// Shared by the single-node executor and the cluster driver.
+pub(crate) fn abandoned(prepared: &PreparedTransaction, running_ms: u64) -> Outcome {
+    for (_, slot) in &prepared.slots {
+        // SAFETY: the abandoned transaction holds its keys until its caller releases its
+        // successors.
+        unsafe { slot.get().pin_value_buffer() };
+    }
+    let plugin = &prepared.planned.plugin;
+    let reason = format!("a call ran for {running_ms} ms and was abandoned");
+    tracing::error!(
+        plugin = %plugin.info.name,
+        version = %plugin.info.version,
+        running_ms,
+        "abandoned a plugin call that did not return: its transaction aborts, its executor thread is \
+         written off, and the plugin is quarantined until a fixed version is deployed"
+    );
+    plugin.quarantine(reason.clone());
+    crate::plugin::watchdog::count_abandoned(1);
+    metrics::counter!(crate::metrics::PLUGIN_CALLS_ABANDONED_TOTAL).increment(1);
+    Outcome::Aborted { timestamp: prepared.timestamp, kind: AbortKind::PluginTimedOut, message: reason }
 }
 
 const RESOLVED: &str = "every transaction has an outcome: the graph is acyclic, all roots were started";
