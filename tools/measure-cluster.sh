@@ -47,13 +47,14 @@ section cluster && for fabric in shm tcp; do
   $L cluster status --directory $d | tee -a $out
   $L cluster stop --directory $d >/dev/null
 done
-# Placement on, and static hash placement two ways: requests forwarded by the nodes to the
-# holder of most of their keys (the default), and run where they arrive (the research
-# systems' static baseline: functions run where invoked and reach remote data).
-section placement && for variant in on off-forwarding off-arrival; do
+# Placement on and static hash placement, each with requests forwarded by the nodes to the
+# holder of most of their keys (the default) and with requests run where they arrive
+# (static: the research systems' baseline, functions run where invoked and reach remote
+# data; placement: only the leases move, towards the functions).
+section placement && for variant in on on-arrival off-forwarding off-arrival; do
   placement=true; forwarding=true
-  [ $variant != on ] && placement=false
-  [ $variant = off-arrival ] && forwarding=false
+  case $variant in off-*) placement=false ;; esac
+  case $variant in *-arrival) forwarding=false ;; esac
   d=$OUT/p-$variant; rm -rf $d; cluster_file $d tcp 7900 $placement
   $L cluster start --directory $d -- --placement $placement --forwarding $forwarding >/dev/null 2>&1 || log "start failed"
   log "-- grouped banking 30k keys, 3 groups, 3 clients, tcp, placement $placement, forwarding $forwarding, 10 s warm-up + 10 s (load $(cut -d' ' -f1 /proc/loadavg))"
