@@ -48,19 +48,23 @@ section cluster && for fabric in shm tcp; do
   $L cluster stop --directory $d >/dev/null
 done
 # Placement on and static hash placement, each with requests forwarded by the nodes to the
-# holder of most of their keys (the default) and with requests run where they arrive
-# (static: the research systems' baseline, functions run where invoked and reach remote
-# data; placement: only the leases move, towards the functions).
-section placement && for variant in on on-arrival off-forwarding off-arrival; do
-  placement=true; forwarding=true
+# holder of most of their keys and with requests run where they arrive (static: the
+# research systems' baseline, functions run where invoked and reach remote data;
+# placement: only the leases move, towards the functions). A variant ending in -ids salts
+# request ids so that their exactly-once records live on the node each client sends to
+# (--request-ids-at-node). PLACEMENT_VARIANTS picks variants.
+PLACEMENT_VARIANTS=${PLACEMENT_VARIANTS:-on on-arrival off-forwarding off-arrival on-arrival-ids off-arrival-ids}
+section placement && for variant in $PLACEMENT_VARIANTS; do
+  placement=true; forwarding=true; extra=""
   case $variant in off-*) placement=false ;; esac
-  case $variant in *-arrival) forwarding=false ;; esac
+  case $variant in *-arrival*) forwarding=false ;; esac
+  case $variant in *-ids) extra=--request-ids-at-node ;; esac
   d=$OUT/p-$variant; rm -rf $d; cluster_file $d tcp 7900 $placement
   $L cluster start --directory $d -- --placement $placement --forwarding $forwarding >/dev/null 2>&1 || log "start failed"
-  log "-- grouped banking 30k keys, 3 groups, 3 clients, tcp, placement $placement, forwarding $forwarding, 10 s warm-up + 10 s (load $(cut -d' ' -f1 /proc/loadavg))"
-  $L bench --cluster-file $d/cluster.toml --key-groups 3 --clients 3 --keys 30000 --duration-seconds 10 2>&1 | grep -E "transactions/s" | sed 's/^/  warm-up run: /' | tee -a $out
+  log "-- $variant: grouped banking 30k keys, 3 groups, 3 clients, tcp, placement $placement, forwarding $forwarding $extra, 10 s warm-up + 10 s (load $(cut -d' ' -f1 /proc/loadavg))"
+  $L bench --cluster-file $d/cluster.toml $extra --key-groups 3 --clients 3 --keys 30000 --duration-seconds 10 2>&1 | grep -E "transactions/s" | sed 's/^/  warm-up run: /' | tee -a $out
   $L cluster status --directory $d | sed 's/^/  before: /' | tee -a $out
-  $L bench --cluster-file $d/cluster.toml --no-load --key-groups 3 --clients 3 --keys 30000 --duration-seconds 10 --output-json $OUT/placement-$variant.json 2>&1 | grep -E "transactions/s|latency|invariant" | tee -a $out
+  $L bench --cluster-file $d/cluster.toml $extra --no-load --key-groups 3 --clients 3 --keys 30000 --duration-seconds 10 --output-json $OUT/placement-$variant.json 2>&1 | grep -E "transactions/s|latency|invariant" | tee -a $out
   $L cluster status --directory $d | sed 's/^/  after: /' | tee -a $out
   $L cluster stop --directory $d >/dev/null
 done

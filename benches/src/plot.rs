@@ -585,6 +585,7 @@ mod tests {
             cc: Some("2pl".into()),
             key_groups: 1,
             route_by_lease_table: false,
+            request_ids_at_node: false,
         }
     }
 

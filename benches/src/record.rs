@@ -129,6 +129,7 @@ pub struct RunRecord {
     pub cc: Option<String>,
     pub key_groups: u64,
     pub route_by_lease_table: bool,
+    pub request_ids_at_node: bool,
 }
 
 impl RunRecord {
@@ -182,6 +183,7 @@ impl RunRecord {
             cc: node.cc.clone(),
             key_groups: config.key_groups,
             route_by_lease_table: config.route_by_lease_table,
+            request_ids_at_node: config.request_ids_at_node,
         }
     }
 
@@ -226,6 +228,7 @@ impl RunRecord {
             ("cc", optional(&self.cc)),
             ("key_groups", self.key_groups.to_string()),
             ("route_by_lease_table", self.route_by_lease_table.to_string()),
+            ("request_ids_at_node", self.request_ids_at_node.to_string()),
         ]
     }
 
@@ -313,6 +316,7 @@ mod tests {
             config: BenchConfig {
                 key_groups: 1,
                 route_by_lease_table: false,
+                request_ids_at_node: false,
                 workload: WorkloadKind::Social,
                 keys: 10_000,
                 initial_value: 0,

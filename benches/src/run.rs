@@ -58,6 +58,11 @@ pub struct BenchConfig {
     /// forward it. Banking and YCSB-T name their keys; other workloads' requests go to the
     /// nodes in turn.
     pub route_by_lease_table: bool,
+    /// With a cluster and requests sent to node `i % nodes` (not routed by lease table):
+    /// each request id gets a salt that homes its exactly-once record at that node
+    /// (`leasehold_keyspace::home_request_id_at`), so a request that runs where it was
+    /// sent writes its record locally instead of borrowing it from the id's hash home.
+    pub request_ids_at_node: bool,
 }
 
 /// What a run measured.
@@ -207,9 +212,12 @@ pub fn run_observed(
             let window = Window { start, measure_from, stop_at };
             let finished = finished.clone();
             let address = addresses[client % addresses.len()];
+            let node_count = u16::try_from(addresses.len()).expect("a cluster has at most 65,535 nodes");
+            let home = (config.request_ids_at_node && !config.route_by_lease_table && node_count > 1)
+                .then_some(((client % addresses.len()) as u16, node_count));
             std::thread::Builder::new()
                 .name(format!("bench-client-{client}"))
-                .spawn(move || run_client(address, &config, client as u32, run_id, window, &finished))
+                .spawn(move || run_client(address, home, &config, client as u32, run_id, window, &finished))
                 .map_err(BenchError::Thread)
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -270,8 +278,11 @@ struct Window {
     stop_at: Instant,
 }
 
+/// `home`: the node this client sends to and the node count, when its request ids are to
+/// be homed there.
 fn run_client(
     address: SocketAddr,
+    home: Option<(u16, u16)>,
     config: &BenchConfig,
     client: u32,
     run_id: u64,
@@ -290,6 +301,9 @@ fn run_client(
         let mut generator = Generator::new(config.workload, config.keys, config.theta, config.seed, client, run_id);
         if config.key_groups > 1 {
             generator = generator.in_group(u64::from(client) % config.key_groups, config.key_groups, config.theta);
+        }
+        if let Some((node, node_count)) = home {
+            generator = generator.request_ids_at(node, node_count);
         }
         let generator = Rc::new(RefCell::new(generator));
         let latency = Rc::new(RefCell::new(Histogram::<u64>::new(3).expect("valid histogram precision")));

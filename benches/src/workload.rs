@@ -209,6 +209,8 @@ pub struct Generator {
     /// Transfers draw keys from `[group_base, group_base + group_keys)`.
     group_base: u64,
     group_keys: u64,
+    /// The node and node count at which request ids are homed, if they are.
+    request_id_home: Option<(u16, u16)>,
 }
 
 impl Generator {
@@ -238,7 +240,16 @@ impl Generator {
             followers,
             group_base: 0,
             group_keys: keys,
+            request_id_home: None,
         }
+    }
+
+    /// Homes every request id's exactly-once record at `node` of `node_count` (see
+    /// `leasehold_keyspace::home_request_id_at`).
+    pub fn request_ids_at(mut self, node: u16, node_count: u16) -> Generator {
+        assert!(node < node_count, "node {node} is one of {node_count} nodes");
+        self.request_id_home = Some((node, node_count));
+        self
     }
 
     /// The next request (a transfer for banking and YCSB-T), with a unique request id.
@@ -264,6 +275,9 @@ impl Generator {
         request_id.extend_from_slice(&self.run.to_be_bytes());
         request_id.extend_from_slice(&self.client.to_be_bytes());
         request_id.extend_from_slice(&self.sequence.to_be_bytes());
+        if let Some((node, node_count)) = self.request_id_home {
+            leasehold_keyspace::home_request_id_at(&mut request_id, node, node_count);
+        }
         Invocation {
             plugin: self.kind.plugin().to_string(),
             workflow: workflow.to_string(),

@@ -25,6 +25,7 @@ fn config(workload: WorkloadKind, theta: f64) -> BenchConfig {
     BenchConfig {
         key_groups: 1,
         route_by_lease_table: false,
+        request_ids_at_node: false,
         workload,
         keys: ACCOUNTS,
         initial_value: INITIAL_BALANCE,

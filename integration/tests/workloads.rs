@@ -50,6 +50,7 @@ fn config(workload: WorkloadKind, keys: u64, initial_value: i64) -> BenchConfig 
     BenchConfig {
         key_groups: 1,
         route_by_lease_table: false,
+        request_ids_at_node: false,
         workload,
         keys,
         initial_value,

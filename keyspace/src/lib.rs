@@ -45,6 +45,37 @@ pub fn home_node(storage_key: &[u8], node_count: u16) -> u16 {
     (fnv1a(FNV_OFFSET_BASIS, storage_key) % u64::from(node_count)) as u16
 }
 
+/// The table id under which a cluster keeps request ids: a tracked request's outcome is
+/// stored at the holder of the key `storage_key(REQUEST_ID_TABLE_ID, request_id)`, so a
+/// retry through any node meets it there.
+pub const REQUEST_ID_TABLE_ID: u32 = 0;
+
+/// Appends a two-byte salt to `request_id` so that its exactly-once record's home is
+/// `node` of `node_count`.
+///
+/// Request ids are opaque to the engine, so a client that knows which node will run its
+/// request (it sends the request there, and that node holds the request's keys) may pick
+/// an id whose record lives on that node too. The record is then written locally instead
+/// of being lent by another node and written back within the epoch. A retry must reuse the
+/// salted id, as with any id. Returns the number of salts tried (at least 1; about
+/// `node_count` on average).
+///
+/// # Panics
+/// When `node` is not below `node_count`, or `node_count` exceeds 65,536 nodes' worth of
+/// salts (no salt of two bytes homes the id).
+pub fn home_request_id_at(request_id: &mut Vec<u8>, node: u16, node_count: u16) -> u32 {
+    assert!(node < node_count, "node {node} is one of {node_count} nodes");
+    let prefix = fnv1a(fnv1a(FNV_OFFSET_BASIS, &REQUEST_ID_TABLE_ID.to_be_bytes()), request_id);
+    for salt in 0..=u16::MAX {
+        let bytes = salt.to_be_bytes();
+        if (fnv1a(prefix, &bytes) % u64::from(node_count)) as u16 == node {
+            request_id.extend_from_slice(&bytes);
+            return u32::from(salt) + 1;
+        }
+    }
+    panic!("no two-byte salt homes a request id at node {node} of {node_count}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +98,23 @@ mod tests {
         assert_eq!(home_node(&storage_key(9, b"a"), 1), 0, "a single node holds everything");
         let spread = (0..3000u32).map(|key| home_node(&key.to_be_bytes(), 3)).filter(|&node| node == 1).count();
         assert!((800..1200).contains(&spread), "node 1 is home to {spread} of 3000 keys");
+    }
+
+    #[test]
+    fn a_homed_request_id_lives_on_the_node_asked_for() {
+        let mut tries = 0;
+        for node_count in [1u16, 2, 3, 7] {
+            for node in 0..node_count {
+                for sequence in 0u64..200 {
+                    let mut id = sequence.to_be_bytes().to_vec();
+                    tries += home_request_id_at(&mut id, node, node_count);
+                    assert_eq!(id.len(), 10, "the salt is two bytes");
+                    assert_eq!(&id[..8], &sequence.to_be_bytes(), "the id keeps its bytes in front");
+                    assert_eq!(home_node(&storage_key(REQUEST_ID_TABLE_ID, &id), node_count), node);
+                }
+            }
+        }
+        // 200 ids for each of 13 (node, count) pairs: about one try per node in the count.
+        assert!(tries < 200 * 13 * 6, "{tries} tries");
     }
 }

@@ -309,6 +309,7 @@ mod tests {
         BenchConfig {
             key_groups: 1,
             route_by_lease_table: false,
+            request_ids_at_node: false,
             workload: WorkloadKind::Banking,
             keys: 100,
             initial_value: 10,

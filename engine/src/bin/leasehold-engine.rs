@@ -10,6 +10,11 @@ use leasehold_engine::node::Node;
 use leasehold_engine::rpc::RpcServer;
 use std::process::ExitCode;
 
+// Plugins keep their own allocator (they are separate shared libraries), and the engine
+// never frees what a plugin allocated, so the engine's allocator is its own choice.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A Leasehold engine node.
 #[derive(Parser, Debug)]
 #[command(name = "leasehold-engine", version, about)]

@@ -38,7 +38,7 @@ const META_CHECKPOINT_EPOCH: &[u8] = b"checkpoint_epoch";
 const META_INCARNATION: &[u8] = b"incarnation";
 /// The table id of request-id keys: in a cluster, the outcome of every tracked request
 /// is stored like any other key at the request id's holder. Plugin tables never get id 0.
-pub const REQUEST_ID_TABLE: u32 = 0;
+pub const REQUEST_ID_TABLE: u32 = leasehold_keyspace::REQUEST_ID_TABLE_ID;
 
 /// Whether a storage key is a request-id key.
 pub fn is_request_id_key(storage_key: &[u8]) -> bool {

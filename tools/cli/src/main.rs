@@ -25,6 +25,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+// The embedded node runs in this process, so the CLI uses the engine binary's allocator
+// (see `leasehold-engine`); plugins keep their own.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "leasehold", version, about = "Leasehold: a transactional stateful function engine")]
 struct Cli {
@@ -169,6 +174,7 @@ impl LoadArguments {
             seed: self.seed,
             load,
             route_by_lease_table: false,
+            request_ids_at_node: false,
         }
     }
 }
@@ -187,6 +193,11 @@ struct BenchArguments {
     /// instead of to node i mod N, which forwards it.
     #[arg(long, requires = "cluster_file")]
     route_by_lease_table: bool,
+    /// With --cluster-file: salt each request id so that its exactly-once record lives on
+    /// the node the client sends it to (i mod N), which then writes it locally when it
+    /// runs the request itself.
+    #[arg(long, requires = "cluster_file", conflicts_with = "route_by_lease_table")]
+    request_ids_at_node: bool,
     #[command(flatten)]
     load: LoadArguments,
     /// Open loop: requests per second over all clients (latency from intended send time).
@@ -604,6 +615,7 @@ fn read_library(path: &Path) -> Result<Vec<u8>, Failure> {
 fn bench(address: SocketAddr, token_file: Option<&Path>, arguments: BenchArguments) -> Result<(), Failure> {
     let mut config = arguments.load.bench_config(arguments.rate, !arguments.no_load);
     config.route_by_lease_table = arguments.route_by_lease_table;
+    config.request_ids_at_node = arguments.request_ids_at_node;
     // Phase lines on stderr (none with --json), and a progress bar when stderr is a terminal.
     let display = ProgressDisplay::new("bench", arguments.json);
     let library = match &arguments.plugin {
