@@ -42,8 +42,9 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The tcp backend of one node: its responder and its connections to peers.
 pub struct TcpFabric {
     node: NodeId,
-    /// SHA-256 of the peer token this node presents (zeros: none).
-    token_digest: [u8; 32],
+    /// SHA-256 of the cluster's peer token: the key both sides' handshake proofs are
+    /// computed with (zeros: no token).
+    token_key: [u8; 32],
     local_address: SocketAddr,
     shared: Arc<ResponderShared>,
     peers: RwLock<FxHashMap<NodeId, Arc<PeerConnection>>>,
@@ -54,8 +55,9 @@ pub struct TcpFabric {
 /// What the responder threads share with the fabric.
 struct ResponderShared {
     node: NodeId,
-    /// The digest a connecting peer must present; `None` accepts every peer.
-    required_digest: Option<[u8; 32]>,
+    /// The key (SHA-256 of the peer token) a connecting peer must prove it knows; `None`
+    /// accepts every peer. The responder proves the same key (zeros without a token).
+    required_key: Option<[u8; 32]>,
     regions: RwLock<FxHashMap<RegionId, Arc<LocalRegion>>>,
     shutting_down: AtomicBool,
     /// Accepted connections, so that dropping the fabric can close them.
@@ -74,21 +76,25 @@ impl TcpFabric {
     }
 
     /// Like [`TcpFabric::start`], with a cluster-wide peer token: the responder serves
-    /// only peers that present it, and this node presents it to its peers. The token's
-    /// SHA-256 digest travels in clear text (there is no TLS), so it keeps out peers that
-    /// do not know it, not eavesdroppers.
+    /// only peers that prove they know it, and this node talks only to responders that
+    /// prove it too. Neither the token nor anything replayable travels: each side sends an
+    /// HMAC of both sides' fresh nonces under the token's SHA-256 (a challenge-response in
+    /// both directions). The traffic after the handshake is neither encrypted nor
+    /// integrity-protected (there is no TLS between nodes): the token keeps out nodes that
+    /// do not know it and eavesdroppers who would replay a handshake, not an attacker who
+    /// can take over an established connection.
     pub fn start_with_token(
         node: NodeId,
         listen: SocketAddr,
         token: Option<&[u8]>,
     ) -> Result<Arc<TcpFabric>, FabricError> {
-        let digest = token.map(|token| <[u8; 32]>::from(sha2::Sha256::digest(token)));
+        let key = token.map(|token| <[u8; 32]>::from(sha2::Sha256::digest(token)));
         let listener = TcpListener::bind(listen).map_err(|error| FabricError::io(format!("bind {listen}"), error))?;
         let local_address =
             listener.local_addr().map_err(|error| FabricError::io("read the responder's address", error))?;
         let shared = Arc::new(ResponderShared {
             node,
-            required_digest: digest,
+            required_key: key,
             regions: RwLock::new(FxHashMap::default()),
             shutting_down: AtomicBool::new(false),
             connections: Mutex::new(FxHashMap::default()),
@@ -102,7 +108,7 @@ impl TcpFabric {
             .map_err(|error| FabricError::io("start the fabric responder", error))?;
         Ok(Arc::new(TcpFabric {
             node,
-            token_digest: digest.unwrap_or_default(),
+            token_key: key.unwrap_or_default(),
             local_address,
             shared,
             peers: RwLock::new(FxHashMap::default()),
@@ -120,7 +126,7 @@ impl TcpFabric {
     pub fn add_peer(&self, node: NodeId, address: SocketAddr) {
         let connection = Arc::new(PeerConnection {
             from_node: self.node,
-            token_digest: self.token_digest,
+            token_key: self.token_key,
             node,
             address,
             stream: Mutex::new(None),
@@ -193,7 +199,7 @@ impl Drop for TcpFabric {
 /// A connection from this node to one peer's responder.
 struct PeerConnection {
     from_node: NodeId,
-    token_digest: [u8; 32],
+    token_key: [u8; 32],
     node: NodeId,
     address: SocketAddr,
     stream: Mutex<Option<ConnectedStream>>,
@@ -229,15 +235,31 @@ impl PeerConnection {
         configure(&stream).map_err(|error| self.unreachable(format!("configure the connection: {error}")))?;
         let mut writer = stream.try_clone().map_err(|error| self.unreachable(format!("clone the socket: {error}")))?;
         let mut reader = BufReader::new(stream);
+        let protocol_error =
+            |reason: String| FabricError::Protocol { node: self.node, reason: format!("{}: {reason}", self.address) };
+        let client_nonce = fresh_nonce().map_err(|error| FabricError::io("draw a handshake nonce", error))?;
         writer
-            .write_all(&wire::encode_hello(self.from_node, self.node, &self.token_digest))
+            .write_all(&wire::encode_hello(self.from_node, self.node, &client_nonce))
             .map_err(|error| self.unreachable(format!("send hello: {error}")))?;
+        let mut challenge = [0u8; wire::CHALLENGE_BYTES];
+        reader.read_exact(&mut challenge).map_err(|error| self.unreachable(format!("read challenge: {error}")))?;
+        let (responder_nonce, responder_proof) =
+            wire::decode_challenge(&challenge, self.node).map_err(protocol_error)?;
+        let handshake =
+            wire::Handshake { from_node: self.from_node, to_node: self.node, client_nonce, responder_nonce };
+        if !wire::proofs_match(&responder_proof, &handshake.responder_proof(&self.token_key)) {
+            // Nothing was sent that a false responder could use: the client's proof is
+            // bound to this connection's nonces and is not sent at all.
+            return Err(protocol_error(
+                "the responder does not prove the cluster's peer token (it has none, or another one)".to_string(),
+            ));
+        }
+        writer
+            .write_all(&handshake.client_proof(&self.token_key))
+            .map_err(|error| self.unreachable(format!("send proof: {error}")))?;
         let mut welcome = [0u8; wire::WELCOME_BYTES];
         reader.read_exact(&mut welcome).map_err(|error| self.unreachable(format!("read welcome: {error}")))?;
-        wire::decode_welcome(&welcome, self.node).map_err(|reason| FabricError::Protocol {
-            node: self.node,
-            reason: format!("{}: {reason}", self.address),
-        })?;
+        wire::decode_welcome(&welcome, self.node).map_err(protocol_error)?;
         Ok(ConnectedStream { reader, writer, request: Vec::new(), response: Vec::new() })
     }
 
@@ -392,6 +414,13 @@ fn reset_on_close(stream: &TcpStream) {
     }
 }
 
+/// A nonce for one handshake, from the operating system's random source.
+fn fresh_nonce() -> std::io::Result<[u8; wire::NONCE_BYTES]> {
+    let mut nonce = [0u8; wire::NONCE_BYTES];
+    getrandom::fill(&mut nonce).map_err(|error| std::io::Error::other(error.to_string()))?;
+    Ok(nonce)
+}
+
 fn accept_connections(listener: TcpListener, shared: Arc<ResponderShared>) {
     for stream in listener.incoming() {
         if shared.shutting_down.load(Ordering::SeqCst) {
@@ -455,13 +484,36 @@ fn respond(stream: TcpStream, connection: u64, shared: &ResponderShared) -> std:
     let mut reader = BufReader::new(stream);
     let mut hello = [0u8; wire::HELLO_BYTES];
     reader.read_exact(&mut hello)?;
-    let client = wire::decode_hello(&hello).ok().filter(|hello| {
-        // Every byte is compared, so the time taken tells nothing about the digest.
-        let token_matches = shared
-            .required_digest
-            .is_none_or(|required| required.iter().zip(&hello.digest).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0);
-        hello.to_node == shared.node && token_matches
-    });
+    let Some(hello) = wire::decode_hello(&hello).ok().filter(|hello| hello.to_node == shared.node) else {
+        writer.write_all(&wire::encode_challenge(
+            false,
+            shared.node,
+            &[0; wire::NONCE_BYTES],
+            &[0; wire::PROOF_BYTES],
+        ))?;
+        return Ok(());
+    };
+    // A fresh nonce per connection binds the client's proof to this connection: a proof
+    // recorded from another handshake does not match.
+    let handshake = wire::Handshake {
+        from_node: hello.from_node,
+        to_node: shared.node,
+        client_nonce: hello.client_nonce,
+        responder_nonce: fresh_nonce()?,
+    };
+    let own_key = shared.required_key.unwrap_or_default();
+    writer.write_all(&wire::encode_challenge(
+        true,
+        shared.node,
+        &handshake.responder_nonce,
+        &handshake.responder_proof(&own_key),
+    ))?;
+    let mut client_proof = [0u8; wire::PROOF_BYTES];
+    reader.read_exact(&mut client_proof)?;
+    let proven = shared
+        .required_key
+        .is_none_or(|required| wire::proofs_match(&client_proof, &handshake.client_proof(&required)));
+    let client = proven.then_some(hello);
     // Taken over before the welcome, so that once a client is welcomed, nothing more
     // from its older connections is performed.
     let performing = client.as_ref().map(|client| shared.take_over(client.from_node, connection));
@@ -581,14 +633,32 @@ mod tests {
         Ok(body)
     }
 
-    /// A raw connection to `fabric`'s responder that passed the handshake as node 9.
-    fn raw_client(fabric: &TcpFabric) -> TcpStream {
+    /// A raw connection to `fabric`'s responder as node 9: the hello sent with
+    /// `client_nonce`, the challenge read and checked. Returns the stream and the
+    /// handshake (nonces) that the client's proof must be computed over.
+    fn raw_hello(fabric: &TcpFabric, client_nonce: [u8; 32]) -> (TcpStream, wire::Handshake) {
         let mut stream = TcpStream::connect(fabric.local_address()).expect("connect");
         stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-        stream.write_all(&wire::encode_hello(9, fabric.node_id(), &[0; 32])).expect("hello");
+        stream.write_all(&wire::encode_hello(9, fabric.node_id(), &client_nonce)).expect("hello");
+        let mut challenge = [0u8; wire::CHALLENGE_BYTES];
+        stream.read_exact(&mut challenge).expect("challenge");
+        let (responder_nonce, _) = wire::decode_challenge(&challenge, fabric.node_id()).expect("not refused");
+        (stream, wire::Handshake { from_node: 9, to_node: fabric.node_id(), client_nonce, responder_nonce })
+    }
+
+    /// Sends `proof` and reads the welcome: whether the responder accepted.
+    fn send_proof(stream: &mut TcpStream, proof: [u8; 32], node: NodeId) -> bool {
+        stream.write_all(&proof).expect("proof");
         let mut welcome = [0u8; wire::WELCOME_BYTES];
         stream.read_exact(&mut welcome).expect("welcome");
-        wire::decode_welcome(&welcome, fabric.node_id()).expect("accepted");
+        wire::decode_welcome(&welcome, node).is_ok()
+    }
+
+    /// A raw connection to `fabric`'s (tokenless) responder that passed the handshake as
+    /// node 9.
+    fn raw_client(fabric: &TcpFabric) -> TcpStream {
+        let (mut stream, handshake) = raw_hello(fabric, [1; 32]);
+        assert!(send_proof(&mut stream, handshake.client_proof(&[0; 32]), fabric.node_id()), "accepted");
         stream
     }
 
@@ -611,9 +681,9 @@ mod tests {
         // A client that greets the wrong node is turned away.
         let mut lost = TcpStream::connect(fabric.local_address()).expect("connect");
         lost.write_all(&wire::encode_hello(9, 5, &[0; 32])).expect("hello");
-        let mut welcome = [0u8; wire::WELCOME_BYTES];
-        lost.read_exact(&mut welcome).expect("welcome");
-        assert!(wire::decode_welcome(&welcome, 5).is_err());
+        let mut challenge = [0u8; wire::CHALLENGE_BYTES];
+        lost.read_exact(&mut challenge).expect("challenge");
+        assert!(wire::decode_challenge(&challenge, 5).is_err());
 
         // Well-behaved peers are unaffected.
         let peer = TcpFabric::start(1, "127.0.0.1:0".parse().expect("literal address")).expect("start");
@@ -655,9 +725,50 @@ mod tests {
         };
         assert_eq!(connect(Some(b"s3cret")).expect("the right token is served"), 64);
         for wrong in [Some(&b"guess"[..]), None] {
+            // The client finds out first: the responder's proof does not match its key.
             let error = connect(wrong).expect_err("a wrong or missing token is refused");
-            assert!(error.to_string().contains("refused the connection"), "{error}");
+            assert!(error.to_string().contains("does not prove the cluster's peer token"), "{error}");
         }
+    }
+
+    /// A client that knows the token but met a responder that does not (an impostor
+    /// listening on a peer's address) sends it nothing: the responder must prove the
+    /// token first.
+    #[test]
+    fn a_responder_without_the_cluster_token_is_not_trusted() {
+        let impostor = TcpFabric::start(1, "127.0.0.1:0".parse().expect("address")).expect("start impostor");
+        impostor.register_region(RegionId(4), 64).expect("region");
+        let peer =
+            TcpFabric::start_with_token(2, "127.0.0.1:0".parse().expect("address"), Some(b"s3cret")).expect("peer");
+        peer.add_peer(1, impostor.local_address());
+        let error = peer.open_remote(1, RegionId(4)).map(|_| ()).expect_err("the impostor cannot prove the token");
+        assert!(matches!(error, FabricError::Protocol { node: 1, .. }), "{error}");
+        assert!(error.to_string().contains("does not prove the cluster's peer token"), "{error}");
+    }
+
+    /// An eavesdropper who recorded a whole handshake (both nonces and the client's
+    /// proof) cannot replay it: every connection gets a fresh responder nonce, so the
+    /// recorded proof is refused, and no data frame is served.
+    #[test]
+    fn a_recorded_handshake_cannot_be_replayed() {
+        let token_key: [u8; 32] = sha2::Sha256::digest(b"s3cret").into();
+        let owner = TcpFabric::start_with_token(1, "127.0.0.1:0".parse().expect("address"), Some(b"s3cret"))
+            .expect("start owner");
+        owner.register_region(RegionId(4), 64).expect("region");
+
+        // The honest handshake the eavesdropper records.
+        let (mut honest, recorded) = raw_hello(&owner, [5; 32]);
+        let recorded_proof = recorded.client_proof(&token_key);
+        assert!(send_proof(&mut honest, recorded_proof, 1), "the honest client is accepted");
+
+        // The replay: the same hello, then the recorded proof.
+        let (mut replay, fresh) = raw_hello(&owner, [5; 32]);
+        assert_ne!(fresh.responder_nonce, recorded.responder_nonce, "the responder's nonce is fresh");
+        assert!(!send_proof(&mut replay, recorded_proof, 1), "the recorded proof is refused");
+        let mut frame = Vec::new();
+        wire::encode_describe(&mut frame, RegionId(4));
+        let _ = replay.write_all(&frame);
+        assert!(read_frame(&mut replay).is_err(), "nothing is served on the refused connection");
     }
     /// A request a client gave up on may arrive on its old connection after it opened a
     /// new one (a partition that heals lets the retransmission through). The newer

@@ -5,7 +5,11 @@
 //! All integers are little-endian. A frame is a `u32` body length and the body.
 //!
 //! ```text
-//! hello     client → responder  magic u32, version u16, from node u16, to node u16
+//! hello     client → responder  magic u32, version u16, from node u16, to node u16,
+//!                                client nonce [32]
+//! challenge responder → client  magic u32, version u16, accepted u8, node u16,
+//!                                responder nonce [32], responder proof [32]
+//! proof     client → responder  client proof [32]
 //! welcome   responder → client  magic u32, version u16, accepted u8, node u16
 //! describe  kind=1 u8, region u32            → status u8, [size u64]
 //! batch     kind=2 u8, region u32, count u16, operations
@@ -23,11 +27,19 @@ use crate::memory::AccessError;
 use crate::{Operation, RegionId, MAX_BATCH_OPERATIONS, MAX_TRANSFER_BYTES};
 
 pub(super) const MAGIC: u32 = u32::from_le_bytes(*b"LHFB");
-pub(super) const VERSION: u16 = 2;
-/// Magic, version, from and to node, and the SHA-256 digest of the cluster's peer token
-/// (zeros without one).
-pub(super) const HELLO_BYTES: usize = 10 + 32;
+pub(super) const VERSION: u16 = 3;
+/// Magic, version, from and to node, and the client's nonce.
+pub(super) const HELLO_BYTES: usize = 10 + NONCE_BYTES;
+/// Magic, version, accepted, node, the responder's nonce and its proof.
+pub(super) const CHALLENGE_BYTES: usize = 9 + NONCE_BYTES + PROOF_BYTES;
 pub(super) const WELCOME_BYTES: usize = 9;
+pub(super) const NONCE_BYTES: usize = 32;
+pub(super) const PROOF_BYTES: usize = 32;
+
+/// What each side's proof is computed over besides the nonces, so that a responder's
+/// proof can never be replayed as a client's.
+const CLIENT_LABEL: &[u8] = b"leasehold fabric client proof";
+const RESPONDER_LABEL: &[u8] = b"leasehold fabric responder proof";
 
 const KIND_DESCRIBE: u8 = 1;
 const KIND_BATCH: u8 = 2;
@@ -52,23 +64,21 @@ pub(super) const REQUEST_BODY_BYTES_MAX: usize =
 pub(super) const RESPONSE_BODY_BYTES_MAX: usize = 1 + 2 + MAX_BATCH_OPERATIONS * 8 + MAX_TRANSFER_BYTES as usize + 24;
 
 /// The first bytes a client sends on a new connection.
-pub(super) fn encode_hello(from_node: u16, to_node: u16, token_digest: &[u8; 32]) -> [u8; HELLO_BYTES] {
+pub(super) fn encode_hello(from_node: u16, to_node: u16, client_nonce: &[u8; NONCE_BYTES]) -> [u8; HELLO_BYTES] {
     let mut hello = [0u8; HELLO_BYTES];
-    hello[10..42].copy_from_slice(token_digest);
     hello[0..4].copy_from_slice(&MAGIC.to_le_bytes());
     hello[4..6].copy_from_slice(&VERSION.to_le_bytes());
     hello[6..8].copy_from_slice(&from_node.to_le_bytes());
     hello[8..10].copy_from_slice(&to_node.to_le_bytes());
+    hello[10..].copy_from_slice(client_nonce);
     hello
 }
 
-/// The responder's reading of a hello: the node the client wants and the digest of the
-/// token it presents, or why it is refused.
-/// What a client's hello says: the node it is, the node it wants, its token digest.
+/// What a client's hello says: the node it is, the node it wants, its nonce.
 pub(super) struct Hello {
     pub(super) from_node: u16,
     pub(super) to_node: u16,
-    pub(super) digest: [u8; 32],
+    pub(super) client_nonce: [u8; NONCE_BYTES],
 }
 
 pub(super) fn decode_hello(hello: &[u8; HELLO_BYTES]) -> Result<Hello, String> {
@@ -79,8 +89,85 @@ pub(super) fn decode_hello(hello: &[u8; HELLO_BYTES]) -> Result<Hello, String> {
     }
     let from_node = reader.u16()?;
     let to_node = reader.u16()?;
-    let digest: [u8; 32] = hello[10..42].try_into().expect("32 bytes");
-    Ok(Hello { from_node, to_node, digest })
+    let client_nonce = reader.array()?;
+    Ok(Hello { from_node, to_node, client_nonce })
+}
+
+/// The nonces and node ids of one handshake: what both proofs are bound to, so that a
+/// proof recorded on one connection is worthless on any other (the responder's nonce is
+/// fresh for every connection).
+pub(super) struct Handshake {
+    pub(super) from_node: u16,
+    pub(super) to_node: u16,
+    pub(super) client_nonce: [u8; NONCE_BYTES],
+    pub(super) responder_nonce: [u8; NONCE_BYTES],
+}
+
+impl Handshake {
+    /// The client's proof that it knows the key (the SHA-256 of the peer token).
+    pub(super) fn client_proof(&self, key: &[u8; 32]) -> [u8; PROOF_BYTES] {
+        self.proof(key, CLIENT_LABEL)
+    }
+
+    /// The responder's proof that it knows the key.
+    pub(super) fn responder_proof(&self, key: &[u8; 32]) -> [u8; PROOF_BYTES] {
+        self.proof(key, RESPONDER_LABEL)
+    }
+
+    fn proof(&self, key: &[u8; 32], label: &[u8]) -> [u8; PROOF_BYTES] {
+        let mut message = Vec::with_capacity(label.len() + 4 + 2 * NONCE_BYTES);
+        message.extend_from_slice(label);
+        message.extend_from_slice(&self.from_node.to_le_bytes());
+        message.extend_from_slice(&self.to_node.to_le_bytes());
+        message.extend_from_slice(&self.client_nonce);
+        message.extend_from_slice(&self.responder_nonce);
+        hmac_sha256(key, &message)
+    }
+}
+
+/// Whether two proofs are equal, comparing every byte so that the time taken tells
+/// nothing about where they differ.
+pub(super) fn proofs_match(left: &[u8; PROOF_BYTES], right: &[u8; PROOF_BYTES]) -> bool {
+    left.iter().zip(right).fold(0u8, |difference, (a, b)| difference | (a ^ b)) == 0
+}
+
+/// HMAC-SHA256 (RFC 2104) of `message` under a key of at most one block.
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    const BLOCK_BYTES: usize = 64;
+    assert!(key.len() <= BLOCK_BYTES, "the fabric's keys are digests, shorter than a block");
+    let mut padded = [0u8; BLOCK_BYTES];
+    padded[..key.len()].copy_from_slice(key);
+    let pad = |byte: u8| padded.map(|k| k ^ byte);
+    let inner = Sha256::new().chain_update(pad(0x36)).chain_update(message).finalize();
+    Sha256::new().chain_update(pad(0x5c)).chain_update(inner).finalize().into()
+}
+
+/// The responder's answer to a hello: its nonce and proof, or a refusal (zeros).
+pub(super) fn encode_challenge(
+    accepted: bool,
+    node: u16,
+    responder_nonce: &[u8; NONCE_BYTES],
+    responder_proof: &[u8; PROOF_BYTES],
+) -> [u8; CHALLENGE_BYTES] {
+    let mut challenge = [0u8; CHALLENGE_BYTES];
+    challenge[0..WELCOME_BYTES].copy_from_slice(&encode_welcome(accepted, node));
+    challenge[WELCOME_BYTES..WELCOME_BYTES + NONCE_BYTES].copy_from_slice(responder_nonce);
+    challenge[WELCOME_BYTES + NONCE_BYTES..].copy_from_slice(responder_proof);
+    challenge
+}
+
+/// The client's reading of a challenge: the responder's nonce and proof when the
+/// responder is `expected_node` and did not refuse the hello.
+pub(super) fn decode_challenge(
+    challenge: &[u8; CHALLENGE_BYTES],
+    expected_node: u16,
+) -> Result<([u8; NONCE_BYTES], [u8; PROOF_BYTES]), String> {
+    let welcome: &[u8; WELCOME_BYTES] =
+        challenge[..WELCOME_BYTES].try_into().expect("the prefix has the welcome's size");
+    decode_welcome(welcome, expected_node)?;
+    let mut reader = Reader::new(&challenge[WELCOME_BYTES..]);
+    Ok((reader.array()?, reader.array()?))
 }
 
 pub(super) fn encode_welcome(accepted: bool, node: u16) -> [u8; WELCOME_BYTES] {
@@ -350,6 +437,29 @@ impl<'a> Reader<'a> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn hmac_sha256_matches_rfc_4231() {
+        // Test case 2 of RFC 4231 (a key shorter than the block).
+        let mac = super::hmac_sha256(b"Jefe", b"what do ya want for nothing?");
+        let expected = "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843";
+        let hex: String = mac.iter().map(|byte| format!("{byte:02x}")).collect();
+        assert_eq!(hex, expected);
+    }
+
+    #[test]
+    fn proofs_are_bound_to_role_nodes_nonces_and_key() {
+        let handshake = super::Handshake { from_node: 1, to_node: 2, client_nonce: [7; 32], responder_nonce: [9; 32] };
+        let key = [3u8; 32];
+        let proof = handshake.client_proof(&key);
+        assert!(super::proofs_match(&proof, &handshake.client_proof(&key)));
+        assert!(!super::proofs_match(&proof, &handshake.responder_proof(&key)), "roles differ");
+        assert!(!super::proofs_match(&proof, &handshake.client_proof(&[4; 32])), "keys differ");
+        let other_nonce = super::Handshake { responder_nonce: [8; 32], ..handshake };
+        assert!(!super::proofs_match(&proof, &other_nonce.client_proof(&key)), "a fresh nonce, another proof");
+        let other_node = super::Handshake { from_node: 5, ..other_nonce };
+        assert!(!super::proofs_match(&other_nonce.client_proof(&key), &other_node.client_proof(&key)));
+    }
+
     use super::*;
     use proptest::prelude::*;
 
