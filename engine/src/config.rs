@@ -90,8 +90,8 @@ pub struct Config {
     pub access_set_keys_max: usize,
     /// Longest key.
     pub key_bytes_max: usize,
-    /// Completed request ids kept in memory for fast retries (older ones are read from
-    /// RocksDB).
+    /// Completed request ids kept in memory for fast retries: between half of this and
+    /// this many, the most recent (older ones are read from RocksDB).
     pub recent_results_max: usize,
     /// How long a request id's outcome is kept for retries (a retry after that may run
     /// the request again).

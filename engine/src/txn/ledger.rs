@@ -3,14 +3,22 @@
 //!
 //! An id is `Pending` from the moment its transaction enters an epoch until the epoch is
 //! durable; a retry arriving meanwhile waits for the same outcome. It is then `Done`,
-//! kept in memory for the most recent `capacity` ids; older ones are found in RocksDB's
-//! `results` column family. An id is only forgotten once its epoch is checkpointed, since
-//! before that its outcome is only in the epoch log, where lookups do not search.
+//! kept in memory for at least the most recent `capacity / 2` and at most `capacity`
+//! done ids; older ones are found in RocksDB's `results` column family. An id is only
+//! forgotten once its epoch is checkpointed, since before that its outcome is only in the
+//! epoch log, where lookups do not search.
+//!
+//! The ids live in two generations of hash maps, each sized up front for half the
+//! capacity: new ids go to the current one, and when it holds `capacity / 2` done ids the
+//! previous generation is retired whole (dropped on a thread of its own) and the current
+//! one becomes the previous. So the maps never grow and never delete one by one. Why:
+//! a hash map that grows rehashes every entry at once, and one that deletes leaves
+//! tombstones until a full rehash; with a million ids either stalled the epoch driver, and
+//! every request in flight, for about 400 ms.
 
 use super::Reply;
 use crate::model::{Outcome, RequestId};
 use rustc_hash::FxHashMap;
-use std::collections::VecDeque;
 
 enum Entry {
     Pending(Vec<Reply>),
@@ -27,21 +35,64 @@ pub enum Lookup {
     Unknown(Reply),
 }
 
-pub struct Ledger {
+/// One generation of ids.
+#[derive(Default)]
+struct Generation {
     entries: FxHashMap<RequestId, Entry>,
-    /// Done ids in completion order, with the epoch that holds their outcome.
-    done_order: VecDeque<(RequestId, u64)>,
+    /// Done entries, and running ones.
+    done: usize,
+    pending: usize,
+    /// The newest epoch holding one of its outcomes: the generation may be retired once
+    /// that epoch is checkpointed.
+    newest_epoch: u64,
+}
+
+impl Generation {
+    fn sized_for(ids: usize) -> Generation {
+        Generation { entries: FxHashMap::with_capacity_and_hasher(ids, Default::default()), ..Default::default() }
+    }
+
+    fn mark_done(&mut self, epoch: u64) {
+        self.done += 1;
+        self.newest_epoch = self.newest_epoch.max(epoch);
+    }
+}
+
+pub struct Ledger {
+    current: Generation,
+    previous: Generation,
     capacity: usize,
     checkpointed_epoch: u64,
 }
 
 impl Ledger {
+    /// A ledger that keeps between `capacity / 2` and `capacity` done ids in memory.
     pub fn new(capacity: usize) -> Ledger {
-        Ledger { entries: FxHashMap::default(), done_order: VecDeque::new(), capacity, checkpointed_epoch: 0 }
+        Ledger {
+            current: Generation::sized_for(Self::sized_for(capacity)),
+            previous: Generation::default(),
+            capacity,
+            checkpointed_epoch: 0,
+        }
+    }
+
+    /// What a generation is sized for: its share of done ids, and a quarter more for
+    /// running ids and for done ids whose epoch is not checkpointed yet.
+    fn sized_for(capacity: usize) -> usize {
+        let half = Self::half(capacity);
+        half.saturating_add(half / 4)
+    }
+
+    fn half(capacity: usize) -> usize {
+        (capacity / 2).max(1)
     }
 
     pub fn lookup(&mut self, id: &RequestId, reply: Reply) -> Lookup {
-        match self.entries.get_mut(id) {
+        let entry = match self.current.entries.get_mut(id) {
+            Some(entry) => Some(entry),
+            None => self.previous.entries.get_mut(id),
+        };
+        match entry {
             Some(Entry::Done(outcome)) => Lookup::Done(outcome.clone(), reply),
             Some(Entry::Pending(waiters)) => {
                 waiters.push(reply);
@@ -53,78 +104,98 @@ impl Ledger {
 
     /// Records that `id` is about to run.
     pub fn start(&mut self, id: RequestId) {
-        let previous = self.entries.insert(id, Entry::Pending(Vec::new()));
+        assert!(!self.previous.entries.contains_key(&id), "a request id started while the ledger knew it");
+        let previous = self.current.entries.insert(id, Entry::Pending(Vec::new()));
         assert!(previous.is_none(), "a request id started while the ledger knew it");
+        self.current.pending += 1;
     }
 
     /// Records a durable outcome found in storage (so already checkpointed).
     pub fn remember(&mut self, id: RequestId, outcome: Outcome) {
-        self.entries.insert(id.clone(), Entry::Done(outcome));
-        self.push_done(id, 0);
+        if self.previous.entries.contains_key(&id) {
+            return;
+        }
+        if self.current.entries.insert(id, Entry::Done(outcome)).is_none() {
+            self.current.mark_done(0);
+            self.retire_if_due();
+        }
     }
 
     /// Completes a running id with its durable outcome, logged in `epoch`; returns the
     /// replies that waited.
     pub fn complete(&mut self, id: &RequestId, outcome: &Outcome, epoch: u64) -> Vec<Reply> {
+        let generation = if self.current.entries.contains_key(id) { &mut self.current } else { &mut self.previous };
         // The entry is updated in place: the map keeps its own copy of the id.
-        let entry = self.entries.get_mut(id).expect("completed a request id that was not running");
+        let entry = generation.entries.get_mut(id).expect("completed a request id that was not running");
         let waiters = match std::mem::replace(entry, Entry::Done(outcome.clone())) {
             Entry::Pending(waiters) => waiters,
             Entry::Done(_) => panic!("completed a request id twice"),
         };
-        self.push_done(id.clone(), epoch);
+        generation.pending -= 1;
+        generation.mark_done(epoch);
+        self.retire_if_due();
         waiters
     }
 
     /// Every epoch up to `epoch` is now in the `results` column family.
     pub fn checkpointed(&mut self, epoch: u64) {
         self.checkpointed_epoch = self.checkpointed_epoch.max(epoch);
-        self.evict();
+        self.retire_if_due();
     }
 
     /// Forgets a running id whose transaction could not be made durable; returns the
     /// replies that waited.
     pub fn abandon(&mut self, id: &RequestId) -> Vec<Reply> {
-        match self.entries.remove(id) {
-            Some(Entry::Pending(waiters)) => waiters,
-            Some(done @ Entry::Done(_)) => {
-                self.entries.insert(id.clone(), done);
-                Vec::new()
-            }
-            None => Vec::new(),
-        }
-    }
-
-    fn push_done(&mut self, id: RequestId, epoch: u64) {
-        self.done_order.push_back((id, epoch));
-        self.evict();
-    }
-
-    fn evict(&mut self) {
-        while self.done_order.len() > self.capacity {
-            match self.done_order.front() {
-                Some((_, epoch)) if *epoch <= self.checkpointed_epoch => {}
-                _ => break,
-            }
-            let Some((oldest, _)) = self.done_order.pop_front() else { break };
-            // Only evict finished entries; a retry finds the outcome in storage.
-            if matches!(self.entries.get(&oldest), Some(Entry::Done(_))) {
-                self.entries.remove(&oldest);
+        for generation in [&mut self.current, &mut self.previous] {
+            if let Some(Entry::Pending(_)) = generation.entries.get(id) {
+                generation.pending -= 1;
+                return match generation.entries.remove(id) {
+                    Some(Entry::Pending(waiters)) => waiters,
+                    _ => unreachable!("the entry was pending just above"),
+                };
             }
         }
+        Vec::new()
+    }
+
+    /// Retires the previous generation once the current one holds its share of done ids
+    /// and every outcome of the previous one is checkpointed (retrievable from storage).
+    fn retire_if_due(&mut self) {
+        if self.current.done < Self::half(self.capacity) || self.previous.newest_epoch > self.checkpointed_epoch {
+            return;
+        }
+        let fresh = Generation::sized_for(Self::sized_for(self.capacity));
+        let mut retired = std::mem::replace(&mut self.previous, std::mem::replace(&mut self.current, fresh));
+        // Ids still running (rare: they entered an epoch two generations ago) come along.
+        if retired.pending > 0 {
+            for (id, entry) in retired.entries.extract_if(|_, entry| matches!(entry, Entry::Pending(_))) {
+                self.current.entries.insert(id, entry);
+                self.current.pending += 1;
+            }
+        }
+        drop_elsewhere(retired);
     }
 }
 
-#[cfg(test)]
-impl Ledger {
-    fn len(&self) -> usize {
-        self.entries.len()
+/// Drops a retired generation off the epoch driver's thread: freeing half a million ids
+/// and outcomes one by one takes tens of milliseconds.
+fn drop_elsewhere(retired: Generation) {
+    if retired.entries.len() < 10_000 {
+        return;
     }
+    // When no thread can be started, the closure (and the generation) is dropped here.
+    let _ = std::thread::Builder::new().name("ledger-retire".to_string()).spawn(move || drop(retired));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Ledger {
+        fn len(&self) -> usize {
+            self.current.entries.len() + self.previous.entries.len()
+        }
+    }
     use crate::model::Timestamp;
 
     fn id(n: u8) -> RequestId {
@@ -163,9 +234,38 @@ mod tests {
         }
         assert_eq!(ledger.len(), 3, "nothing is checkpointed yet");
         ledger.checkpointed(2);
-        assert_eq!(ledger.len(), 1, "ids of checkpointed epochs may go");
+        assert_eq!(ledger.len(), 2, "the oldest generation, checkpointed, went");
+        let (reply, _) = tokio::sync::oneshot::channel();
+        assert!(matches!(ledger.lookup(&id(1), reply), Lookup::Unknown(_)));
         let (reply, _) = tokio::sync::oneshot::channel();
         assert!(matches!(ledger.lookup(&id(3), reply), Lookup::Done(..)));
+    }
+
+    /// Growing a hash map rehashes every entry in one go; the ledger's maps never grow
+    /// (nor collect tombstones) while it fills and turns over many times, and it keeps
+    /// between half its capacity and its capacity.
+    #[test]
+    fn filling_and_turning_over_never_grows_a_map() {
+        let capacity = 20_000;
+        let mut ledger = Ledger::new(capacity);
+        let map_capacity = ledger.current.entries.capacity();
+        assert!(map_capacity >= capacity / 2 + capacity / 8, "{map_capacity}");
+        for n in 0..(5 * capacity as u64) {
+            let id = RequestId(n.to_be_bytes().to_vec().into());
+            ledger.start(id.clone());
+            assert_eq!(ledger.current.entries.capacity(), map_capacity, "the current map never grew");
+            let _ = ledger.complete(&id, &outcome(1), n / 100);
+            ledger.checkpointed(n / 100);
+            if n >= capacity as u64 {
+                assert!((capacity / 2..=capacity).contains(&ledger.len()), "{} ids at {n}", ledger.len());
+            }
+        }
+        let newest = RequestId((5 * capacity as u64 - 1).to_be_bytes().to_vec().into());
+        let (reply, _) = tokio::sync::oneshot::channel();
+        assert!(matches!(ledger.lookup(&newest, reply), Lookup::Done(..)));
+        let oldest = RequestId(0u64.to_be_bytes().to_vec().into());
+        let (reply, _) = tokio::sync::oneshot::channel();
+        assert!(matches!(ledger.lookup(&oldest, reply), Lookup::Unknown(_)));
     }
 
     #[test]
@@ -175,7 +275,11 @@ mod tests {
         for n in 0..5 {
             ledger.remember(id(n), outcome(n));
         }
-        assert_eq!(ledger.len(), 3);
+        // Generations of one done id each: the newest survives, the running id moved
+        // along with every retirement.
+        assert!(ledger.len() <= 3, "{}", ledger.len());
+        let (reply, _) = tokio::sync::oneshot::channel();
+        assert!(matches!(ledger.lookup(&id(4), reply), Lookup::Done(..)));
         let (reply, _) = tokio::sync::oneshot::channel();
         assert!(matches!(ledger.lookup(&id(0), reply), Lookup::Unknown(_)));
         let (reply, _) = tokio::sync::oneshot::channel();
