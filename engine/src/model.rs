@@ -27,7 +27,7 @@ impl fmt::Display for Timestamp {
 pub const REQUEST_ID_BYTES_MAX: usize = 64;
 
 /// A client-chosen request id. Empty means "no exactly-once tracking".
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RequestId(pub Box<[u8]>);
 
 impl RequestId {

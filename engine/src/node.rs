@@ -209,6 +209,7 @@ impl Node {
                     executor_threads,
                     transactions_max: config.epoch_transactions_max,
                     durable_epoch,
+                    abandon_after: config.plugin_call_abandon_after(),
                 })
                 .map_err(NodeError::Threads)?;
                 Box::new(move || driver.run())

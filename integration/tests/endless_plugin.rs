@@ -8,6 +8,9 @@
 //!   plugins are served again, the plugin is quarantined (refused with a clear kind)
 //!   until it is deployed again, and the abandoned call, still spinning, never sees the
 //!   value it holds change under it.
+//! * the same holds under the baseline protocols (`--cc 2pl`, `--cc occ`), whose
+//!   watchdog abandons the call, releases the locks it holds (2PL) and starts an executor
+//!   in place of the stuck one;
 //! * in a cluster the same holds, whether the spinning transaction holds a key of its own
 //!   node or one borrowed from a peer (which gets it back unchanged), and the epochs of
 //!   every node go on.
@@ -72,13 +75,28 @@ fn an_endless_plugin_call_is_reported_and_the_node_keeps_answering() {
 
 #[test]
 fn an_endless_call_is_abandoned_its_plugin_quarantined_and_other_work_goes_on() {
+    abandon_and_go_on("lease");
+}
+
+#[test]
+fn under_2pl_an_endless_call_is_abandoned_its_locks_released_and_other_work_goes_on() {
+    abandon_and_go_on("2pl");
+}
+
+#[test]
+fn under_occ_an_endless_call_is_abandoned_and_other_work_goes_on() {
+    abandon_and_go_on("occ");
+}
+
+/// The abandonment scenario on one node running the concurrency control `cc`.
+fn abandon_and_go_on(cc: &str) {
     let directory = tempfile::tempdir().expect("temporary directory");
     let mut launch = Launch::default();
-    launch.log_label = Some("endless-abandon".into());
+    launch.log_label = Some(format!("endless-abandon-{cc}"));
     let engine = EngineProcess::start_with(
         &directory.path().join("node"),
         launch,
-        &["--plugin-call-warn-ms", "200", "--plugin-call-abandon-ms", "1000"],
+        &["--plugin-call-warn-ms", "200", "--plugin-call-abandon-ms", "1000", "--cc", cc],
     );
     let address = engine.address;
     let client = BlockingClient::connect(address).expect("connect");
@@ -90,7 +108,8 @@ fn an_endless_call_is_abandoned_its_plugin_quarantined_and_other_work_goes_on() 
     assert!(client.invoke(put(1)).expect("put").is_committed());
 
     // The spinning call and a write of the same key in one message, so that the write
-    // waits behind the spinning call in the same epoch.
+    // waits behind the spinning call (lease: in the same epoch; 2PL: for its lock; OCC:
+    // it need not wait, holding no lock while the call runs).
     let (results_sender, results) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let spinner = BlockingClient::connect(address).expect("connect");
@@ -133,7 +152,8 @@ fn an_endless_call_is_abandoned_its_plugin_quarantined_and_other_work_goes_on() 
         "no error line names the abandoned plugin"
     );
 
-    // A new deployment lifts the quarantine; the node keeps going with one thread lost.
+    // A new deployment lifts the quarantine; the node keeps going (lease: with one
+    // executor thread lost; 2PL and OCC: with a new executor in place of the stuck one).
     client.deploy_plugin(&plugin_bytes("endless")).expect("deploy the endless plugin again");
     assert!(client.invoke(put(4)).expect("put").is_committed(), "the redeployed plugin takes calls");
     let value = client.read_key("endless", "cells", &7u64.to_be_bytes()).expect("read").expect("the key exists");

@@ -17,6 +17,13 @@
 //!   conflicting transaction (see each protocol's module doc), and hands its outcome and
 //!   writes to the sequencer; a concurrency abort runs the transaction again (counted as
 //!   a retry);
+//! * the watchdog ([`abandon_overdue`], when `plugin_call_abandon_ms` is set) abandons a
+//!   plugin call that does not return, as the lease protocol's driver does: it wins the
+//!   call's [`Claim`], releases the locks the transaction holds (2PL; under OCC a running
+//!   transaction holds none), logs its outcome (`plugin-timed-out`) through the
+//!   sequencer under a fresh commit sequence number, quarantines the plugin and starts an
+//!   executor in place of the stuck one. The stuck thread, if its call ever returns,
+//!   finds the claim lost and ends without touching a record;
 //! * the sequencer ([`Sequencer`]) puts finished transactions back into sequence order
 //!   and groups whatever is ready into epoch records (few under light load, many under
 //!   heavy load, as the epoch driver's adaptive epochs) for the commit thread, with each
@@ -36,6 +43,7 @@ use crate::storage::{data_key_into, EpochRecord, Slot, Storage};
 use crate::txn::access::{AccessEntry, AccessMode};
 use crate::txn::commit::{CommitMessage, EpochCommit};
 use crate::txn::epoch::{admit, DriverMessage};
+use crate::txn::executor::Claim;
 use crate::txn::ledger::Ledger;
 use crate::txn::{PlannedTransaction, PreparedTransaction, Reply, Submission, TransactionStats};
 use crossbeam_channel::{Receiver, Sender};
@@ -43,10 +51,10 @@ use keys::{KeyRecord, RecordArena, RecordPointer, ResidentKeys};
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Counters of the baseline protocols, for status and metrics.
 #[derive(Default)]
@@ -78,20 +86,63 @@ pub(crate) struct Finished {
     retries: u64,
 }
 
-/// What executors send the sequencer: every reserved commit sequence number comes back
-/// exactly once, with the transaction or empty (void: its OCC validation failed).
-pub(crate) struct LogEntry {
-    sequence: u64,
-    finished: Option<Finished>,
+/// What executors (and the watchdog) send the sequencer: every reserved commit sequence
+/// number comes back exactly once, with the transaction or empty (void: its OCC
+/// validation failed). `Close`, from the dispatcher once every live executor ended, ends
+/// the sequencer (a stuck executor may keep its sender forever).
+pub(crate) enum LogEntry {
+    Numbered { sequence: u64, finished: Option<Finished> },
+    Close,
 }
 
-/// What executors share.
+/// What executors share; each executor has its own copy with its number.
+#[derive(Clone)]
 pub(crate) struct WorkerContext {
     node: NodeId,
+    /// This executor's number (for the watchdog, which replaces a stuck executor).
+    number: usize,
     /// The next commit sequence number.
     sequence: Arc<AtomicU64>,
     log: Sender<LogEntry>,
     arena: Arc<RecordArena>,
+    /// The plugin calls running now, when calls that do not return are abandoned.
+    calls: Option<Arc<RunningCalls>>,
+}
+
+/// How an executor's attempt at a transaction ended.
+#[must_use]
+pub(crate) enum AttemptEnd {
+    /// The transaction's outcome went to the sequencer.
+    HandedOver,
+    /// The watchdog abandoned its plugin call and answered for it; this executor has been
+    /// replaced and ends.
+    Abandoned,
+}
+
+/// A plugin call an executor is running, as the watchdog sees it.
+pub(crate) struct RunningCall {
+    claim: Claim,
+    started: Instant,
+    executor: usize,
+    plugin: Arc<crate::plugin::LoadedPlugin>,
+    timestamp: Timestamp,
+    retries: u64,
+    /// 2PL: the locks the transaction holds during the call (every declared key, in
+    /// access-set order) and its wait-die timestamp, released by whoever abandons it.
+    held_locks: Option<(Vec<(RecordPointer, AccessMode)>, u64)>,
+    /// Lent by the attempt for the call, taken back by its winner.
+    request_id: Mutex<crate::model::RequestId>,
+    reply: Mutex<Option<Reply>>,
+}
+
+/// The plugin calls running now (at most one per executor).
+#[derive(Default)]
+pub(crate) struct RunningCalls(Mutex<Vec<Arc<RunningCall>>>);
+
+impl RunningCalls {
+    fn remove(&self, call: &Arc<RunningCall>) {
+        self.0.lock().retain(|running| !Arc::ptr_eq(running, call));
+    }
 }
 
 impl WorkerContext {
@@ -99,6 +150,34 @@ impl WorkerContext {
     /// ordered with its validation loads (see `occ`).
     pub(crate) fn reserve_sequence(&self) -> u64 {
         self.sequence.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// Runs the attempt's plugin call; `None` when the watchdog abandoned it meanwhile
+    /// (it answered for the transaction and released `holds_locks`' locks).
+    pub(crate) fn execute_watched(&self, attempt: &mut Attempt, holds_locks: bool) -> Option<Outcome> {
+        let Some(calls) = &self.calls else { return Some(attempt.execute()) };
+        let held_locks = holds_locks.then(|| {
+            let records = attempt.records.iter().copied();
+            (records.zip(attempt.entries().iter().map(|entry| entry.mode)).collect(), attempt.timestamp)
+        });
+        let call = Arc::new(RunningCall {
+            claim: Claim::new(),
+            started: Instant::now(),
+            executor: self.number,
+            plugin: attempt.prepared.planned.plugin.clone(),
+            timestamp: attempt.prepared.timestamp,
+            retries: attempt.retries,
+            held_locks,
+            request_id: Mutex::new(std::mem::take(&mut attempt.prepared.planned.request_id)),
+            reply: Mutex::new(attempt.reply.take()),
+        });
+        calls.0.lock().push(call.clone());
+        let outcome = crate::txn::executor::execute(&attempt.prepared, Some(&call.claim));
+        calls.remove(&call);
+        let outcome = outcome?;
+        attempt.prepared.planned.request_id = std::mem::take(&mut *call.request_id.lock());
+        attempt.reply = call.reply.lock().take();
+        Some(outcome)
     }
 
     fn send(&self, entry: LogEntry) {
@@ -110,11 +189,11 @@ impl WorkerContext {
 
     /// Gives back a reserved number that no transaction uses.
     pub(crate) fn void(&self, sequence: u64) {
-        self.send(LogEntry { sequence, finished: None });
+        self.send(LogEntry::Numbered { sequence, finished: None });
     }
 
     pub(crate) fn hand_over(&self, (sequence, finished): (u64, Finished)) {
-        self.send(LogEntry { sequence, finished: Some(finished) });
+        self.send(LogEntry::Numbered { sequence, finished: Some(finished) });
     }
 }
 
@@ -129,7 +208,8 @@ pub(crate) struct Attempt {
     records: Vec<RecordPointer>,
     /// Keeps the records alive for `records`.
     _arena: Arc<RecordArena>,
-    reply: Reply,
+    /// Lent to the watchdog's view of a running call, and back after it.
+    reply: Option<Reply>,
     /// The wait-die timestamp.
     pub(crate) timestamp: u64,
     /// Concurrency aborts so far.
@@ -153,7 +233,7 @@ impl Attempt {
             copies,
             records: job.records,
             _arena: arena,
-            reply: job.reply,
+            reply: Some(job.reply),
             timestamp: job.timestamp,
             retries: 0,
         }
@@ -205,6 +285,7 @@ impl Attempt {
 
     pub(crate) fn finish(self, sequence: u64, outcome: Outcome, writes: Vec<Write>) -> (u64, Finished) {
         let Attempt { prepared, reply, retries, .. } = self;
+        let reply = reply.expect("an attempt has its reply unless its call was abandoned");
         (sequence, Finished { request_id: prepared.planned.request_id, outcome, reply, writes, retries })
     }
 }
@@ -318,17 +399,28 @@ struct Sequencer {
 }
 
 impl Sequencer {
-    /// Runs until every executor hung up, after logging everything they sent.
+    /// Runs until told to close (or every sender hung up), after logging everything sent
+    /// before.
     fn run(mut self) {
         let mut reorder = Reorder::new();
         let mut ready = Vec::new();
-        while let Ok(first) = self.log.recv() {
-            reorder.insert(first.sequence, first.finished);
+        // Whether `Close` arrived; returned by `take`.
+        let take = |entry: LogEntry, reorder: &mut Reorder<Finished>| match entry {
+            LogEntry::Numbered { sequence, finished } => {
+                reorder.insert(sequence, finished);
+                false
+            }
+            LogEntry::Close => true,
+        };
+        let mut closing = false;
+        while !closing {
+            let Ok(first) = self.log.recv() else { break };
+            closing |= take(first, &mut reorder);
             // Whatever else is waiting joins this record (bounded, so a flood of arrivals
             // does not hold back what is ready).
             for _ in 0..self.record_transactions_max {
                 match self.log.try_recv() {
-                    Ok(entry) => reorder.insert(entry.sequence, entry.finished),
+                    Ok(entry) => closing |= take(entry, &mut reorder),
                     Err(_) => break,
                 }
             }
@@ -415,6 +507,8 @@ pub(crate) struct BaselineParts {
     pub transactions_max: usize,
     /// The durable epoch at start: records continue after it.
     pub durable_epoch: u64,
+    /// Abandon a plugin call that runs longer (`None`: never).
+    pub abandon_after: Option<Duration>,
 }
 
 /// The dispatcher of a node that runs 2PL or OCC, with its executors and sequencer.
@@ -428,12 +522,84 @@ pub(crate) struct BaselineDriver {
     /// The next wait-die timestamp.
     next_timestamp: u64,
     jobs: Option<Sender<Job>>,
-    executors: Vec<JoinHandle<()>>,
+    executors: Arc<Executors>,
+    watchdog: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+    /// Kept to send the sequencer `Close`.
+    log: Sender<LogEntry>,
     sequencer: Option<JoinHandle<()>>,
 }
 
 fn thread_failure(error: std::io::Error) -> String {
     error.to_string()
+}
+
+/// The executor threads, by number, and what starting another one takes.
+struct Executors {
+    protocol: ConcurrencyControl,
+    /// Every executor's context is a copy of this one with its own number.
+    context: WorkerContext,
+    jobs: Receiver<Job>,
+    next_number: AtomicUsize,
+    /// Live executors; a written-off (stuck) one is removed and never joined.
+    threads: Mutex<FxHashMap<usize, JoinHandle<()>>>,
+}
+
+impl Executors {
+    fn start_one(&self) -> std::io::Result<()> {
+        let number = self.next_number.fetch_add(1, Ordering::Relaxed);
+        let context = WorkerContext { number, ..self.context.clone() };
+        let (protocol, jobs) = (self.protocol, self.jobs.clone());
+        let thread = std::thread::Builder::new().name(format!("leasehold-executor-{number}")).spawn(move || {
+            for job in jobs.iter() {
+                let attempt = Attempt::new(job, &context);
+                let end = match protocol {
+                    ConcurrencyControl::TwoPhaseLocking => twopl::run(attempt, &context),
+                    ConcurrencyControl::Optimistic => occ::run(attempt, &context),
+                    ConcurrencyControl::Lease => unreachable!("checked when the driver started"),
+                };
+                if let AttemptEnd::Abandoned = end {
+                    // Replaced by the watchdog: this thread's call returned after all.
+                    return;
+                }
+            }
+        })?;
+        self.threads.lock().insert(number, thread);
+        Ok(())
+    }
+}
+
+/// The watchdog's round: abandons every call running longer than `abandon_after` whose
+/// claim it wins (see the module doc), replacing its executor.
+fn abandon_overdue(calls: &RunningCalls, executors: &Executors, abandon_after: Duration) {
+    let overdue: Vec<Arc<RunningCall>> =
+        calls.0.lock().iter().filter(|call| call.started.elapsed() >= abandon_after).cloned().collect();
+    for call in overdue {
+        if !call.claim.abandon() {
+            continue; // It returned first.
+        }
+        calls.remove(&call);
+        if let Some((locks, timestamp)) = &call.held_locks {
+            for (record, mode) in locks {
+                // SAFETY: the context's arena keeps every record alive.
+                twopl::release(unsafe { record.get() }, *mode, *timestamp);
+            }
+        }
+        let running_ms = call.started.elapsed().as_millis() as u64;
+        let outcome = crate::txn::executor::report_abandoned(&call.plugin, call.timestamp, running_ms);
+        let finished = Finished {
+            request_id: std::mem::take(&mut *call.request_id.lock()),
+            outcome,
+            reply: call.reply.lock().take().expect("a running call holds its attempt's reply"),
+            writes: Vec::new(),
+            retries: call.retries,
+        };
+        executors.context.hand_over((executors.context.reserve_sequence(), finished));
+        // The stuck thread is written off: never joined, replaced now.
+        drop(executors.threads.lock().remove(&call.executor));
+        if let Err(error) = executors.start_one() {
+            tracing::error!(%error, "cannot start an executor in place of a stuck one");
+        }
+    }
 }
 
 impl BaselineDriver {
@@ -459,27 +625,43 @@ impl BaselineDriver {
             .spawn(move || sequencer.run())
             .map_err(thread_failure)?;
         let (jobs, job_receiver) = crossbeam_channel::unbounded::<Job>();
-        let sequence = Arc::new(AtomicU64::new(0));
-        let mut executors = Vec::with_capacity(parts.executor_threads);
-        for number in 0..parts.executor_threads.max(1) {
-            let context =
-                WorkerContext { node: parts.node, sequence: sequence.clone(), log: log.clone(), arena: keys.arena() };
-            let job_receiver = job_receiver.clone();
-            let executor = std::thread::Builder::new()
-                .name(format!("leasehold-executor-{number}"))
-                .spawn(move || {
-                    for job in job_receiver.iter() {
-                        let attempt = Attempt::new(job, &context);
-                        match protocol {
-                            ConcurrencyControl::TwoPhaseLocking => twopl::run(attempt, &context),
-                            ConcurrencyControl::Optimistic => occ::run(attempt, &context),
-                            ConcurrencyControl::Lease => unreachable!("checked when the driver started"),
-                        }
-                    }
-                })
-                .map_err(thread_failure)?;
-            executors.push(executor);
+        let calls = parts.abandon_after.map(|_| Arc::new(RunningCalls::default()));
+        let executors = Arc::new(Executors {
+            protocol,
+            context: WorkerContext {
+                node: parts.node,
+                number: 0,
+                sequence: Arc::new(AtomicU64::new(0)),
+                log: log.clone(),
+                arena: keys.arena(),
+                calls: calls.clone(),
+            },
+            jobs: job_receiver,
+            next_number: AtomicUsize::new(0),
+            threads: Mutex::new(FxHashMap::default()),
+        });
+        for _ in 0..parts.executor_threads.max(1) {
+            executors.start_one().map_err(thread_failure)?;
         }
+        let watchdog = match (parts.abandon_after, calls) {
+            (Some(abandon_after), Some(calls)) => {
+                let stop = Arc::new(AtomicBool::new(false));
+                let (stopped, executors) = (stop.clone(), executors.clone());
+                // Often enough that a call is abandoned within a quarter of the limit.
+                let tick = (abandon_after / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
+                let thread = std::thread::Builder::new()
+                    .name("leasehold-baseline-watchdog".into())
+                    .spawn(move || {
+                        while !stopped.load(Ordering::Acquire) {
+                            std::thread::sleep(tick);
+                            abandon_overdue(&calls, &executors, abandon_after);
+                        }
+                    })
+                    .map_err(thread_failure)?;
+                Some((stop, thread))
+            }
+            _ => None,
+        };
         Ok(BaselineDriver {
             storage: parts.storage,
             ledger: parts.ledger,
@@ -490,6 +672,8 @@ impl BaselineDriver {
             next_timestamp: twopl::FIRST_TIMESTAMP,
             jobs: Some(jobs),
             executors,
+            watchdog,
+            log,
             sequencer: Some(sequencer),
         })
     }
@@ -530,13 +714,37 @@ impl BaselineDriver {
             }
             self.dispatch(batch);
         }
-        // The executors finish their queue and hang up, then the sequencer logs the rest
-        // and hangs up, which lets the commit thread finish.
+        // The executors finish their queue and end (a stuck one is abandoned by the
+        // watchdog meanwhile and replaced), then the sequencer logs the rest and ends,
+        // which lets the commit thread finish.
         drop(self.jobs.take());
-        for executor in self.executors.drain(..) {
-            if executor.join().is_err() {
-                tracing::error!("an executor panicked");
+        loop {
+            // Joined once finished, never waited on: a stuck executor is written off by
+            // the watchdog (its handle removed, a replacement started that ends at once).
+            let finished: Vec<JoinHandle<()>> = {
+                let mut threads = self.executors.threads.lock();
+                let numbers: Vec<usize> =
+                    threads.iter().filter(|(_, thread)| thread.is_finished()).map(|(number, _)| *number).collect();
+                numbers.iter().filter_map(|number| threads.remove(number)).collect()
+            };
+            for executor in finished {
+                if executor.join().is_err() {
+                    tracing::error!("an executor panicked");
+                }
             }
+            if self.executors.threads.lock().is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if let Some((stop, watchdog)) = self.watchdog.take() {
+            stop.store(true, Ordering::Release);
+            if watchdog.join().is_err() {
+                tracing::error!("the baseline watchdog panicked");
+            }
+        }
+        if self.log.send(LogEntry::Close).is_err() {
+            tracing::error!("the sequencer ended before it was closed");
         }
         if let Some(sequencer) = self.sequencer.take() {
             if sequencer.join().is_err() {

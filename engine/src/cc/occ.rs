@@ -33,7 +33,7 @@
 //! the write-set compare-and-swaps are `SeqCst`.
 
 use super::keys::KeyRecord;
-use super::{pause_before_retry, Attempt, Backoff, WorkerContext};
+use super::{pause_before_retry, Attempt, AttemptEnd, Backoff, WorkerContext};
 use crate::txn::access::AccessMode;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
@@ -93,8 +93,9 @@ fn write_set(attempt: &Attempt, committed: bool) -> Vec<usize> {
     (0..entries.len()).filter(|&index| entries[index].mode == AccessMode::Write).collect()
 }
 
-/// Runs one transaction to its outcome under OCC and hands it to the sequencer.
-pub(crate) fn run(mut attempt: Attempt, context: &WorkerContext) {
+/// Runs one transaction to its outcome under OCC and hands it to the sequencer (unless the
+/// watchdog abandoned its call and answered for it; a running transaction holds no lock).
+pub(crate) fn run(mut attempt: Attempt, context: &WorkerContext) -> AttemptEnd {
     let count = attempt.entries().len();
     let mut versions = vec![0u64; count];
     loop {
@@ -103,7 +104,7 @@ pub(crate) fn run(mut attempt: Attempt, context: &WorkerContext) {
             attempt.fill(index, value.as_deref().map(Vec::as_slice));
             *version = read;
         }
-        let outcome = attempt.execute();
+        let Some(outcome) = context.execute_watched(&mut attempt, false) else { return AttemptEnd::Abandoned };
         let writes = write_set(&attempt, outcome.is_committed());
         let mut locked = 0;
         for &index in &writes {
@@ -144,7 +145,7 @@ pub(crate) fn run(mut attempt: Attempt, context: &WorkerContext) {
             attempt.record(index).lock_word.store(next, Ordering::Release);
         }
         context.hand_over(attempt.finish(sequence, outcome, installed));
-        return;
+        return AttemptEnd::HandedOver;
     }
 }
 

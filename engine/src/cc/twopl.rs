@@ -49,7 +49,7 @@
 //! epoch `e+1` executes while epoch `e` is being made durable.
 
 use super::keys::KeyRecord;
-use super::{pause_before_retry, Attempt, Backoff, WorkerContext};
+use super::{pause_before_retry, Attempt, AttemptEnd, Backoff, WorkerContext};
 use crate::txn::access::AccessMode;
 use std::sync::atomic::Ordering;
 
@@ -219,15 +219,22 @@ fn lock_all(attempt: &Attempt) -> Result<(), usize> {
 /// Releases the first `held` locks of the access set.
 fn unlock(attempt: &Attempt, held: usize) {
     for (index, entry) in attempt.entries().iter().enumerate().take(held) {
-        match entry.mode {
-            AccessMode::Read => unlock_shared(attempt.record(index)),
-            AccessMode::Write => unlock_exclusive(attempt.record(index), attempt.timestamp),
-        }
+        release(attempt.record(index), entry.mode, attempt.timestamp);
     }
 }
 
-/// Runs one transaction to its outcome under 2PL and hands it to the sequencer.
-pub(crate) fn run(mut attempt: Attempt, context: &WorkerContext) {
+/// Releases one lock taken in `mode` by the transaction with wait-die `timestamp` (also
+/// the watchdog's way to release the locks of an abandoned call).
+pub(crate) fn release(record: &KeyRecord, mode: AccessMode, timestamp: u64) {
+    match mode {
+        AccessMode::Read => unlock_shared(record),
+        AccessMode::Write => unlock_exclusive(record, timestamp),
+    }
+}
+
+/// Runs one transaction to its outcome under 2PL and hands it to the sequencer (unless the
+/// watchdog abandoned its call, which releases its locks and answers for it).
+pub(crate) fn run(mut attempt: Attempt, context: &WorkerContext) -> AttemptEnd {
     loop {
         if let Err(held) = lock_all(&attempt) {
             unlock(&attempt, held);
@@ -239,13 +246,13 @@ pub(crate) fn run(mut attempt: Attempt, context: &WorkerContext) {
             let value = attempt.record(index).load_value();
             attempt.fill(index, value.as_deref().map(Vec::as_slice));
         }
-        let outcome = attempt.execute();
+        let Some(outcome) = context.execute_watched(&mut attempt, true) else { return AttemptEnd::Abandoned };
         let writes = attempt.install_writes(&outcome);
         // Reserved with every lock held: see "When locks are released" above.
         let sequence = context.reserve_sequence();
         unlock(&attempt, attempt.entries().len());
         context.hand_over(attempt.finish(sequence, outcome, writes));
-        return;
+        return AttemptEnd::HandedOver;
     }
 }
 

@@ -31,7 +31,7 @@
 
 use super::tpg::TaskGraph;
 use super::{PreparedTransaction, TransactionBody};
-use crate::model::{AbortKind, Outcome};
+use crate::model::{AbortKind, Outcome, Timestamp};
 use crate::plugin::LoadedPlugin;
 use crate::plugin::LoadedTable;
 use leasehold_sdk::abi::{self, FunctionCall, RawBytes};
@@ -341,7 +341,13 @@ pub(crate) fn abandoned(prepared: &PreparedTransaction, running_ms: u64) -> Outc
         // successors.
         unsafe { slot.get().pin_value_buffer() };
     }
-    let plugin = &prepared.planned.plugin;
+    report_abandoned(&prepared.planned.plugin, prepared.timestamp, running_ms)
+}
+
+/// Reports an abandoned call (log, status, metric), quarantines its plugin and returns
+/// its transaction's outcome. For callers whose transaction's slots need no pinning (the
+/// baseline protocols run plugins on private copies that the stuck thread owns).
+pub(crate) fn report_abandoned(plugin: &LoadedPlugin, timestamp: Timestamp, running_ms: u64) -> Outcome {
     let reason = format!("a call ran for {running_ms} ms and was abandoned");
     tracing::error!(
         plugin = %plugin.info.name,
@@ -353,7 +359,7 @@ pub(crate) fn abandoned(prepared: &PreparedTransaction, running_ms: u64) -> Outc
     plugin.quarantine(reason.clone());
     crate::plugin::watchdog::count_abandoned(1);
     metrics::counter!(crate::metrics::PLUGIN_CALLS_ABANDONED_TOTAL).increment(1);
-    Outcome::Aborted { timestamp: prepared.timestamp, kind: AbortKind::PluginTimedOut, message: reason }
+    Outcome::Aborted { timestamp, kind: AbortKind::PluginTimedOut, message: reason }
 }
 
 const RESOLVED: &str = "every transaction has an outcome: the graph is acyclic, all roots were started";
