@@ -38,6 +38,9 @@ extern "C" {
 
 /// `CLONE_NEWNET` from <sched.h>: the namespace passed to `setns` must be a network one.
 const CLONE_NEWNET: i32 = 0x4000_0000;
+/// A locally administered unicast hardware address no interface of a lab has: frames sent
+/// to it reach no one.
+const UNUSED_HARDWARE_ADDRESS: &str = "02:00:00:00:00:fe";
 /// Where `ip netns add` bind-mounts the namespaces it names.
 const NETNS_DIRECTORY: &str = "/var/run/netns";
 
@@ -143,6 +146,42 @@ impl NetworkLab {
     /// Connects node `node` again.
     pub fn heal(&self, node: usize) -> Result<(), String> {
         run_ip(&["-n", &self.switch_namespace(), "link", "set", &Self::switch_port(node), "up"])
+    }
+
+    /// Cuts the link between nodes `a` and `b` only: each gets a permanent neighbour entry
+    /// that sends the other's address to a hardware address nobody has, so their frames to
+    /// each other are flooded by the bridge and dropped by every receiver, silently (as a
+    /// cut cable, unlike an unreachable route, which fails sends at once). Both keep
+    /// talking to every other node.
+    pub fn cut_between(&self, a: usize, b: usize) -> Result<(), String> {
+        assert_ne!(a, b, "a node is not cut from itself");
+        for (from, to) in [(a, b), (b, a)] {
+            let address = self.address(to).to_string();
+            run_ip(&[
+                "-n",
+                &self.namespace(from),
+                "neigh",
+                "replace",
+                &address,
+                "lladdr",
+                UNUSED_HARDWARE_ADDRESS,
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// Heals a [`NetworkLab::cut_between`]: the neighbour entries go, and address
+    /// resolution finds the real ones again.
+    pub fn heal_between(&self, a: usize, b: usize) -> Result<(), String> {
+        for (from, to) in [(a, b), (b, a)] {
+            let address = self.address(to).to_string();
+            run_ip(&["-n", &self.namespace(from), "neigh", "del", &address, "dev", "eth0"])?;
+        }
+        Ok(())
     }
 
     /// Moves the calling thread into node `node`'s namespace for good (a test client

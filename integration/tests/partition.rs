@@ -4,7 +4,9 @@
 //! its clients keep running, unlike a SIGSTOP) and healed again: once for 3 s, which TCP
 //! rides out by retransmitting, and once for 13 s, longer than the tcp fabric's 10 s
 //! response timeout, so that the peers' fabric connections give up on node 2 and have to
-//! reconnect (and the ring sessions start afresh).
+//! reconnect (and the ring sessions start afresh). A third test cuts only the link between
+//! nodes 0 and 1, for 3 s and for 13 s: each still reaches node 2 (and its clients), but the two cannot
+//! exchange their batches, so every node's epochs wait.
 //!
 //! What the cluster promises (README, "A local cluster"): when a node is gone the others
 //! wait for it; nothing acknowledged is lost and nothing runs twice. So after the heal:
@@ -34,8 +36,37 @@ const ACCOUNTS: u64 = 300;
 const INITIAL: i64 = 500;
 const CLIENTS_PER_NODE: usize = 2;
 const BATCH: u64 = 20;
-/// The node whose link is cut.
-const VICTIM: usize = 2;
+/// What a test cuts.
+#[derive(Clone, Copy, Debug)]
+enum Cut {
+    /// A node's link to the switch: it reaches no one.
+    Node(usize),
+    /// The path between two nodes only.
+    Between(usize, usize),
+}
+
+impl Cut {
+    fn apply(self, lab: &NetworkLab) -> Result<(), String> {
+        match self {
+            Cut::Node(node) => lab.partition(node),
+            Cut::Between(a, b) => lab.cut_between(a, b),
+        }
+    }
+
+    fn heal(self, lab: &NetworkLab) -> Result<(), String> {
+        match self {
+            Cut::Node(node) => lab.heal(node),
+            Cut::Between(a, b) => lab.heal_between(a, b),
+        }
+    }
+
+    /// The node whose log the test prints.
+    fn logged_node(self) -> usize {
+        match self {
+            Cut::Node(node) | Cut::Between(node, _) => node,
+        }
+    }
+}
 const LOAD_BEFORE: Duration = Duration::from_secs(2);
 const LOAD_AFTER: Duration = Duration::from_secs(3);
 /// How long after the heal every request must have its final answer.
@@ -159,7 +190,7 @@ fn run_client(
 /// blur the stall figures each test reports.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-fn partition_mid_load(case: &'static str, partition: Duration) {
+fn partition_mid_load(case: &'static str, cut: Cut, partition: Duration) {
     let _one_at_a_time = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     // Declared before the cluster, so dropped after it: the engines die first, then their
     // namespaces go.
@@ -202,9 +233,9 @@ fn partition_mid_load(case: &'static str, partition: Duration) {
 
     std::thread::sleep(LOAD_BEFORE);
     let cut_at = Instant::now();
-    lab.partition(VICTIM).expect("cut node 2's link");
+    cut.apply(&lab).unwrap_or_else(|error| panic!("{case}: cut {cut:?}: {error}"));
     std::thread::sleep(partition);
-    lab.heal(VICTIM).expect("heal node 2's link");
+    cut.heal(&lab).unwrap_or_else(|error| panic!("{case}: heal {cut:?}: {error}"));
     let healed_at = Instant::now();
     std::thread::sleep(LOAD_AFTER);
     stop.store(true, Ordering::Relaxed);
@@ -235,7 +266,7 @@ fn partition_mid_load(case: &'static str, partition: Duration) {
                 .collect();
             panic!(
                 "{case}: requests still unanswered {ANSWER_BOUND:?} after the heal; the cluster did not recover \
-                 from a {partition:?} partition of node {VICTIM}.\n{}\n{}",
+                 from a {partition:?} {cut:?}.\n{}\n{}",
                 statuses.join("\n"),
                 logs.join("\n")
             );
@@ -347,9 +378,10 @@ fn partition_mid_load(case: &'static str, partition: Duration) {
     let count = |text: &str| all_log.iter().filter(|line| line.contains(text)).count();
     let (gave_up, had_arrived, sent_again) =
         (count("push to peer failed"), count("the failed push had arrived"), count("the failed push had not arrived"));
-    let victim_log = cluster.nodes[VICTIM].log_lines();
+    let logged_node = cut.logged_node();
+    let victim_log = cluster.nodes[logged_node].log_lines();
     println!(
-        "{case}: node {VICTIM} cut off for {partition:?}: {} transfers ({committed} committed, {aborted} aborted), \
+        "{case}: {cut:?} for {partition:?}: {} transfers ({committed} committed, {aborted} aborted), \
          {} batches (by client node {by_node:?}); {retry_rejections} `retry` rejections, {disconnects} lost \
          connections, {resent} transfers sent more than once; longest wait for a batch {longest_wait:?}, longest \
          gap between answers {longest_gap:?}; batches answered while cut off (after {CUT_GRACE:?}): \
@@ -363,19 +395,33 @@ fn partition_mid_load(case: &'static str, partition: Duration) {
         all_answered_at - stopped_at,
     );
     println!(
-        "{case}: node {VICTIM} logged {} lines:\n{}",
+        "{case}: node {logged_node} logged {} lines:\n{}",
         victim_log.len(),
         victim_log.iter().take(30).map(|line| format!("  {line}")).collect::<Vec<_>>().join("\n")
     );
-    // The others waited for node 2 rather than running without it.
-    assert_eq!(answered_while_cut, 0, "{case}: batches answered while node {VICTIM} was cut off");
+    // The others waited for the cut node (or pair) rather than running without it.
+    assert_eq!(answered_while_cut, 0, "{case}: batches answered during the {cut:?}");
     assert!(caught > 0, "{case}: the partition caught requests in flight");
 }
 
 /// A cut TCP retransmits across: the fabric's connections survive.
 #[test]
 fn a_cluster_waits_for_a_node_cut_off_for_3_seconds() {
-    partition_mid_load("cut3s", Duration::from_secs(3));
+    partition_mid_load("cut3s", Cut::Node(2), Duration::from_secs(3));
+}
+
+/// Nodes 0 and 1 lose each other but both still reach node 2 and their clients: no node
+/// may run an epoch without the batches of all, so all wait, and all go on after it.
+#[test]
+fn a_cluster_waits_while_two_nodes_cannot_reach_each_other() {
+    partition_mid_load("cut01", Cut::Between(0, 1), Duration::from_secs(3));
+}
+
+/// The same, longer than the fabric's response timeout: nodes 0 and 1 give up on their
+/// connections to each other (but not on node 2) and reopen them after the heal.
+#[test]
+fn a_cluster_waits_while_two_nodes_cannot_reach_each_other_past_the_fabric_timeout() {
+    partition_mid_load("cut01-13s", Cut::Between(0, 1), Duration::from_secs(13));
 }
 
 /// Longer than the tcp fabric's response timeout (10 s): the peers give up on their
@@ -383,5 +429,5 @@ fn a_cluster_waits_for_a_node_cut_off_for_3_seconds() {
 /// the epoch in progress must still finish with nothing lost or doubled.
 #[test]
 fn a_cluster_waits_for_a_node_cut_off_longer_than_the_fabric_timeout() {
-    partition_mid_load("cut13s", Duration::from_secs(13));
+    partition_mid_load("cut13s", Cut::Node(2), Duration::from_secs(13));
 }
