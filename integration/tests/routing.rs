@@ -59,7 +59,16 @@ struct Run {
 fn run(forwarding: bool, rounds: u64) -> Run {
     let directory = tempfile::tempdir().expect("temporary directory");
     let flag = if forwarding { "true" } else { "false" };
-    let (cluster, client) = banking_cluster(directory.path(), &["--placement", "false", "--forwarding", flag]);
+    // Routing by key affinity alone: with the default weights a holder that is the
+    // busiest node scores the same as an idle receiving node (0.5 + 0 against 0 + 0.5),
+    // and ties keep a request where it arrived, so how many deposits are forwarded would
+    // depend on the nodes' decayed load counts at that moment. The load term has unit
+    // tests of its own (`cluster::routing`).
+    let config = directory.path().join("routing.toml");
+    std::fs::write(&config, "routing_load_weight = 0.0\n").expect("write the node configuration");
+    let config = config.to_str().expect("temporary paths are UTF-8").to_string();
+    let flags = ["--placement", "false", "--forwarding", flag, "--config", config.as_str()];
+    let (cluster, client) = banking_cluster(directory.path(), &flags);
     let addresses = cluster.addresses.clone();
 
     let before = statuses(&addresses);
