@@ -28,7 +28,12 @@ fn free_port() -> u16 {
 
 /// Writes `<directory>/cluster.toml` for `node_count` nodes over `fabric` and returns
 /// its path, the client addresses and the shm directory it names.
-pub fn write_cluster_file(directory: &Path, node_count: u16, fabric: &str) -> (PathBuf, Vec<SocketAddr>, PathBuf) {
+pub fn write_cluster_file(
+    directory: &Path,
+    node_count: u16,
+    fabric: &str,
+    extra_lines: &str,
+) -> (PathBuf, Vec<SocketAddr>, PathBuf) {
     let addresses = (0..node_count)
         .map(|_| {
             let client = format!("127.0.0.1:{}", free_port()).parse().expect("address");
@@ -36,15 +41,17 @@ pub fn write_cluster_file(directory: &Path, node_count: u16, fabric: &str) -> (P
             (client, peer)
         })
         .collect::<Vec<_>>();
-    write_cluster_file_with(directory, fabric, &addresses)
+    write_cluster_file_with(directory, fabric, &addresses, extra_lines)
 }
 
 /// Writes `<directory>/cluster.toml` for nodes with the given (client, peer) addresses,
-/// by node id; returns as [`write_cluster_file`].
+/// by node id, with `extra_lines` (top-level keys) before the nodes; returns as
+/// [`write_cluster_file`].
 pub fn write_cluster_file_with(
     directory: &Path,
     fabric: &str,
     node_addresses: &[(SocketAddr, SocketAddr)],
+    extra_lines: &str,
 ) -> (PathBuf, Vec<SocketAddr>, PathBuf) {
     static CLUSTERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let shm_directory = PathBuf::from(format!(
@@ -59,6 +66,7 @@ pub fn write_cluster_file_with(
         std::fs::write(directory.join("peer-token"), token).expect("write peer token");
         text.push_str("peer_token_file = \"peer-token\"\n");
     }
+    text.push_str(extra_lines);
     let mut addresses = Vec::new();
     for (id, (client, peer)) in node_addresses.iter().enumerate() {
         text.push_str(&format!(
@@ -74,14 +82,28 @@ pub fn write_cluster_file_with(
 impl LocalCluster {
     /// Starts `node_count` nodes over `fabric` ("shm" or "tcp") under `directory`.
     pub fn start(directory: &Path, node_count: u16, fabric: &str, extra_arguments: &[&str]) -> LocalCluster {
-        let (cluster_file, addresses, shm_directory) = write_cluster_file(directory, node_count, fabric);
+        Self::start_configured(directory, node_count, fabric, "", extra_arguments)
+    }
+
+    /// Like [`LocalCluster::start`], with `extra_lines` (top-level keys, each ending in a
+    /// newline) in the cluster file.
+    pub fn start_configured(
+        directory: &Path,
+        node_count: u16,
+        fabric: &str,
+        extra_lines: &str,
+        extra_arguments: &[&str],
+    ) -> LocalCluster {
+        let (cluster_file, addresses, shm_directory) = write_cluster_file(directory, node_count, fabric, extra_lines);
         let file = cluster_file.display().to_string();
         let nodes = (0..node_count)
             .map(|id| {
                 let id = id.to_string();
                 let mut arguments = vec!["--cluster-file", file.as_str(), "--node-id", id.as_str()];
                 arguments.extend_from_slice(extra_arguments);
-                EngineProcess::start(&directory.join(format!("node-{id}")), &arguments)
+                // Labelled, so that tests can read what each node logged.
+                let launch = Launch { log_label: Some(format!("node {id}")), ..Launch::default() };
+                EngineProcess::start_with(&directory.join(format!("node-{id}")), launch, &arguments)
             })
             .collect();
         LocalCluster { cluster_file, nodes, addresses, shm_directory, namespaces: Vec::new() }
@@ -96,7 +118,7 @@ impl LocalCluster {
         let node_addresses: Vec<(SocketAddr, SocketAddr)> = (0..lab.node_count())
             .map(|node| ((lab.address(node), CLIENT_PORT).into(), (lab.address(node), PEER_PORT).into()))
             .collect();
-        let (cluster_file, addresses, shm_directory) = write_cluster_file_with(directory, fabric, &node_addresses);
+        let (cluster_file, addresses, shm_directory) = write_cluster_file_with(directory, fabric, &node_addresses, "");
         let file = cluster_file.display().to_string();
         let nodes = (0..lab.node_count())
             .map(|node| {

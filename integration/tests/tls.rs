@@ -5,9 +5,15 @@
 //! nothing. With mutual TLS (`--tls-client-ca-file`), a client without a certificate or
 //! with one from another CA is refused, and the right certificate works. The token still
 //! applies inside TLS. Bad TLS files stop the engine at start with a message naming them.
+//!
+//! Between nodes (`peer_tls_*` in the cluster file, tcp fabric): a three-node cluster
+//! whose nodes hold certificates of the cluster's CA joins and runs transfers; one whose
+//! nodes trust another CA than the one that issued their certificates never joins; and a
+//! cluster file naming only some of the three files is refused at start.
 
 use leasehold_client::{BlockingClient, ClientError, Invocation, TlsSettings};
-use leasehold_integration::{binary, plugin_bytes, EngineProcess};
+use leasehold_integration::cluster::LocalCluster;
+use leasehold_integration::{banking_balances, binary, plugin_bytes, EngineProcess};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -232,4 +238,82 @@ fn bad_tls_files_stop_the_engine_at_start() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(named), "the error must name {named}: {stderr}");
     }
+}
+
+/// The cluster-file lines of TLS between nodes with these files (relative to the cluster
+/// file's directory).
+fn peer_tls_lines(certificate: &str, key: &str, ca: &str) -> String {
+    format!(
+        "peer_tls_certificate_file = \"{certificate}\"\npeer_tls_key_file = \"{key}\"\npeer_tls_ca_file = \"{ca}\"\n"
+    )
+}
+
+#[test]
+fn a_cluster_talks_tls_between_nodes() {
+    let files = Files::new();
+    let directory = files.directory.path().join("cluster");
+    std::fs::create_dir_all(&directory).expect("cluster directory");
+    let lines = peer_tls_lines("../node.pem", "../node.key", "../ca.pem");
+    let cluster = LocalCluster::start_configured(&directory, 3, "tcp", &lines, &[]);
+    cluster.wait_until_synced(std::time::Duration::from_secs(60));
+    let client = cluster.connect(0).expect("connect to node 0");
+    client.deploy_plugin(&plugin_bytes("banking")).expect("deploy");
+    let open = client.invoke(Invocation::json("banking", "open", r#"{"first":0,"count":30,"balance":100}"#));
+    assert!(open.expect("open").is_committed());
+    // Transfers through every node: accounts live on all three, so every epoch crosses
+    // the TLS connections between them.
+    for round in 0..10u64 {
+        for node in 0..3 {
+            let through = cluster.connect(node).expect("connect");
+            let (from, to) = ((round * 3 + node as u64) % 30, (round * 7 + node as u64 + 1) % 30);
+            let arguments = format!(r#"{{"from":{from},"to":{to},"amount":1}}"#);
+            let transfer = through.invoke(Invocation::json("banking", "transfer", arguments)).expect("transfer");
+            assert!(transfer.is_committed(), "{transfer:?}");
+        }
+    }
+    let balances = banking_balances(&client, 30);
+    assert_eq!(balances.iter().sum::<i64>(), 3000, "{balances:?}");
+    assert!(balances.iter().any(|&balance| balance != 100), "the transfers moved money");
+}
+
+#[test]
+fn nodes_that_trust_another_authority_never_join() {
+    let files = Files::new();
+    let directory = files.directory.path().join("cluster");
+    std::fs::create_dir_all(&directory).expect("cluster directory");
+    // Each node presents a certificate of the test CA but trusts only the other CA, so
+    // every handshake between nodes fails.
+    let lines = peer_tls_lines("../node.pem", "../node.key", "../other-ca.pem");
+    let cluster = LocalCluster::start_configured(&directory, 3, "tcp", &lines, &[]);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    for node in 0..3 {
+        let status = cluster.connect(node).expect("the client API still answers").status().expect("status");
+        assert!(!status.cluster_synced, "node {node} joined a cluster whose peers it cannot verify");
+    }
+    let logs: Vec<String> = (0..3).flat_map(|node| cluster.nodes[node].log_lines()).collect();
+    assert!(
+        logs.iter().any(|line| line.to_lowercase().contains("certificate")),
+        "no node says why it cannot reach its peers: {logs:?}"
+    );
+}
+
+#[test]
+fn a_cluster_file_with_part_of_the_peer_tls_files_is_refused() {
+    let files = Files::new();
+    let directory = files.directory.path().join("cluster");
+    std::fs::create_dir_all(&directory).expect("cluster directory");
+    let (cluster_file, _, _) = leasehold_integration::cluster::write_cluster_file(
+        &directory,
+        3,
+        "tcp",
+        "peer_tls_certificate_file = \"../node.pem\"\npeer_tls_key_file = \"../node.key\"\n",
+    );
+    let output = Command::new(binary("leasehold-engine"))
+        .args(["--cluster-file", text(&cluster_file), "--node-id", "0"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run leasehold-engine");
+    assert!(!output.status.success(), "the engine must refuse a partial TLS configuration");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("peer_tls_ca_file"), "the error must name the missing key: {stderr}");
 }

@@ -85,6 +85,13 @@ pub struct ClusterSpec {
     /// peer that connects. The shm fabric's region files are readable by the nodes' user
     /// only.
     pub peer_token_file: Option<PathBuf>,
+    /// TLS between nodes over the tcp fabric (all three or none; relative to the cluster
+    /// file): every node presents this certificate chain (PEM; it must name every node's
+    /// peer IP address) and key, and accepts only peers whose certificates the CA in
+    /// `peer_tls_ca_file` issued. The peer token, if any, still applies inside TLS.
+    pub peer_tls_certificate_file: Option<PathBuf>,
+    pub peer_tls_key_file: Option<PathBuf>,
+    pub peer_tls_ca_file: Option<PathBuf>,
     pub nodes: Vec<NodeSpec>,
 }
 
@@ -101,6 +108,8 @@ pub enum ClusterError {
     UnknownNode { node: NodeId, path: PathBuf },
     #[error("cannot read peer_token_file {path}: {reason}")]
     PeerToken { path: PathBuf, reason: String },
+    #[error("invalid TLS between nodes: {0}")]
+    PeerTls(String),
     #[error("cannot open the {backend} fabric: {source}")]
     Fabric { backend: &'static str, source: FabricError },
 }
@@ -122,10 +131,26 @@ impl ClusterSpec {
             }
         }
         let base = path.parent().unwrap_or(Path::new("."));
-        if let Some(token_file) = &spec.peer_token_file {
-            if token_file.is_relative() {
-                spec.peer_token_file = Some(base.join(token_file));
+        for file in [
+            &mut spec.peer_token_file,
+            &mut spec.peer_tls_certificate_file,
+            &mut spec.peer_tls_key_file,
+            &mut spec.peer_tls_ca_file,
+        ] {
+            if let Some(relative) = file.as_ref().filter(|file| file.is_relative()) {
+                *file = Some(base.join(relative));
             }
+        }
+        let tls_files =
+            [&spec.peer_tls_certificate_file, &spec.peer_tls_key_file, &spec.peer_tls_ca_file].map(Option::is_some);
+        if tls_files.contains(&true) && tls_files.contains(&false) {
+            return Err(invalid(
+                "TLS between nodes needs all of peer_tls_certificate_file, peer_tls_key_file and peer_tls_ca_file"
+                    .into(),
+            ));
+        }
+        if tls_files[0] && spec.fabric != FabricBackend::Tcp {
+            return Err(invalid(format!("TLS between nodes is for the tcp fabric, not {}", spec.fabric.as_str())));
         }
         for node in &mut spec.nodes {
             if let Some(directory) = &node.data_dir {
@@ -164,6 +189,28 @@ impl ClusterSpec {
         Ok(Some(token.to_vec()))
     }
 
+    /// TLS between nodes, from the three `peer_tls_*` files (`None` without them).
+    pub fn peer_tls(&self) -> Result<Option<leasehold_fabric::tcp::PeerTls>, ClusterError> {
+        let (Some(certificate_file), Some(key_file), Some(ca_file)) =
+            (&self.peer_tls_certificate_file, &self.peer_tls_key_file, &self.peer_tls_ca_file)
+        else {
+            return Ok(None);
+        };
+        let failure = |error: crate::rpc::tls::TlsError| ClusterError::PeerTls(error.to_string());
+        let chain = crate::rpc::tls::read_certificates(certificate_file).map_err(failure)?;
+        let key = crate::rpc::tls::read_private_key(key_file).map_err(failure)?;
+        let authorities = crate::rpc::tls::read_certificates(ca_file).map_err(failure)?;
+        let tls = leasehold_fabric::tcp::PeerTls::new(chain, key, authorities).map_err(|reason| {
+            ClusterError::PeerTls(format!(
+                "{}, {}, {}: {reason}",
+                certificate_file.display(),
+                key_file.display(),
+                ca_file.display()
+            ))
+        })?;
+        Ok(Some(tls))
+    }
+
     /// Opens this node's fabric and makes every peer reachable.
     pub fn open_fabric(&self, me: NodeId) -> Result<Arc<dyn Fabric>, ClusterError> {
         let backend = self.fabric.as_str();
@@ -176,8 +223,10 @@ impl ClusterSpec {
             }
             FabricBackend::Tcp => {
                 let token = self.peer_token()?;
-                let fabric = leasehold_fabric::tcp::TcpFabric::start_with_token(me, own.peer_address, token.as_deref())
-                    .map_err(fail)?;
+                let tls = self.peer_tls()?;
+                let fabric =
+                    leasehold_fabric::tcp::TcpFabric::start_secured(me, own.peer_address, token.as_deref(), tls)
+                        .map_err(fail)?;
                 for node in &self.nodes {
                     if node.id != me {
                         fabric.add_peer(node.id, node.peer_address);

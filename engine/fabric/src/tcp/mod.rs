@@ -17,6 +17,11 @@
 //! connection and performs nothing more from it; and a client resets (SO_LINGER 0) a
 //! connection whose round trip failed, so that its kernel drops what it still holds.
 //!
+//! With [`PeerTls`] every connection is mutual TLS (rustls): the client verifies the
+//! responder's certificate for the peer's IP address, the responder demands a client
+//! certificate, both against the cluster's CA; the peer-token handshake and every frame
+//! then travel inside TLS. Without it the bytes travel in clear.
+//!
 //! Frames from the network are untrusted: the responder checks sizes before allocating,
 //! parses strictly, and closes a connection that sends a malformed frame.
 
@@ -26,6 +31,7 @@ use super::{check_batch_limits, Fabric, FabricError, LocalRegion, NodeId, Operat
 use crate::memory::{check_range, check_word, RegionMemory};
 use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use sha2::Digest;
 use std::io::{BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -36,6 +42,8 @@ use wire::BatchFailure;
 
 /// How long a client waits to connect to a peer's responder.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a peer that cannot be connected to is logged.
+const CONNECT_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a client waits for one response before it declares the peer unreachable.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -45,6 +53,7 @@ pub struct TcpFabric {
     /// SHA-256 of the cluster's peer token: the key both sides' handshake proofs are
     /// computed with (zeros: no token).
     token_key: [u8; 32],
+    tls: Option<PeerTls>,
     local_address: SocketAddr,
     shared: Arc<ResponderShared>,
     peers: RwLock<FxHashMap<NodeId, Arc<PeerConnection>>>,
@@ -58,6 +67,9 @@ struct ResponderShared {
     /// The key (SHA-256 of the peer token) a connecting peer must prove it knows; `None`
     /// accepts every peer. The responder proves the same key (zeros without a token).
     required_key: Option<[u8; 32]>,
+    /// Accepted connections speak TLS with this configuration (client certificates
+    /// required).
+    tls_server: Option<Arc<rustls::ServerConfig>>,
     regions: RwLock<FxHashMap<RegionId, Arc<LocalRegion>>>,
     shutting_down: AtomicBool,
     /// Accepted connections, so that dropping the fabric can close them.
@@ -88,6 +100,17 @@ impl TcpFabric {
         listen: SocketAddr,
         token: Option<&[u8]>,
     ) -> Result<Arc<TcpFabric>, FabricError> {
+        Self::start_secured(node, listen, token, None)
+    }
+
+    /// Like [`TcpFabric::start_with_token`], and with `tls` every connection, in and out,
+    /// is mutual TLS (see the module doc).
+    pub fn start_secured(
+        node: NodeId,
+        listen: SocketAddr,
+        token: Option<&[u8]>,
+        tls: Option<PeerTls>,
+    ) -> Result<Arc<TcpFabric>, FabricError> {
         let key = token.map(|token| <[u8; 32]>::from(sha2::Sha256::digest(token)));
         let listener = TcpListener::bind(listen).map_err(|error| FabricError::io(format!("bind {listen}"), error))?;
         let local_address =
@@ -95,6 +118,7 @@ impl TcpFabric {
         let shared = Arc::new(ResponderShared {
             node,
             required_key: key,
+            tls_server: tls.as_ref().map(|tls| tls.server.clone()),
             regions: RwLock::new(FxHashMap::default()),
             shutting_down: AtomicBool::new(false),
             connections: Mutex::new(FxHashMap::default()),
@@ -109,6 +133,7 @@ impl TcpFabric {
         Ok(Arc::new(TcpFabric {
             node,
             token_key: key.unwrap_or_default(),
+            tls,
             local_address,
             shared,
             peers: RwLock::new(FxHashMap::default()),
@@ -127,9 +152,11 @@ impl TcpFabric {
         let connection = Arc::new(PeerConnection {
             from_node: self.node,
             token_key: self.token_key,
+            tls_client: self.tls.as_ref().map(|tls| tls.client.clone()),
             node,
             address,
             stream: Mutex::new(None),
+            last_warning: Mutex::new(None),
         });
         self.peers.write().insert(node, connection);
     }
@@ -196,18 +223,104 @@ impl Drop for TcpFabric {
     }
 }
 
+/// TLS between nodes: the configurations of both ends of every connection. Both must
+/// verify the other side against the cluster's CA (the server configuration demands a
+/// client certificate).
+#[derive(Clone)]
+pub struct PeerTls {
+    pub client: Arc<rustls::ClientConfig>,
+    pub server: Arc<rustls::ServerConfig>,
+}
+
+impl PeerTls {
+    /// Mutual TLS for a node presenting `certificate_chain` (its own certificate first,
+    /// naming the node's IP address) with `key`, and trusting peers whose certificates
+    /// `authorities` issued. rustls with the ring provider, TLS 1.2 and 1.3.
+    pub fn new(
+        certificate_chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        authorities: Vec<CertificateDer<'static>>,
+    ) -> Result<PeerTls, String> {
+        // ring, as for the client API (see `leasehold-engine`'s `rpc::tls`); deprecated in
+        // rustls only for lacking post-quantum key exchange.
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for authority in authorities {
+            roots.add(authority).map_err(|error| format!("a CA certificate: {error}"))?;
+        }
+        let roots = Arc::new(roots);
+        let client = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|error| error.to_string())?
+            .with_root_certificates(roots.clone())
+            .with_client_auth_cert(certificate_chain.clone(), key.clone_key())
+            .map_err(|error| format!("the certificate and key: {error}"))?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+            .build()
+            .map_err(|error| format!("the CA certificates: {error}"))?;
+        let server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|error| error.to_string())?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certificate_chain, key)
+            .map_err(|error| format!("the certificate and key: {error}"))?;
+        Ok(PeerTls { client: Arc::new(client), server: Arc::new(server) })
+    }
+}
+
+/// A connection's bytes: in clear, or inside TLS.
+enum PeerStream {
+    Plain(TcpStream),
+    TlsClient(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+    TlsServer(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
+}
+
+impl Read for PeerStream {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            PeerStream::Plain(stream) => stream.read(buffer),
+            PeerStream::TlsClient(stream) => stream.read(buffer),
+            PeerStream::TlsServer(stream) => stream.read(buffer),
+        }
+    }
+}
+
+impl Write for PeerStream {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        match self {
+            PeerStream::Plain(stream) => stream.write(bytes),
+            PeerStream::TlsClient(stream) => stream.write(bytes),
+            PeerStream::TlsServer(stream) => stream.write(bytes),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            PeerStream::Plain(stream) => stream.flush(),
+            PeerStream::TlsClient(stream) => stream.flush(),
+            PeerStream::TlsServer(stream) => stream.flush(),
+        }
+    }
+}
+
 /// A connection from this node to one peer's responder.
 struct PeerConnection {
     from_node: NodeId,
     token_key: [u8; 32],
+    tls_client: Option<Arc<rustls::ClientConfig>>,
     node: NodeId,
     address: SocketAddr,
     stream: Mutex<Option<ConnectedStream>>,
+    /// When a failed connection attempt was last logged (callers retry often).
+    last_warning: Mutex<Option<std::time::Instant>>,
 }
 
 struct ConnectedStream {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    /// Read through the buffer, written through `get_mut`.
+    stream: BufReader<PeerStream>,
+    /// The socket itself, to reset it when a round trip failed.
+    socket: TcpStream,
     /// Frame buffers kept between requests, so a request allocates nothing.
     request: Vec<u8>,
     response: Vec<u8>,
@@ -224,7 +337,21 @@ impl PeerConnection {
         FabricError::PeerUnreachable { node: self.node, reason }
     }
 
+    /// Logs why connecting failed, unless that was logged less than `interval` ago: a
+    /// peer that is down, or that fails the handshake (wrong token, a certificate of
+    /// another CA), is retried many times a second.
+    fn warn_at_most_every(&self, interval: Duration, error: &FabricError) {
+        let mut last = self.last_warning.lock();
+        if last.is_some_and(|at| at.elapsed() < interval) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+        tracing::warn!(peer = self.node, address = %self.address, %error, "cannot connect to a peer's fabric responder");
+    }
+
     fn connect(&self) -> Result<ConnectedStream, FabricError> {
+        let protocol_error =
+            |reason: String| FabricError::Protocol { node: self.node, reason: format!("{}: {reason}", self.address) };
         let stream = TcpStream::connect_timeout(&self.address, CONNECT_TIMEOUT)
             .map_err(|error| self.unreachable(format!("connect to {}: {error}", self.address)))?;
         let configure = |stream: &TcpStream| -> std::io::Result<()> {
@@ -233,16 +360,25 @@ impl PeerConnection {
             stream.set_write_timeout(Some(RESPONSE_TIMEOUT))
         };
         configure(&stream).map_err(|error| self.unreachable(format!("configure the connection: {error}")))?;
-        let mut writer = stream.try_clone().map_err(|error| self.unreachable(format!("clone the socket: {error}")))?;
-        let mut reader = BufReader::new(stream);
-        let protocol_error =
-            |reason: String| FabricError::Protocol { node: self.node, reason: format!("{}: {reason}", self.address) };
+        let socket = stream.try_clone().map_err(|error| self.unreachable(format!("clone the socket: {error}")))?;
+        let transport = match &self.tls_client {
+            None => PeerStream::Plain(stream),
+            Some(config) => {
+                // The responder's certificate must name the peer's IP address.
+                let name = ServerName::IpAddress(self.address.ip().into());
+                let connection = rustls::ClientConnection::new(config.clone(), name)
+                    .map_err(|error| protocol_error(format!("start TLS: {error}")))?;
+                PeerStream::TlsClient(Box::new(rustls::StreamOwned::new(connection, stream)))
+            }
+        };
+        let mut stream = BufReader::new(transport);
         let client_nonce = fresh_nonce().map_err(|error| FabricError::io("draw a handshake nonce", error))?;
-        writer
+        stream
+            .get_mut()
             .write_all(&wire::encode_hello(self.from_node, self.node, &client_nonce))
             .map_err(|error| self.unreachable(format!("send hello: {error}")))?;
         let mut challenge = [0u8; wire::CHALLENGE_BYTES];
-        reader.read_exact(&mut challenge).map_err(|error| self.unreachable(format!("read challenge: {error}")))?;
+        stream.read_exact(&mut challenge).map_err(|error| self.unreachable(format!("read challenge: {error}")))?;
         let (responder_nonce, responder_proof) =
             wire::decode_challenge(&challenge, self.node).map_err(protocol_error)?;
         let handshake =
@@ -254,13 +390,14 @@ impl PeerConnection {
                 "the responder does not prove the cluster's peer token (it has none, or another one)".to_string(),
             ));
         }
-        writer
+        stream
+            .get_mut()
             .write_all(&handshake.client_proof(&self.token_key))
             .map_err(|error| self.unreachable(format!("send proof: {error}")))?;
         let mut welcome = [0u8; wire::WELCOME_BYTES];
-        reader.read_exact(&mut welcome).map_err(|error| self.unreachable(format!("read welcome: {error}")))?;
+        stream.read_exact(&mut welcome).map_err(|error| self.unreachable(format!("read welcome: {error}")))?;
         wire::decode_welcome(&welcome, self.node).map_err(protocol_error)?;
-        Ok(ConnectedStream { reader, writer, request: Vec::new(), response: Vec::new() })
+        Ok(ConnectedStream { stream, socket, request: Vec::new(), response: Vec::new() })
     }
 
     /// Sends one request frame (built by `encode` from `state`) and decodes its response
@@ -274,7 +411,13 @@ impl PeerConnection {
     ) -> Result<T, FabricError> {
         let mut guard = self.stream.lock();
         if guard.is_none() {
-            *guard = Some(self.connect()?);
+            match self.connect() {
+                Ok(connected) => *guard = Some(connected),
+                Err(error) => {
+                    self.warn_at_most_every(CONNECT_WARNING_INTERVAL, &error);
+                    return Err(error);
+                }
+            }
         }
         let connected = guard.as_mut().expect("connected just above");
         let outcome = Self::exchange(connected, |frame| encode(state, frame))
@@ -286,7 +429,7 @@ impl PeerConnection {
                 // and reset this one so that its kernel drops the request instead of
                 // delivering it late (see the module comment).
                 if let Some(failed) = guard.take() {
-                    reset_on_close(&failed.writer);
+                    reset_on_close(&failed.socket);
                 }
                 Err(match error {
                     RoundTripError::Unreachable(reason) => self.unreachable(reason),
@@ -300,12 +443,13 @@ impl PeerConnection {
         connected.request.clear();
         encode(&mut connected.request);
         connected
-            .writer
+            .stream
+            .get_mut()
             .write_all(&connected.request)
             .map_err(|error| RoundTripError::Unreachable(format!("send request: {error}")))?;
         let mut length = [0u8; 4];
         connected
-            .reader
+            .stream
             .read_exact(&mut length)
             .map_err(|error| RoundTripError::Unreachable(format!("read response: {error}")))?;
         let length = u32::from_le_bytes(length) as usize;
@@ -314,7 +458,7 @@ impl PeerConnection {
         }
         connected.response.resize(length, 0);
         connected
-            .reader
+            .stream
             .read_exact(&mut connected.response)
             .map_err(|error| RoundTripError::Unreachable(format!("read response: {error}")))
     }
@@ -480,12 +624,19 @@ impl ResponderShared {
 /// Serves one client connection until it closes, misbehaves or is superseded.
 fn respond(stream: TcpStream, connection: u64, shared: &ResponderShared) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
-    let mut writer = stream.try_clone()?;
-    let mut reader = BufReader::new(stream);
+    let transport = match &shared.tls_server {
+        None => PeerStream::Plain(stream),
+        Some(config) => {
+            let connection = rustls::ServerConnection::new(config.clone()).map_err(std::io::Error::other)?;
+            PeerStream::TlsServer(Box::new(rustls::StreamOwned::new(connection, stream)))
+        }
+    };
+    // Read through the buffer, written through `get_mut`.
+    let mut reader = BufReader::new(transport);
     let mut hello = [0u8; wire::HELLO_BYTES];
     reader.read_exact(&mut hello)?;
     let Some(hello) = wire::decode_hello(&hello).ok().filter(|hello| hello.to_node == shared.node) else {
-        writer.write_all(&wire::encode_challenge(
+        reader.get_mut().write_all(&wire::encode_challenge(
             false,
             shared.node,
             &[0; wire::NONCE_BYTES],
@@ -502,7 +653,7 @@ fn respond(stream: TcpStream, connection: u64, shared: &ResponderShared) -> std:
         responder_nonce: fresh_nonce()?,
     };
     let own_key = shared.required_key.unwrap_or_default();
-    writer.write_all(&wire::encode_challenge(
+    reader.get_mut().write_all(&wire::encode_challenge(
         true,
         shared.node,
         &handshake.responder_nonce,
@@ -517,7 +668,7 @@ fn respond(stream: TcpStream, connection: u64, shared: &ResponderShared) -> std:
     // Taken over before the welcome, so that once a client is welcomed, nothing more
     // from its older connections is performed.
     let performing = client.as_ref().map(|client| shared.take_over(client.from_node, connection));
-    writer.write_all(&wire::encode_welcome(client.is_some(), shared.node))?;
+    reader.get_mut().write_all(&wire::encode_welcome(client.is_some(), shared.node))?;
     let (Some(client), Some(performing)) = (client, performing) else {
         return Ok(());
     };
@@ -549,7 +700,7 @@ fn respond(stream: TcpStream, connection: u64, shared: &ResponderShared) -> std:
         }
         let body_bytes = (response.len() - 4) as u32;
         response[..4].copy_from_slice(&body_bytes.to_le_bytes());
-        writer.write_all(&response)?;
+        reader.get_mut().write_all(&response)?;
         if !well_formed {
             return Ok(());
         }
@@ -770,6 +921,75 @@ mod tests {
         let _ = replay.write_all(&frame);
         assert!(read_frame(&mut replay).is_err(), "nothing is served on the refused connection");
     }
+    /// A test certificate authority (rcgen) and what it issues.
+    struct Authority {
+        params: rcgen::CertificateParams,
+        key: rcgen::KeyPair,
+        certificate: CertificateDer<'static>,
+    }
+
+    impl Authority {
+        fn new() -> Authority {
+            let key = rcgen::KeyPair::generate().expect("CA key");
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            let certificate = params.self_signed(&key).expect("self-signed CA").der().clone();
+            Authority { params, key, certificate }
+        }
+
+        /// Mutual TLS for a node on 127.0.0.1 with a certificate of this authority,
+        /// trusting `trusted`'s certificates.
+        fn peer_tls(&self, trusted: &Authority) -> PeerTls {
+            let key = rcgen::KeyPair::generate().expect("key");
+            let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("parameters");
+            let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
+            let certificate = params.signed_by(&key, &issuer).expect("sign").der().clone();
+            let key = PrivateKeyDer::Pkcs8(key.serialize_der().into());
+            PeerTls::new(vec![certificate], key, vec![trusted.certificate.clone()]).expect("TLS configuration")
+        }
+    }
+
+    fn start_tls(node: NodeId, tls: Option<PeerTls>) -> Arc<TcpFabric> {
+        TcpFabric::start_secured(node, "127.0.0.1:0".parse().expect("address"), Some(b"s3cret"), tls).expect("start")
+    }
+
+    #[test]
+    fn peers_with_certificates_of_the_cluster_authority_talk_over_tls() {
+        let authority = Authority::new();
+        let owner = start_tls(1, Some(authority.peer_tls(&authority)));
+        let region = owner.register_region(RegionId(4), 64).expect("region");
+        let peer = start_tls(2, Some(authority.peer_tls(&authority)));
+        peer.add_peer(1, owner.local_address());
+        let remote = peer.open_remote(1, RegionId(4)).expect("open over TLS");
+        remote.write(8, &7u64.to_le_bytes()).expect("write");
+        assert_eq!(remote.fetch_add(8, 1).expect("fetch_add"), 7);
+        assert_eq!(region.load_word(8).expect("word"), 8);
+    }
+
+    /// A peer whose certificate another authority issued, a peer speaking in clear to a
+    /// TLS responder, and a TLS peer meeting a responder in clear are all refused: none
+    /// of them performs an operation.
+    #[test]
+    fn peers_without_a_certificate_of_the_cluster_authority_are_refused() {
+        let (authority, stranger) = (Authority::new(), Authority::new());
+        let owner = start_tls(1, Some(authority.peer_tls(&authority)));
+        let region = owner.register_region(RegionId(4), 64).expect("region");
+        let plain_owner = start_tls(3, None);
+        plain_owner.register_region(RegionId(4), 64).expect("region");
+        let attempts = [
+            ("another authority's certificate", Some(stranger.peer_tls(&authority)), 1, owner.local_address()),
+            ("no TLS", None, 1, owner.local_address()),
+            ("TLS to a responder in clear", Some(authority.peer_tls(&authority)), 3, plain_owner.local_address()),
+        ];
+        for (case, tls, node, address) in attempts {
+            let peer = start_tls(2, tls);
+            peer.add_peer(node, address);
+            let result = peer.open_remote(node, RegionId(4)).and_then(|remote| remote.fetch_add(0, 1));
+            assert!(result.is_err(), "{case}: served");
+        }
+        assert_eq!(region.load_word(0).expect("word"), 0, "nothing was performed");
+    }
+
     /// A request a client gave up on may arrive on its old connection after it opened a
     /// new one (a partition that heals lets the retransmission through). The newer
     /// connection supersedes the older: nothing from the old one is performed any more.
