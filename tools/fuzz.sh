@@ -23,7 +23,12 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
     echo "fuzz: installing cargo-fuzz" >&2
     cargo install cargo-fuzz --version 0.13.2 --locked --quiet
 fi
-fuzz_target_dir="$CARGO_TARGET_DIR/fuzz"
+# One fuzz target directory per checkout: the fuzz workspace reaches the plugins and the
+# SDK as path dependencies outside it, whose artifacts carry no trace of the checkout's
+# path in their names, so two checkouts sharing one directory (CI's clean clone and a
+# working tree) mixed SDKs built from both ("a different PluginDescriptor").
+checkout_key=$(pwd -P | sha256sum | cut -c1-12)
+fuzz_target_dir="$CARGO_TARGET_DIR/fuzz-$checkout_key"
 prebuilt_rocksdb=$(find "$CARGO_TARGET_DIR/release/build" -path '*librocksdb-sys-*/out/librocksdb.a' \
     -print -quit 2>/dev/null || true)
 if [ -n "$prebuilt_rocksdb" ]; then
