@@ -417,7 +417,6 @@ fn a_cluster_waits_while_two_nodes_cannot_reach_each_other() {
     partition_mid_load("cut01", Cut::Between(0, 1), Duration::from_secs(3));
 }
 
-
 /// Longer than the tcp fabric's response timeout (10 s): the peers give up on their
 /// connections to node 2 (and node 2 on its own), reopen the rings once it is back, and
 /// the epoch in progress must still finish with nothing lost or doubled.

@@ -240,6 +240,15 @@ fn bad_tls_files_stop_the_engine_at_start() {
     }
 }
 
+/// The test files, and a directory for a cluster file beside them. Keep the `Files`
+/// alive for the whole test: dropping it deletes the directory.
+fn cluster_files() -> (Files, PathBuf) {
+    let files = Files::new();
+    let directory = files.directory.path().join("cluster");
+    std::fs::create_dir_all(&directory).expect("cluster directory");
+    (files, directory)
+}
+
 /// The cluster-file lines of TLS between nodes with these files (relative to the cluster
 /// file's directory).
 fn peer_tls_lines(certificate: &str, key: &str, ca: &str) -> String {
@@ -250,9 +259,7 @@ fn peer_tls_lines(certificate: &str, key: &str, ca: &str) -> String {
 
 #[test]
 fn a_cluster_talks_tls_between_nodes() {
-    let files = Files::new();
-    let directory = files.directory.path().join("cluster");
-    std::fs::create_dir_all(&directory).expect("cluster directory");
+    let (_files, directory) = cluster_files();
     let lines = peer_tls_lines("../node.pem", "../node.key", "../ca.pem");
     let cluster = LocalCluster::start_configured(&directory, 3, "tcp", &lines, &[]);
     cluster.wait_until_synced(std::time::Duration::from_secs(60));
@@ -278,9 +285,7 @@ fn a_cluster_talks_tls_between_nodes() {
 
 #[test]
 fn nodes_that_trust_another_authority_never_join() {
-    let files = Files::new();
-    let directory = files.directory.path().join("cluster");
-    std::fs::create_dir_all(&directory).expect("cluster directory");
+    let (_files, directory) = cluster_files();
     // Each node presents a certificate of the test CA but trusts only the other CA, so
     // every handshake between nodes fails.
     let lines = peer_tls_lines("../node.pem", "../node.key", "../other-ca.pem");
@@ -299,9 +304,7 @@ fn nodes_that_trust_another_authority_never_join() {
 
 #[test]
 fn a_cluster_file_with_part_of_the_peer_tls_files_is_refused() {
-    let files = Files::new();
-    let directory = files.directory.path().join("cluster");
-    std::fs::create_dir_all(&directory).expect("cluster directory");
+    let (_files, directory) = cluster_files();
     let (cluster_file, _, _) = leasehold_integration::cluster::write_cluster_file(
         &directory,
         3,
