@@ -400,7 +400,19 @@ fn partition_mid_load(case: &'static str, cut: Cut, partition: Duration) {
         victim_log.iter().take(30).map(|line| format!("  {line}")).collect::<Vec<_>>().join("\n")
     );
     // The others waited for the cut node (or pair) rather than running without it.
-    assert_eq!(answered_while_cut, 0, "{case}: batches answered during the {cut:?}");
+    let answered: Vec<String> = batches
+        .iter()
+        .filter(during_cut)
+        .map(|b| {
+            let (sent, answered) = (b.sent_at.saturating_duration_since(cut_at), b.answered_at - cut_at);
+            format!(
+                "client {} (node {}): sent {sent:?} and answered {answered:?} after the cut",
+                b.client,
+                b.client % NODES
+            )
+        })
+        .collect();
+    assert_eq!(answered_while_cut, 0, "{case}: batches answered during the {cut:?}: {answered:?}");
     assert!(caught > 0, "{case}: the partition caught requests in flight");
 }
 
