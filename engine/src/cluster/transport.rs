@@ -6,12 +6,14 @@
 //! new stream, so a peer that restarted, or a sender that had to reopen a ring after a
 //! fabric error, never leaves the receiver with half a frame.
 //!
-//! Two threads per node: the receiver polls every inbound ring and hands complete frames
-//! to a callback (spinning briefly, then sleeping in short steps when idle, so that
-//! several nodes can share a small machine); the sender drains per-peer outboxes, which
+//! Threads: one receiver per node polls every inbound ring and hands complete frames to a
+//! callback (spinning briefly, then sleeping in short steps when idle, so that several
+//! nodes can share a small machine); one sender per peer drains that peer's outbox, which
 //! callers fill with [`Transport::send`] without waiting for the fabric. Frames queued
 //! while a push is in flight go out together in the next ring message, so busy nodes
-//! batch naturally and idle nodes send at once.
+//! batch naturally and idle nodes send at once. A sender per peer, so that a push to a
+//! peer that does not answer (up to the fabric's response timeout, 10 s over tcp) never
+//! holds back frames to the others.
 //!
 //! Delivery: frames reach a live peer in order, exactly once. Frames sent to a peer that
 //! is down, or that restarts before reading them, are lost; the cluster driver's view
@@ -53,14 +55,14 @@ pub struct Transport {
     fabric: Arc<dyn Fabric>,
     outboxes: Vec<Mutex<Vec<u8>>>,
     reconnect: Vec<AtomicBool>,
-    work: Mutex<bool>,
-    work_signal: Condvar,
+    /// Per peer: whether its sender has work, and the signal that wakes it.
+    wakeups: Vec<(Mutex<bool>, Condvar)>,
     stopping: AtomicBool,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Transport {
-    /// Creates this node's inbound rings and starts the receiver and sender threads.
+    /// Creates this node's inbound rings and starts the receiver and the senders.
     pub fn start(
         fabric: Arc<dyn Fabric>,
         me: NodeId,
@@ -83,8 +85,7 @@ impl Transport {
             fabric,
             outboxes: (0..node_count).map(|_| Mutex::new(Vec::new())).collect(),
             reconnect: (0..node_count).map(|_| AtomicBool::new(false)).collect(),
-            work: Mutex::new(false),
-            work_signal: Condvar::new(),
+            wakeups: (0..node_count).map(|_| (Mutex::new(false), Condvar::new())).collect(),
             stopping: AtomicBool::new(false),
             threads: Mutex::new(Vec::new()),
         });
@@ -93,12 +94,20 @@ impl Transport {
             .name("leasehold-peer-receive".into())
             .spawn(move || receiving.receive_loop(receivers, deliver))
             .map_err(|error| FabricError::Io { context: "start the peer receiver".into(), source: error })?;
-        let sending = transport.clone();
-        let sender = std::thread::Builder::new()
-            .name("leasehold-peer-send".into())
-            .spawn(move || sending.send_loop())
-            .map_err(|error| FabricError::Io { context: "start the peer sender".into(), source: error })?;
-        transport.threads.lock().extend([receiver, sender]);
+        transport.threads.lock().push(receiver);
+        for peer in transport.peers().collect::<Vec<_>>() {
+            let sending = transport.clone();
+            let sender = std::thread::Builder::new()
+                .name(format!("leasehold-peer-send-{peer}"))
+                .spawn(move || sending.send_loop(peer));
+            match sender {
+                Ok(sender) => transport.threads.lock().push(sender),
+                Err(error) => {
+                    transport.stop();
+                    return Err(FabricError::Io { context: "start a peer sender".into(), source: error });
+                }
+            }
+        }
         Ok(transport)
     }
 
@@ -126,7 +135,7 @@ impl Transport {
             }
             wire::encode(frame, &mut outbox);
         }
-        self.wake_sender();
+        self.wake_sender(to);
     }
 
     /// Queues `frame` for every peer.
@@ -140,18 +149,21 @@ impl Transport {
     /// hold may address its previous incarnation's memory.
     pub fn reconnect(&self, peer: NodeId) {
         self.reconnect[usize::from(peer)].store(true, Ordering::Release);
-        self.wake_sender();
+        self.wake_sender(peer);
     }
 
-    fn wake_sender(&self) {
-        *self.work.lock() = true;
-        self.work_signal.notify_one();
+    fn wake_sender(&self, peer: NodeId) {
+        let (work, signal) = &self.wakeups[usize::from(peer)];
+        *work.lock() = true;
+        signal.notify_one();
     }
 
-    /// Stops both threads (frames still queued are dropped).
+    /// Stops the receiver and the senders (frames still queued are dropped).
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::Release);
-        self.wake_sender();
+        for peer in self.peers() {
+            self.wake_sender(peer);
+        }
         let threads = std::mem::take(&mut *self.threads.lock());
         for thread in threads {
             let _ = thread.join();
@@ -233,28 +245,25 @@ impl Transport {
         }
     }
 
-    fn send_loop(&self) {
-        struct PeerSender {
-            ring: Option<RingSender>,
-            session: u32,
-            pending: Vec<u8>,
-            offset: usize,
-            /// After a failed push: the messages published before it and where its chunk
-            /// ended in `pending`, until the reopened ring tells whether it arrived.
-            unconfirmed: Option<(u64, usize)>,
-        }
-        let mut peers: Vec<PeerSender> = (0..self.node_count)
-            .map(|_| PeerSender { ring: None, session: 1, pending: Vec::new(), offset: 0, unconfirmed: None })
-            .collect();
+    /// The sender of `peer`'s frames, until the transport stops.
+    fn send_loop(&self, peer: NodeId) {
+        let mut ring: Option<RingSender> = None;
+        let mut session: u32 = 1;
+        let mut pending: Vec<u8> = Vec::new();
+        let mut offset: usize = 0;
+        // After a failed push: the messages published before it and where its chunk ended
+        // in `pending`, until the reopened ring tells whether it arrived.
+        let mut unconfirmed: Option<(u64, usize)> = None;
         let mut chunk = Vec::with_capacity(RING_MESSAGE_BYTES as usize);
+        let (work, signal) = &self.wakeups[usize::from(peer)];
         // How long to wait before retrying: a full ring drains fast, an unreachable peer
         // (not started yet, or restarting) does not.
         let mut retry_after: Option<Duration> = None;
         loop {
             {
-                let mut work = self.work.lock();
+                let mut work = work.lock();
                 if !*work && !self.stopping.load(Ordering::Acquire) {
-                    self.work_signal.wait_for(&mut work, retry_after.unwrap_or(Duration::from_millis(100)));
+                    signal.wait_for(&mut work, retry_after.unwrap_or(Duration::from_millis(100)));
                 }
                 *work = false;
             }
@@ -264,79 +273,76 @@ impl Transport {
             retry_after = None;
             let mut retry =
                 |after: Duration| retry_after = Some(retry_after.map_or(after, |current| current.min(after)));
-            for peer in self.peers() {
-                let state = &mut peers[usize::from(peer)];
-                if self.reconnect[usize::from(peer)].swap(false, Ordering::AcqRel) {
-                    // A stream is under way if a ring is open, or was until a push failed.
-                    let streaming = state.ring.take().is_some() | state.unconfirmed.take().is_some();
-                    Self::new_stream(streaming, state.offset, &mut state.pending, &mut state.session);
-                    state.offset = 0;
-                }
-                if state.pending.is_empty() {
-                    std::mem::swap(&mut state.pending, &mut *self.outboxes[usize::from(peer)].lock());
-                    state.offset = 0;
-                }
-                if state.pending.is_empty() {
-                    continue;
-                }
-                if state.ring.is_none() {
-                    match RingSender::open(self.fabric.as_ref(), peer, RegionId::inbound_ring(self.me)) {
-                        Ok(ring) => {
-                            if let Some((published_before, end)) = state.unconfirmed.take() {
-                                let published = ring.sent_count();
-                                if published == published_before + 1 {
-                                    tracing::warn!(peer, "the failed push had arrived; the stream goes on after it");
-                                    state.offset = end;
-                                } else if published == published_before {
-                                    tracing::warn!(peer, "the failed push had not arrived; sending it again");
-                                } else {
-                                    // Not the ring pushed to before: the peer restarted.
-                                    Self::new_stream(true, state.offset, &mut state.pending, &mut state.session);
-                                    state.offset = 0;
-                                    retry(Duration::ZERO);
-                                }
+            if self.reconnect[usize::from(peer)].swap(false, Ordering::AcqRel) {
+                // A stream is under way if a ring is open, or was until a push failed.
+                let streaming = ring.take().is_some() | unconfirmed.take().is_some();
+                Self::new_stream(streaming, offset, &mut pending, &mut session);
+                offset = 0;
+            }
+            if pending.is_empty() {
+                std::mem::swap(&mut pending, &mut *self.outboxes[usize::from(peer)].lock());
+                offset = 0;
+            }
+            if pending.is_empty() {
+                continue;
+            }
+            if ring.is_none() {
+                match RingSender::open(self.fabric.as_ref(), peer, RegionId::inbound_ring(self.me)) {
+                    Ok(opened) => {
+                        if let Some((published_before, end)) = unconfirmed.take() {
+                            let published = opened.sent_count();
+                            if published == published_before + 1 {
+                                tracing::warn!(peer, "the failed push had arrived; the stream goes on after it");
+                                offset = end;
+                            } else if published == published_before {
+                                tracing::warn!(peer, "the failed push had not arrived; sending it again");
+                            } else {
+                                // Not the ring pushed to before: the peer restarted.
+                                Self::new_stream(true, offset, &mut pending, &mut session);
+                                offset = 0;
+                                retry(Duration::ZERO);
                             }
-                            state.ring = Some(ring);
                         }
-                        Err(error) => {
-                            tracing::debug!(%error, peer, "peer not reachable yet");
-                            retry(Duration::from_millis(10));
-                            continue;
-                        }
+                        ring = Some(opened);
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, peer, "peer not reachable yet");
+                        retry(Duration::from_millis(10));
+                        continue;
                     }
                 }
-                let ring = state.ring.as_mut().expect("opened above");
-                let payload_max = ring.geometry().max_message_bytes() as usize - CHUNK_HEADER_BYTES;
-                while state.offset < state.pending.len() {
-                    let end = (state.offset + payload_max).min(state.pending.len());
-                    chunk.clear();
-                    chunk.extend_from_slice(&self.incarnation.to_le_bytes());
-                    chunk.extend_from_slice(&state.session.to_le_bytes());
-                    chunk.extend_from_slice(&state.pending[state.offset..end]);
-                    match ring.try_push(&chunk) {
-                        Ok(PushOutcome::Pushed) => state.offset = end,
-                        Ok(PushOutcome::Full) => {
-                            retry(Duration::from_micros(200));
-                            break;
-                        }
-                        Err(error) => {
-                            tracing::warn!(%error, peer, "push to peer failed; reopening its ring");
-                            // It may have been published all the same (see the module
-                            // comment): the stream stays as it is until the reopened ring
-                            // tells.
-                            state.unconfirmed = Some((ring.sent_count(), end));
-                            state.ring = None;
-                            retry(Duration::from_millis(10));
-                            break;
-                        }
+            }
+            let open = ring.as_mut().expect("opened above");
+            let payload_max = open.geometry().max_message_bytes() as usize - CHUNK_HEADER_BYTES;
+            while offset < pending.len() {
+                let end = (offset + payload_max).min(pending.len());
+                chunk.clear();
+                chunk.extend_from_slice(&self.incarnation.to_le_bytes());
+                chunk.extend_from_slice(&session.to_le_bytes());
+                chunk.extend_from_slice(&pending[offset..end]);
+                match open.try_push(&chunk) {
+                    Ok(PushOutcome::Pushed) => offset = end,
+                    Ok(PushOutcome::Full) => {
+                        retry(Duration::from_micros(200));
+                        break;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, peer, "push to peer failed; reopening its ring");
+                        // It may have been published all the same (see the module
+                        // comment): the stream stays as it is until the reopened ring
+                        // tells.
+                        unconfirmed = Some((open.sent_count(), end));
+                        ring = None;
+                        retry(Duration::from_millis(10));
+                        break;
                     }
                 }
-                if state.offset == state.pending.len() {
-                    state.pending.clear();
-                    state.offset = 0;
-                } else {
-                    retry(Duration::from_micros(200));
-                }
+            }
+            if offset == pending.len() {
+                pending.clear();
+                offset = 0;
+            } else {
+                retry(Duration::from_micros(200));
             }
         }
     }
