@@ -269,40 +269,12 @@ impl PeerTls {
     }
 }
 
-/// A connection's bytes: in clear, or inside TLS.
-enum PeerStream {
-    Plain(TcpStream),
-    TlsClient(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
-    TlsServer(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
-}
+/// A connection's bytes: the socket in clear, or a TLS stream over it.
+trait ByteStream: Read + Write + Send {}
 
-impl Read for PeerStream {
-    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            PeerStream::Plain(stream) => stream.read(buffer),
-            PeerStream::TlsClient(stream) => stream.read(buffer),
-            PeerStream::TlsServer(stream) => stream.read(buffer),
-        }
-    }
-}
+impl<T: Read + Write + Send> ByteStream for T {}
 
-impl Write for PeerStream {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        match self {
-            PeerStream::Plain(stream) => stream.write(bytes),
-            PeerStream::TlsClient(stream) => stream.write(bytes),
-            PeerStream::TlsServer(stream) => stream.write(bytes),
-        }
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            PeerStream::Plain(stream) => stream.flush(),
-            PeerStream::TlsClient(stream) => stream.flush(),
-            PeerStream::TlsServer(stream) => stream.flush(),
-        }
-    }
-}
+type PeerStream = Box<dyn ByteStream>;
 
 /// A connection from this node to one peer's responder.
 struct PeerConnection {
@@ -361,14 +333,14 @@ impl PeerConnection {
         };
         configure(&stream).map_err(|error| self.unreachable(format!("configure the connection: {error}")))?;
         let socket = stream.try_clone().map_err(|error| self.unreachable(format!("clone the socket: {error}")))?;
-        let transport = match &self.tls_client {
-            None => PeerStream::Plain(stream),
+        let transport: PeerStream = match &self.tls_client {
+            None => Box::new(stream),
             Some(config) => {
                 // The responder's certificate must name the peer's IP address.
                 let name = ServerName::IpAddress(self.address.ip().into());
                 let connection = rustls::ClientConnection::new(config.clone(), name)
                     .map_err(|error| protocol_error(format!("start TLS: {error}")))?;
-                PeerStream::TlsClient(Box::new(rustls::StreamOwned::new(connection, stream)))
+                Box::new(rustls::StreamOwned::new(connection, stream))
             }
         };
         let mut stream = BufReader::new(transport);
@@ -624,11 +596,11 @@ impl ResponderShared {
 /// Serves one client connection until it closes, misbehaves or is superseded.
 fn respond(stream: TcpStream, connection: u64, shared: &ResponderShared) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
-    let transport = match &shared.tls_server {
-        None => PeerStream::Plain(stream),
+    let transport: PeerStream = match &shared.tls_server {
+        None => Box::new(stream),
         Some(config) => {
             let connection = rustls::ServerConnection::new(config.clone()).map_err(std::io::Error::other)?;
-            PeerStream::TlsServer(Box::new(rustls::StreamOwned::new(connection, stream)))
+            Box::new(rustls::StreamOwned::new(connection, stream))
         }
     };
     // Read through the buffer, written through `get_mut`.
