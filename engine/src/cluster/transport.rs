@@ -95,7 +95,7 @@ impl Transport {
             .spawn(move || receiving.receive_loop(receivers, deliver))
             .map_err(|error| FabricError::Io { context: "start the peer receiver".into(), source: error })?;
         transport.threads.lock().push(receiver);
-        for peer in transport.peers().collect::<Vec<_>>() {
+        for peer in transport.peers() {
             let sending = transport.clone();
             let sender = std::thread::Builder::new()
                 .name(format!("leasehold-peer-send-{peer}"))
