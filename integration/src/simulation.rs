@@ -1,10 +1,15 @@
 //! A deterministic simulation of the cluster's epoch, view and lease protocol.
 //!
-//! Several nodes run from one seeded scheduler: every message gets a random delay (so
-//! messages of different senders reorder; each sender-to-receiver channel stays in order,
-//! as the fabric's rings are), nodes crash (memory and unsynced epochs lost, synced ones
-//! kept) and restart with a new incarnation, and partitions hold a node's traffic until
-//! they heal. The decisions are the engine's own code: [`ViewAgreement`] (which view,
+//! Several nodes run from one seeded scheduler. Between two nodes runs a [`Channel`]: the
+//! link under it delays every frame at random (so frames overtake each other, within a
+//! channel and across channels), loses some (the sender pushes a lost frame again after
+//! a timeout, and may lose it again) and duplicates some (a push that arrived although
+//! its acknowledgement was lost, sent again). Above the link the channel is the
+//! transport's stream: frames carry sequence numbers, the receiver discards what it has
+//! seen and hands frames to the protocol in order, exactly once, as
+//! `cluster::transport` does over the fabric's rings. Nodes crash (memory, unsynced
+//! epochs and every channel touching them lost, synced epochs kept) and restart with a
+//! new incarnation, and partitions hold a node's traffic until they heal. The decisions are the engine's own code: [`ViewAgreement`] (which view,
 //! which epoch to keep), [`DurableEverywhere`] (when replies are released),
 //! [`leases_as_of`] and [`LeaseTable`] (who holds a key after an agreement). What the
 //! engine does with threads, rings and RocksDB around those decisions is modelled here in
@@ -54,6 +59,11 @@ pub struct SimulationConfig {
     pub crash_per_10k: u32,
     pub partition_per_10k: u32,
     pub delay_max: u64,
+    /// Chance (in 1/10,000) that the link loses a frame, and that it delivers one twice.
+    pub loss_per_10k: u32,
+    pub duplicate_per_10k: u32,
+    /// Steps after which the sender pushes a lost frame again.
+    pub retransmit_after: u64,
     pub planted: Option<PlantedBug>,
 }
 
@@ -67,6 +77,9 @@ impl Default for SimulationConfig {
             crash_per_10k: 60,
             partition_per_10k: 40,
             delay_max: 20,
+            loss_per_10k: 300,
+            duplicate_per_10k: 200,
+            retransmit_after: 40,
             planted: None,
         }
     }
@@ -79,6 +92,11 @@ pub struct SimulationReport {
     pub messages: u64,
     pub crashes: u64,
     pub partitions: u64,
+    /// Frames the link lost (each pushed again), delivered twice, and delivered before
+    /// an earlier frame of their channel (held back by the stream until the gap filled).
+    pub frames_lost: u64,
+    pub frames_duplicated: u64,
+    pub frames_overtaking: u64,
     pub agreements: u64,
     pub lease_moves: u64,
     pub acknowledged: u64,
@@ -203,13 +221,26 @@ impl Node {
     }
 }
 
+/// One sender-to-receiver session: a lossy, reordering link under an in-order stream.
+#[derive(Default)]
+struct Channel {
+    /// The sequence number of the next frame sent.
+    next_sent: u64,
+    /// Copies on the link: (arrival step, sequence number, frame). Unordered.
+    link: Vec<(u64, u64, Message)>,
+    /// The sequence number the receiver hands to the protocol next.
+    next_delivered: u64,
+    /// Frames that arrived ahead of a gap.
+    held: BTreeMap<u64, Message>,
+}
+
 struct Simulation {
     config: SimulationConfig,
     random: Random,
     now: u64,
     nodes: Vec<Node>,
-    /// Per (from, to): messages in order with their delivery time.
-    channels: BTreeMap<(NodeId, NodeId), VecDeque<(u64, Message)>>,
+    /// Per (from, to): the session between them (dropped when either end crashes).
+    channels: BTreeMap<(NodeId, NodeId), Channel>,
     partitioned: Option<(NodeId, u64)>,
     next_txn: TxnId,
     acknowledged: HashSet<TxnId>,
@@ -222,9 +253,51 @@ struct Simulation {
 impl Simulation {
     fn send(&mut self, from: NodeId, to: NodeId, message: Message) {
         let channel = self.channels.entry((from, to)).or_default();
-        let after = channel.back().map_or(0, |(at, _)| *at);
-        let at = (self.now + 1 + self.random.below(self.config.delay_max)).max(after);
-        channel.push_back((at, message));
+        let sequence = channel.next_sent;
+        channel.next_sent += 1;
+        // Each loss costs the sender a timeout before it pushes the frame again.
+        let mut at = self.now + 1 + self.random.below(self.config.delay_max);
+        while self.random.chance(self.config.loss_per_10k) {
+            self.report.frames_lost += 1;
+            at += self.config.retransmit_after + self.random.below(self.config.delay_max);
+        }
+        if self.random.chance(self.config.duplicate_per_10k) {
+            self.report.frames_duplicated += 1;
+            let again = at + self.config.retransmit_after + self.random.below(self.config.delay_max);
+            channel.link.push((again, sequence, message.clone()));
+        }
+        channel.link.push((at, sequence, message));
+    }
+
+    /// Frames whose copies arrived by now, handed over in order: (from, to, frame).
+    fn arrivals(&mut self) -> Vec<(NodeId, NodeId, Message)> {
+        let mut ready = Vec::new();
+        for (&(from, to), channel) in &mut self.channels {
+            if self.partitioned.is_some_and(|(p, _)| p == from || p == to) {
+                continue;
+            }
+            let mut index = 0;
+            while index < channel.link.len() {
+                if channel.link[index].0 > self.now {
+                    index += 1;
+                    continue;
+                }
+                let (_, sequence, message) = channel.link.swap_remove(index);
+                // The stream discards a copy it has seen (delivered or held).
+                if sequence < channel.next_delivered || channel.held.contains_key(&sequence) {
+                    continue;
+                }
+                if sequence > channel.next_delivered {
+                    self.report.frames_overtaking += 1;
+                }
+                channel.held.insert(sequence, message);
+            }
+            while let Some(message) = channel.held.remove(&channel.next_delivered) {
+                channel.next_delivered += 1;
+                ready.push((from, to, message));
+            }
+        }
+        ready
     }
 
     fn broadcast(&mut self, from: NodeId, message: Message) {
@@ -518,18 +591,8 @@ impl Simulation {
                 self.restart(node);
             }
         }
-        // Deliver what is due, channel by channel (each channel in order).
-        let due: Vec<(NodeId, NodeId)> = self
-            .channels
-            .iter()
-            .filter(|((from, to), queue)| {
-                let cut = self.partitioned.is_some_and(|(p, _)| p == *from || p == *to);
-                !cut && queue.front().is_some_and(|(at, _)| *at <= self.now)
-            })
-            .map(|(&pair, _)| pair)
-            .collect();
-        for (from, to) in due {
-            let Some((_, message)) = self.channels.get_mut(&(from, to)).and_then(VecDeque::pop_front) else { continue };
+        // Deliver what arrived, each channel's frames in order.
+        for (from, to, message) in self.arrivals() {
             if self.nodes[usize::from(to)].alive && self.nodes[usize::from(from)].alive {
                 self.deliver(from, to, message);
             }
@@ -604,7 +667,7 @@ impl Simulation {
     /// Every node alive, synced, at the same epoch, with everything synced and answered.
     fn quiet(&self) -> bool {
         let first = &self.nodes[0];
-        self.channels.values().all(VecDeque::is_empty)
+        self.channels.values().all(|channel| channel.link.is_empty() && channel.held.is_empty())
             && self.nodes.iter().all(|n| {
                 n.alive && n.synced && n.epoch == first.epoch && n.unsynced.is_empty() && n.awaiting.is_empty()
             })

@@ -1,5 +1,5 @@
 //! The deterministic simulation of the cluster protocol (`integration/src/simulation.rs`):
-//! a CI-sized run of seeds with crashes, partitions and reordering, a self-test that each
+//! a CI-sized run of seeds with crashes, partitions, lost, duplicated and reordered frames, a self-test that each
 //! planted protocol bug is caught, and a check that a seed replays exactly.
 //!
 //! `LEASEHOLD_SIM_SEEDS=N` runs N seeds instead of the CI-sized default;
@@ -18,9 +18,12 @@ fn seeds() -> Vec<u64> {
 fn totals(reports: &[SimulationReport]) -> String {
     let sum = |f: fn(&SimulationReport) -> u64| reports.iter().map(f).sum::<u64>();
     format!(
-        "{} seeds: {} messages, {} crashes, {} partitions, {} agreements, {} lease moves, {} acknowledged, {} epochs committed",
+        "{} seeds: {} messages ({} frames lost and pushed again, {} duplicated, {} overtaking), {} crashes, {} partitions, {} agreements, {} lease moves, {} acknowledged, {} epochs committed",
         reports.len(),
         sum(|r| r.messages),
+        sum(|r| r.frames_lost),
+        sum(|r| r.frames_duplicated),
+        sum(|r| r.frames_overtaking),
         sum(|r| r.crashes),
         sum(|r| r.partitions),
         sum(|r| r.agreements),
@@ -31,7 +34,7 @@ fn totals(reports: &[SimulationReport]) -> String {
 }
 
 #[test]
-fn the_protocol_keeps_its_promises_under_crashes_partitions_and_reordering() {
+fn the_protocol_keeps_its_promises_under_crashes_partitions_loss_and_reordering() {
     let reports: Vec<SimulationReport> =
         seeds().into_iter().map(|seed| simulate(seed, SimulationConfig::default())).collect();
     println!("{}", totals(&reports));
@@ -43,14 +46,18 @@ fn the_protocol_keeps_its_promises_under_crashes_partitions_and_reordering() {
     // The faults really happened: a run without them would prove little.
     assert!(reports.iter().map(|r| r.crashes).sum::<u64>() > 0 || reports.len() < 20);
     assert!(reports.iter().map(|r| r.lease_moves).sum::<u64>() > 0 || reports.len() < 20);
+    assert!(reports.iter().map(|r| r.frames_lost).sum::<u64>() > 0 || reports.len() < 20);
+    assert!(reports.iter().map(|r| r.frames_overtaking).sum::<u64>() > 0 || reports.len() < 20);
     assert!(reports.iter().map(|r| r.acknowledged).sum::<u64>() > 0);
 }
 
 #[test]
 fn every_planted_bug_is_caught() {
-    for bug in
-        [PlantedBug::ReplyOnLocalDurability, PlantedBug::AgreeOnOwnDurableEpoch, PlantedBug::MoveTakesEffectEarly]
-    {
+    for bug in [
+        PlantedBug::ReplyOnLocalDurability,
+        PlantedBug::AgreeOnOwnDurableEpoch,
+        PlantedBug::MoveTakesEffectEarly,
+    ] {
         let config = SimulationConfig { planted: Some(bug), ..SimulationConfig::default() };
         let caught = (1..=300u64).find_map(|seed| {
             let report = simulate(seed, config);
