@@ -1,6 +1,7 @@
 //! The fabric conformance suite (DESIGN.md §4): one set of tests, written once against
 //! the `Fabric` traits and run over every backend that can run here. shm and tcp always
-//! run; rdma runs where a device exists and otherwise each of its tests says it was
+//! run, and tcp-tls (the tcp backend with mutual TLS, a certificate per node and the peer
+//! token) too; rdma runs where a device exists and otherwise each of its tests says it was
 //! skipped and why.
 //!
 //! What must hold for every backend: operation semantics (READ/WRITE round trips, bounds
@@ -13,6 +14,8 @@
 
 #[path = "../src/bin/fabric_peer/layout.rs"]
 mod layout;
+#[path = "../src/bin/fabric_peer/tls.rs"]
+mod tls;
 
 use layout::{
     check_flag_rule, parse_ranges, ring_message, COUNTER_OFFSET, GO_OFFSET, LOCKED_COUNTER_OFFSET, LOCK_OFFSET,
@@ -94,24 +97,64 @@ impl Backend for ShmBackend {
     }
 }
 
-/// tcp nodes of one test, each told the others' responder addresses.
+/// tcp nodes of one test, each told the others' responder addresses; with `tls`, every
+/// connection is mutual TLS with a certificate per node, and the peer token applies.
 struct TcpBackend {
     nodes: Mutex<Vec<(NodeId, Arc<TcpFabric>)>>,
+    tls: Option<tempfile::TempDir>,
 }
+
+/// Nodes the `tcp-tls` backend issues certificates for (the tests use fewer).
+const TLS_NODES: NodeId = 16;
 
 impl TcpBackend {
     fn new() -> TcpBackend {
-        TcpBackend { nodes: Mutex::new(Vec::new()) }
+        TcpBackend { nodes: Mutex::new(Vec::new()), tls: None }
+    }
+
+    /// The tcp backend over mutual TLS: a test CA issues each node its own certificate
+    /// (for 127.0.0.1), written where `fabric_peer` loads it (see `tls.rs`).
+    fn with_tls() -> TcpBackend {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let directory = tempfile::tempdir().expect("a directory for certificates");
+        let authority_key = KeyPair::generate().expect("CA key");
+        let mut authority = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+        authority.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        authority.distinguished_name.push(DnType::CommonName, "fabric conformance CA");
+        let authority_certificate = authority.self_signed(&authority_key).expect("self-signed CA");
+        std::fs::write(tls::ca_path(directory.path()), authority_certificate.der()).expect("write CA");
+        let issuer = Issuer::from_params(&authority, &authority_key);
+        for node in 0..TLS_NODES {
+            let key = KeyPair::generate().expect("node key");
+            let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("node parameters");
+            params.distinguished_name.push(DnType::CommonName, format!("node {node}"));
+            let certificate = params.signed_by(&key, &issuer).expect("sign");
+            std::fs::write(tls::certificate_path(directory.path(), node), certificate.der()).expect("write");
+            std::fs::write(tls::key_path(directory.path(), node), key.serialize_der()).expect("write key");
+        }
+        TcpBackend { nodes: Mutex::new(Vec::new()), tls: Some(directory) }
     }
 }
 
 impl Backend for TcpBackend {
     fn name(&self) -> &'static str {
-        "tcp"
+        if self.tls.is_some() {
+            "tcp-tls"
+        } else {
+            "tcp"
+        }
     }
 
     fn start_node(&self, node: NodeId) -> Arc<dyn Fabric> {
-        let fabric = TcpFabric::start(node, "127.0.0.1:0".parse().expect("literal address")).expect("start tcp node");
+        let loopback = "127.0.0.1:0".parse().expect("literal address");
+        let fabric = match &self.tls {
+            None => TcpFabric::start(node, loopback),
+            Some(directory) => {
+                let peer_tls = tls::load_peer_tls(directory.path(), node).expect("load the node's certificate");
+                TcpFabric::start_secured(node, loopback, Some(tls::PEER_TOKEN), Some(peer_tls))
+            }
+        };
+        let fabric = fabric.expect("start tcp node");
         let mut nodes = self.nodes.lock().expect("nodes lock");
         for (other, other_fabric) in nodes.iter() {
             other_fabric.add_peer(node, fabric.local_address());
@@ -124,7 +167,13 @@ impl Backend for TcpBackend {
     fn peer_arguments(&self) -> Vec<String> {
         let nodes = self.nodes.lock().expect("nodes lock");
         let (_, owner) = nodes.iter().find(|(node, _)| *node == 0).expect("node 0 started first");
-        vec!["--backend".into(), "tcp".into(), "--peer".into(), format!("0={}", owner.local_address())]
+        let mut arguments = vec!["--backend".into(), self.name().into()];
+        if let Some(directory) = &self.tls {
+            arguments.push("--tls-directory".into());
+            arguments.push(directory.path().to_str().expect("utf-8 temporary path").into());
+        }
+        arguments.extend(["--peer".into(), format!("0={}", owner.local_address())]);
+        arguments
     }
 
     fn scale(&self) -> Scale {
@@ -184,6 +233,9 @@ macro_rules! conformance_suite {
         }
         mod tcp {
             $( #[test] fn $test() { super::$test(&super::TcpBackend::new()) } )*
+        }
+        mod tcp_tls {
+            $( #[test] fn $test() { super::$test(&super::TcpBackend::with_tls()) } )*
         }
         mod rdma {
             $(

@@ -13,9 +13,11 @@
 //! fabric_peer flag-read  <backend> --node N --region R --value-bytes B --rounds N
 //! fabric_peer bench      --backend shm|tcp [--milliseconds T]
 //! <backend> = --backend shm --shm-directory DIR | --backend tcp|rdma --peer 0=ADDRESS
+//!           | --backend tcp-tls --tls-directory DIR --peer 0=ADDRESS
 //! ```
 //!
-//! Layouts shared with the test are in `layout.rs`.
+//! Layouts shared with the test are in `layout.rs`; the `tcp-tls` backend's files
+//! (per-node certificates, the peer token) in `tls.rs`.
 
 use leasehold_fabric::rdma::{RdmaConfig, RdmaFabric};
 use leasehold_fabric::shm::ShmFabric;
@@ -29,6 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod layout;
+mod tls;
 use layout::{
     check_flag_rule, format_ranges, ring_message, value_of_round, COUNTER_OFFSET, FLAG_OFFSET, GO_OFFSET,
     LOCKED_COUNTER_OFFSET, LOCK_OFFSET, PATIENCE, RACE_WORDS_OFFSET, READERS_OFFSET, READY_OFFSET, VALUE_OFFSET,
@@ -117,6 +120,16 @@ fn join(arguments: &Arguments, node: NodeId) -> Arc<dyn Fabric> {
             }
             fabric as Arc<dyn Fabric>
         }),
+        "tcp-tls" => {
+            let directory = std::path::Path::new(arguments.text("tls-directory"));
+            let peer_tls = tls::load_peer_tls(directory, node).unwrap_or_else(|error| fail(&error));
+            TcpFabric::start_secured(node, loopback, Some(tls::PEER_TOKEN), Some(peer_tls)).map(|fabric| {
+                for (peer, address) in &arguments.peers {
+                    fabric.add_peer(*peer, *address);
+                }
+                fabric as Arc<dyn Fabric>
+            })
+        }
         "rdma" => RdmaFabric::open(node, &RdmaConfig::new(loopback)).map(|fabric| {
             for (peer, address) in &arguments.peers {
                 fabric.add_peer(*peer, *address);
