@@ -34,6 +34,18 @@ pub fn write_cluster_file(
     fabric: &str,
     extra_lines: &str,
 ) -> (PathBuf, Vec<SocketAddr>, PathBuf) {
+    write_cluster_file_per_node(directory, node_count, fabric, extra_lines, &|_| String::new())
+}
+
+/// Like [`write_cluster_file`], with `node_lines(id)` in every node's entry (see
+/// [`write_cluster_file_with_node_lines`]).
+pub fn write_cluster_file_per_node(
+    directory: &Path,
+    node_count: u16,
+    fabric: &str,
+    extra_lines: &str,
+    node_lines: &dyn Fn(u16) -> String,
+) -> (PathBuf, Vec<SocketAddr>, PathBuf) {
     let addresses = (0..node_count)
         .map(|_| {
             let client = format!("127.0.0.1:{}", free_port()).parse().expect("address");
@@ -41,7 +53,7 @@ pub fn write_cluster_file(
             (client, peer)
         })
         .collect::<Vec<_>>();
-    write_cluster_file_with(directory, fabric, &addresses, extra_lines)
+    write_cluster_file_with_node_lines(directory, fabric, &addresses, extra_lines, node_lines)
 }
 
 /// Writes `<directory>/cluster.toml` for nodes with the given (client, peer) addresses,
@@ -52,6 +64,18 @@ pub fn write_cluster_file_with(
     fabric: &str,
     node_addresses: &[(SocketAddr, SocketAddr)],
     extra_lines: &str,
+) -> (PathBuf, Vec<SocketAddr>, PathBuf) {
+    write_cluster_file_with_node_lines(directory, fabric, node_addresses, extra_lines, &|_| String::new())
+}
+
+/// Like [`write_cluster_file_with`], with `node_lines(id)` (keys of node `id`'s entry,
+/// each ending in a newline) in every node's entry.
+pub fn write_cluster_file_with_node_lines(
+    directory: &Path,
+    fabric: &str,
+    node_addresses: &[(SocketAddr, SocketAddr)],
+    extra_lines: &str,
+    node_lines: &dyn Fn(u16) -> String,
 ) -> (PathBuf, Vec<SocketAddr>, PathBuf) {
     static CLUSTERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let shm_directory = PathBuf::from(format!(
@@ -70,7 +94,8 @@ pub fn write_cluster_file_with(
     let mut addresses = Vec::new();
     for (id, (client, peer)) in node_addresses.iter().enumerate() {
         text.push_str(&format!(
-            "\n[[nodes]]\nid = {id}\nclient_address = \"{client}\"\npeer_address = \"{peer}\"\ndata_dir = \"node-{id}\"\n"
+            "\n[[nodes]]\nid = {id}\nclient_address = \"{client}\"\npeer_address = \"{peer}\"\ndata_dir = \"node-{id}\"\n{}",
+            node_lines(id as u16)
         ));
         addresses.push(*client);
     }
@@ -94,7 +119,21 @@ impl LocalCluster {
         extra_lines: &str,
         extra_arguments: &[&str],
     ) -> LocalCluster {
-        let (cluster_file, addresses, shm_directory) = write_cluster_file(directory, node_count, fabric, extra_lines);
+        Self::start_configured_per_node(directory, node_count, fabric, extra_lines, &|_| String::new(), extra_arguments)
+    }
+
+    /// Like [`LocalCluster::start_configured`], with `node_lines(id)` (keys of node `id`'s
+    /// entry, each ending in a newline) in every node's entry of the cluster file.
+    pub fn start_configured_per_node(
+        directory: &Path,
+        node_count: u16,
+        fabric: &str,
+        extra_lines: &str,
+        node_lines: &dyn Fn(u16) -> String,
+        extra_arguments: &[&str],
+    ) -> LocalCluster {
+        let (cluster_file, addresses, shm_directory) =
+            write_cluster_file_per_node(directory, node_count, fabric, extra_lines, node_lines);
         let file = cluster_file.display().to_string();
         let nodes = (0..node_count)
             .map(|id| {

@@ -262,6 +262,34 @@ fn a_cluster_talks_tls_between_nodes() {
     let (_files, directory) = cluster_files();
     let lines = peer_tls_lines("../node.pem", "../node.key", "../ca.pem");
     let cluster = LocalCluster::start_configured(&directory, 3, "tcp", &lines, &[]);
+    transfers_cross_every_node(&cluster);
+}
+
+#[test]
+fn each_node_can_present_a_certificate_of_its_own() {
+    let (files, directory) = cluster_files();
+    let authority = Authority::new("Leasehold per-node CA");
+    let authority_file = authority.write(&directory, "per-node-ca");
+    // The cluster-wide certificate is one the CA did not issue: a node that presented it
+    // instead of its own would never be let in, so the cluster joins only if every node
+    // presents its own.
+    let (wide_certificate, wide_key) = Authority::new("A retired CA").issue(&directory, "wide", &["127.0.0.1"]);
+    let own: Vec<(PathBuf, PathBuf)> =
+        (0..3).map(|node| authority.issue(&directory, &format!("node-{node}"), &["127.0.0.1"])).collect();
+    let lines = peer_tls_lines(text(&wide_certificate), text(&wide_key), text(&authority_file));
+    let node_lines = |node: u16| {
+        let (certificate, key) = &own[usize::from(node)];
+        format!("peer_tls_certificate_file = \"{}\"\npeer_tls_key_file = \"{}\"\n", text(certificate), text(key))
+    };
+    let cluster = LocalCluster::start_configured_per_node(&directory, 3, "tcp", &lines, &node_lines, &[]);
+    transfers_cross_every_node(&cluster);
+    drop(files);
+}
+
+/// Waits for `cluster` to agree, then sends transfers through every node and checks the
+/// balances: accounts live on all three nodes, so every epoch crosses the connections
+/// between them.
+fn transfers_cross_every_node(cluster: &LocalCluster) {
     cluster.wait_until_synced(std::time::Duration::from_secs(60));
     let client = cluster.connect(0).expect("connect to node 0");
     client.deploy_plugin(&plugin_bytes("banking")).expect("deploy");

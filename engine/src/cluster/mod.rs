@@ -70,6 +70,12 @@ pub struct NodeSpec {
     pub data_dir: Option<PathBuf>,
     /// Prometheus endpoint of this node.
     pub metrics_address: Option<SocketAddr>,
+    /// This node's own certificate chain and key for TLS between nodes (both or neither;
+    /// relative to the cluster file), in place of the cluster-wide
+    /// `peer_tls_certificate_file` and `peer_tls_key_file`: so that each node can hold a
+    /// certificate of its own, naming its own address, and a leaked key exposes one node.
+    pub peer_tls_certificate_file: Option<PathBuf>,
+    pub peer_tls_key_file: Option<PathBuf>,
 }
 
 /// The cluster file: which nodes exist and how they reach each other.
@@ -85,10 +91,13 @@ pub struct ClusterSpec {
     /// peer that connects. The shm fabric's region files are readable by the nodes' user
     /// only.
     pub peer_token_file: Option<PathBuf>,
-    /// TLS between nodes over the tcp fabric (all three or none; relative to the cluster
-    /// file): every node presents this certificate chain (PEM; it must name every node's
-    /// peer IP address) and key, and accepts only peers whose certificates the CA in
-    /// `peer_tls_ca_file` issued. The peer token, if any, still applies inside TLS.
+    /// TLS between nodes over the tcp fabric (relative to the cluster file): every node
+    /// presents a certificate chain (PEM; it must name the node's peer IP address) and
+    /// key, and accepts only peers whose certificates the CA in `peer_tls_ca_file`
+    /// issued. The chain and key are the node entry's own or, where it has none, these
+    /// cluster-wide ones (which must then name every node's address). With the CA file,
+    /// every node needs a chain and key; without it, none may have one. The peer token,
+    /// if any, still applies inside TLS.
     pub peer_tls_certificate_file: Option<PathBuf>,
     pub peer_tls_key_file: Option<PathBuf>,
     pub peer_tls_ca_file: Option<PathBuf>,
@@ -141,24 +150,14 @@ impl ClusterSpec {
                 *file = Some(base.join(relative));
             }
         }
-        let tls_files =
-            [&spec.peer_tls_certificate_file, &spec.peer_tls_key_file, &spec.peer_tls_ca_file].map(Option::is_some);
-        if tls_files.contains(&true) && tls_files.contains(&false) {
-            return Err(invalid(
-                "TLS between nodes needs all of peer_tls_certificate_file, peer_tls_key_file and peer_tls_ca_file"
-                    .into(),
-            ));
-        }
-        if tls_files[0] && spec.fabric != FabricBackend::Tcp {
-            return Err(invalid(format!("TLS between nodes is for the tcp fabric, not {}", spec.fabric.as_str())));
-        }
         for node in &mut spec.nodes {
-            if let Some(directory) = &node.data_dir {
-                if directory.is_relative() {
-                    node.data_dir = Some(base.join(directory));
+            for file in [&mut node.data_dir, &mut node.peer_tls_certificate_file, &mut node.peer_tls_key_file] {
+                if let Some(relative) = file.as_ref().filter(|file| file.is_relative()) {
+                    *file = Some(base.join(relative));
                 }
             }
         }
+        spec.check_peer_tls().map_err(invalid)?;
         if spec.shm_directory.is_none() {
             let name = std::fs::canonicalize(base)
                 .ok()
@@ -189,10 +188,46 @@ impl ClusterSpec {
         Ok(Some(token.to_vec()))
     }
 
-    /// TLS between nodes, from the three `peer_tls_*` files (`None` without them).
-    pub fn peer_tls(&self) -> Result<Option<leasehold_fabric::tcp::PeerTls>, ClusterError> {
-        let (Some(certificate_file), Some(key_file), Some(ca_file)) =
-            (&self.peer_tls_certificate_file, &self.peer_tls_key_file, &self.peer_tls_ca_file)
+    /// The rules of the `peer_tls_*` keys (see [`ClusterSpec::peer_tls_ca_file`]).
+    fn check_peer_tls(&self) -> Result<(), String> {
+        let both_or_neither = |certificate: &Option<PathBuf>, key: &Option<PathBuf>, whose: &str| {
+            if certificate.is_some() != key.is_some() {
+                return Err(format!(
+                    "{whose} peer_tls_certificate_file and peer_tls_key_file go together; one is missing"
+                ));
+            }
+            Ok(())
+        };
+        both_or_neither(&self.peer_tls_certificate_file, &self.peer_tls_key_file, "the cluster-wide")?;
+        for node in &self.nodes {
+            both_or_neither(&node.peer_tls_certificate_file, &node.peer_tls_key_file, &format!("node {}'s", node.id))?;
+        }
+        let nodes_with_a_certificate = self
+            .nodes
+            .iter()
+            .filter(|node| node.peer_tls_certificate_file.is_some() || self.peer_tls_certificate_file.is_some())
+            .count();
+        match (&self.peer_tls_ca_file, nodes_with_a_certificate) {
+            (None, 0) => Ok(()),
+            (None, _) => Err("TLS between nodes needs peer_tls_ca_file beside the certificates and keys".into()),
+            (Some(_), count) if count < self.nodes.len() => Err(
+                "TLS between nodes needs peer_tls_certificate_file and peer_tls_key_file, cluster-wide or for every node"
+                    .into(),
+            ),
+            (Some(_), _) if self.fabric != FabricBackend::Tcp => {
+                Err(format!("TLS between nodes is for the tcp fabric, not {}", self.fabric.as_str()))
+            }
+            (Some(_), _) => Ok(()),
+        }
+    }
+
+    /// Node `me`'s TLS between nodes: its own certificate and key (or the cluster-wide
+    /// ones) and the cluster's CA; `None` without TLS.
+    pub fn peer_tls(&self, me: NodeId) -> Result<Option<leasehold_fabric::tcp::PeerTls>, ClusterError> {
+        let own = self.node(me).ok_or(ClusterError::UnknownNode { node: me, path: PathBuf::new() })?;
+        let certificate_file = own.peer_tls_certificate_file.as_ref().or(self.peer_tls_certificate_file.as_ref());
+        let key_file = own.peer_tls_key_file.as_ref().or(self.peer_tls_key_file.as_ref());
+        let (Some(certificate_file), Some(key_file), Some(ca_file)) = (certificate_file, key_file, &self.peer_tls_ca_file)
         else {
             return Ok(None);
         };
@@ -223,7 +258,7 @@ impl ClusterSpec {
             }
             FabricBackend::Tcp => {
                 let token = self.peer_token()?;
-                let tls = self.peer_tls()?;
+                let tls = self.peer_tls(me)?;
                 let fabric =
                     leasehold_fabric::tcp::TcpFabric::start_secured(me, own.peer_address, token.as_deref(), tls)
                         .map_err(fail)?;
@@ -276,5 +311,59 @@ mod tests {
         assert!(error.to_string().contains("without gaps"), "{error}");
         std::fs::write(&path, format!("fabric = \"carrier-pigeon\"\n{}", node(0))).expect("write");
         assert!(matches!(ClusterSpec::from_file(&path), Err(ClusterError::Parse { .. })));
+    }
+
+    #[test]
+    fn peer_tls_files_are_the_nodes_own_or_cluster_wide_and_complete() {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let path = directory.path().join("cluster.toml");
+        let node = |id: u16, own_files: bool| {
+            let own = if own_files {
+                format!("peer_tls_certificate_file = \"node-{id}.pem\"\npeer_tls_key_file = \"node-{id}.key\"\n")
+            } else {
+                String::new()
+            };
+            format!(
+                "[[nodes]]\nid = {id}\nclient_address = \"127.0.0.1:{}\"\npeer_address = \"127.0.0.1:{}\"\n{own}",
+                7420 + id,
+                7520 + id
+            )
+        };
+        let parse = |top: &str, nodes: &[bool]| {
+            let entries: String = nodes.iter().enumerate().map(|(id, own)| node(id as u16, *own)).collect();
+            std::fs::write(&path, format!("fabric = \"tcp\"\n{top}{entries}")).expect("write");
+            ClusterSpec::from_file(&path)
+        };
+        let ca = "peer_tls_ca_file = \"ca.pem\"\n";
+        let wide = "peer_tls_certificate_file = \"all.pem\"\npeer_tls_key_file = \"all.key\"\n";
+
+        // Every node its own files: each resolves its own, relative to the cluster file.
+        let spec = parse(ca, &[true, true, true]).expect("per-node certificates");
+        assert_eq!(spec.nodes[2].peer_tls_certificate_file, Some(directory.path().join("node-2.pem")));
+        // Cluster-wide files, one node overriding them.
+        let spec = parse(&format!("{ca}{wide}"), &[false, true, false]).expect("mixed");
+        assert_eq!(spec.nodes[1].peer_tls_key_file, Some(directory.path().join("node-1.key")));
+        assert!(spec.nodes[0].peer_tls_key_file.is_none(), "node 0 uses the cluster-wide key");
+        // No TLS at all.
+        assert!(parse("", &[false, false]).is_ok());
+
+        let refused = |top: &str, nodes: &[bool], naming: &str| {
+            let error = parse(top, nodes).expect_err("refused").to_string();
+            assert!(error.contains(naming), "{error} should name {naming}");
+        };
+        refused(ca, &[true, false, true], "for every node");
+        refused("", &[true, true], "peer_tls_ca_file");
+        refused(wide, &[false], "peer_tls_ca_file");
+        refused(&format!("{ca}peer_tls_certificate_file = \"all.pem\"\n"), &[false], "go together");
+        std::fs::write(
+            &path,
+            format!("fabric = \"tcp\"\n{ca}{}peer_tls_key_file = \"own.key\"\n", node(0, false)),
+        )
+        .expect("write");
+        let error = ClusterSpec::from_file(&path).expect_err("a key without its certificate").to_string();
+        assert!(error.contains("node 0's"), "{error}");
+        std::fs::write(&path, format!("fabric = \"shm\"\n{ca}{wide}{}", node(0, false))).expect("write");
+        let error = ClusterSpec::from_file(&path).expect_err("TLS over shm").to_string();
+        assert!(error.contains("tcp fabric"), "{error}");
     }
 }
