@@ -91,7 +91,9 @@ pub struct Config {
     /// Longest key.
     pub key_bytes_max: usize,
     /// Completed request ids kept in memory for fast retries: between half of this and
-    /// this many, the most recent (older ones are read from RocksDB).
+    /// this many, the most recent (older ones are read from RocksDB). The ledger keeps
+    /// three hash tables sized for 5/8 of this many ids each, whatever the load: the
+    /// current and previous generations and an emptied spare (see `txn::ledger`).
     pub recent_results_max: usize,
     /// How long a request id's outcome is kept for retries (a retry after that may run
     /// the request again).
