@@ -436,3 +436,12 @@ fn a_cluster_waits_while_two_nodes_cannot_reach_each_other() {
 fn a_cluster_waits_for_a_node_cut_off_longer_than_the_fabric_timeout() {
     partition_mid_load("cut13s", Cut::Node(2), Duration::from_secs(13));
 }
+
+/// Nodes 0 and 1 lose each other for longer than the fabric's response timeout: each
+/// gives up pushes to the other and reopens its ring after the heal, while both keep
+/// talking to node 2. A push to the unreachable peer must hold back no frame to the
+/// reachable one (one sender per peer), so no epoch finishes during the cut.
+#[test]
+fn two_nodes_that_lose_each_other_longer_than_the_fabric_timeout() {
+    partition_mid_load("cut01-13s", Cut::Between(0, 1), Duration::from_secs(13));
+}
