@@ -24,7 +24,7 @@ use crate::txn::epoch::{DriverMessage, EpochDriver};
 use crate::txn::executor::Executor;
 use crate::txn::ledger::Ledger;
 use crate::txn::tpg::GraphBuilder;
-use crate::txn::{PlannedTransaction, Submission, TransactionBody, TransactionStats};
+use crate::txn::{PlannedTransaction, Reply, ReplyBatch, Submission, TransactionBody, TransactionStats};
 use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 use std::marker::PhantomData;
@@ -118,9 +118,46 @@ pub struct Completed {
 pub enum Submitted {
     /// It runs (here, or forwarded); its outcome arrives through the pending result.
     Running(Pending<Completed>),
+    /// It runs here; its outcome arrives with the batch it was submitted into (see
+    /// [`NodeHandle::submit_into`]).
+    InBatch(BatchPlace),
     /// Nothing ran: its keys are mostly held by another node, where the client should
     /// send it.
     Redirected(Redirect),
+}
+
+/// A request's place in a [`ReplyBatch`], and how to present its outcome.
+pub struct BatchPlace {
+    place: u32,
+    json: Option<(Arc<LoadedPlugin>, u32)>,
+}
+
+impl BatchPlace {
+    /// The request's outcome among the results of its sealed batch.
+    pub fn completed(self, results: &mut [Option<crate::txn::ReplyResult>]) -> Result<Completed, Rejection> {
+        // A place is answered before the batch's results are sent; a missing one would
+        // mean the node stopped.
+        let result = results.get_mut(self.place as usize).and_then(Option::take);
+        completed(result.unwrap_or(Err(Rejection::ShuttingDown)), self.json)
+    }
+}
+
+/// An outcome as the caller sees it: with the output as JSON when the request came in
+/// JSON (`json`: the plugin and workflow that convert it).
+fn completed(
+    outcome: Result<Outcome, Rejection>,
+    json: Option<(Arc<LoadedPlugin>, u32)>,
+) -> Result<Completed, Rejection> {
+    let outcome = outcome?;
+    let output_json = match (&outcome, json) {
+        (Outcome::Committed { output, .. }, Some((plugin, workflow))) => {
+            Some(plugin.output_to_json(workflow, output).unwrap_or_else(|error| {
+                format!("{{\"error\":{:?}}}", format!("cannot convert output to JSON: {error}"))
+            }))
+        }
+        _ => None,
+    };
+    Ok(Completed { outcome, output_json })
 }
 
 /// A submitted request; [`Pending::wait`] resolves once its epoch is durable.
@@ -141,16 +178,7 @@ impl<T> Pending<T> {
 impl Pending<Completed> {
     pub async fn wait(self) -> Result<Completed, Rejection> {
         let (outcome, json) = self.outcome().await;
-        let outcome = outcome?;
-        let output_json = match (&outcome, json) {
-            (Outcome::Committed { output, .. }, Some((plugin, workflow))) => {
-                Some(plugin.output_to_json(workflow, output).unwrap_or_else(|error| {
-                    format!("{{\"error\":{:?}}}", format!("cannot convert output to JSON: {error}"))
-                }))
-            }
-            _ => None,
-        };
-        Ok(Completed { outcome, output_json })
+        completed(outcome, json)
     }
 }
 
@@ -496,12 +524,19 @@ impl NodeHandle {
         &self,
         transaction: PlannedTransaction,
     ) -> Result<tokio::sync::oneshot::Receiver<Result<Outcome, Rejection>>, Rejection> {
+        let (reply, receiver) = Reply::one();
+        self.enqueue_with(transaction, reply)?;
+        Ok(receiver)
+    }
+
+    fn enqueue_with(&self, transaction: PlannedTransaction, reply: Reply) -> Result<(), Rejection> {
+        // A refused request's reply is dropped (a batch place then settles as
+        // `ShuttingDown`); the caller gets the refusal itself.
         if !self.shared.accepting.load(Ordering::Acquire) {
             return self.rejected(Rejection::ShuttingDown);
         }
-        let (reply, receiver) = tokio::sync::oneshot::channel();
         match self.shared.inbox.send(DriverMessage::Submit(Submission { transaction, reply })) {
-            Ok(()) => Ok(receiver),
+            Ok(()) => Ok(()),
             Err(_) => self.rejected(Rejection::ShuttingDown),
         }
     }
@@ -513,6 +548,7 @@ impl NodeHandle {
         match self.submit_or_redirect(invocation, false)? {
             Submitted::Running(pending) => Ok(pending),
             Submitted::Redirected(_) => unreachable!("only a request that asks for redirects is redirected"),
+            Submitted::InBatch(_) => unreachable!("submitted without a batch"),
         }
     }
 
@@ -524,6 +560,27 @@ impl NodeHandle {
         &self,
         invocation: Invocation,
         redirect_if_elsewhere: bool,
+    ) -> Result<Submitted, Rejection> {
+        self.submit_to(invocation, redirect_if_elsewhere, None)
+    }
+
+    /// Like [`NodeHandle::submit_or_redirect`], with the outcome of a request that runs
+    /// here delivered through `batch` (so that a caller with many requests waits once);
+    /// forwarded and redirected requests are answered as usual.
+    pub fn submit_into(
+        &self,
+        invocation: Invocation,
+        redirect_if_elsewhere: bool,
+        batch: &Arc<ReplyBatch>,
+    ) -> Result<Submitted, Rejection> {
+        self.submit_to(invocation, redirect_if_elsewhere, Some(batch))
+    }
+
+    fn submit_to(
+        &self,
+        invocation: Invocation,
+        redirect_if_elsewhere: bool,
+        batch: Option<&Arc<ReplyBatch>>,
     ) -> Result<Submitted, Rejection> {
         let (transaction, json) = match plan_invocation(&self.shared.registry, self.shared.limits, invocation) {
             Ok(planned) => planned,
@@ -538,7 +595,14 @@ impl NodeHandle {
                 return Ok(Submitted::Running(Pending { receiver, json, _result: PhantomData }));
             }
         }
-        Ok(Submitted::Running(Pending { receiver: self.enqueue(transaction)?, json, _result: PhantomData }))
+        match batch {
+            None => Ok(Submitted::Running(Pending { receiver: self.enqueue(transaction)?, json, _result: PhantomData })),
+            Some(batch) => {
+                let (reply, place) = batch.reply();
+                self.enqueue_with(transaction, reply)?;
+                Ok(Submitted::InBatch(BatchPlace { place, json }))
+            }
+        }
     }
 
     /// The cluster, when this node moves requests to the leases at all: forwarding them
@@ -623,7 +687,7 @@ impl NodeHandle {
         to: NodeId,
         transaction: PlannedTransaction,
     ) -> tokio::sync::oneshot::Receiver<Result<Outcome, Rejection>> {
-        let (reply, receiver) = tokio::sync::oneshot::channel();
+        let (reply, receiver) = Reply::one();
         let TransactionBody::Workflow { workflow, arguments } = transaction.body else {
             unreachable!("only workflow invocations are routed")
         };

@@ -757,7 +757,7 @@ impl BaselineDriver {
         if self.stats.failed.load(Ordering::Acquire) {
             let rejection = Rejection::Storage("the node stopped after a storage failure".into());
             for submission in batch {
-                let _ = submission.reply.send(Err(rejection.clone()));
+                submission.reply.send(Err(rejection.clone()));
             }
             return;
         }
@@ -771,9 +771,9 @@ impl BaselineDriver {
                 let mut ledger = self.ledger.lock();
                 for submission in runnable {
                     for waiter in ledger.abandon(&submission.transaction.request_id) {
-                        let _ = waiter.send(Err(rejection.clone()));
+                        waiter.send(Err(rejection.clone()));
                     }
-                    let _ = submission.reply.send(Err(rejection.clone()));
+                    submission.reply.send(Err(rejection.clone()));
                 }
                 return;
             }

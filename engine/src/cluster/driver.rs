@@ -274,7 +274,7 @@ fn frame_epoch(frame: &Frame) -> Option<(u64, u64)> {
 /// outcome is a key), so there are no joined waiters to refuse besides the callers.
 fn reject_all(replies: impl IntoIterator<Item = Reply>, rejection: &Rejection) {
     for reply in replies {
-        let _ = reply.send(Err(rejection.clone()));
+        reply.send(Err(rejection.clone()));
     }
 }
 

@@ -48,7 +48,7 @@ impl Forwards {
     /// was already failed (the view changed meanwhile) is dropped.
     pub fn complete(&self, forward_id: u64, result: Result<crate::model::Outcome, Rejection>) {
         if let Some(reply) = self.waiting.lock().remove(&forward_id) {
-            let _ = reply.send(result);
+            reply.send(result);
         }
     }
 
@@ -56,7 +56,7 @@ impl Forwards {
     pub fn fail_all(&self, rejection: &Rejection) {
         let waiting = std::mem::take(&mut *self.waiting.lock());
         for (_, reply) in waiting {
-            let _ = reply.send(Err(rejection.clone()));
+            reply.send(Err(rejection.clone()));
         }
     }
 
@@ -160,7 +160,7 @@ fn admit(
         return Err(Rejection::Retry("the request was forwarded in a cluster view that has since changed".into()));
     }
     let transaction = planner(request.invocation)?;
-    let (reply, receiver) = tokio::sync::oneshot::channel();
+    let (reply, receiver) = Reply::one();
     inbox.send(DriverMessage::Submit(Submission { transaction, reply })).map_err(|_| Rejection::ShuttingDown)?;
     TransactionStats::count(&stats.forwards_received_total, 1);
     Ok(receiver)
@@ -185,8 +185,8 @@ mod tests {
     #[test]
     fn forwards_complete_once_and_fail_together_on_a_view_change() {
         let forwards = Forwards::default();
-        let (first_reply, mut first) = tokio::sync::oneshot::channel();
-        let (second_reply, mut second) = tokio::sync::oneshot::channel();
+        let (first_reply, mut first) = Reply::one();
+        let (second_reply, mut second) = Reply::one();
         let first_id = forwards.register(first_reply);
         let second_id = forwards.register(second_reply);
         assert_ne!(first_id, second_id);

@@ -5,6 +5,8 @@
 use super::convert::{self, Refusal, Reply};
 use crate::model::Rejection;
 use crate::node::{NodeHandle, Pending, Submitted};
+use crate::txn::ReplyBatch;
+use std::sync::Arc;
 use leasehold_schema::leasehold_capnp::{invocation, leasehold};
 use std::cell::Cell;
 use std::rc::Rc;
@@ -81,6 +83,16 @@ fn submit(node: &NodeHandle, request: invocation::Reader<'_>) -> Result<Submitte
     Ok(node.submit_or_redirect(invocation, request.get_redirect_if_elsewhere())?)
 }
 
+/// Decodes an invocation of a message of many and submits it into the message's batch.
+fn submit_into(
+    node: &NodeHandle,
+    request: invocation::Reader<'_>,
+    batch: &Arc<ReplyBatch>,
+) -> Result<Submitted, Refusal> {
+    let invocation = convert::read_invocation(request).inspect_err(|_| count_edge_refusals(node, 1))?;
+    Ok(node.submit_into(invocation, request.get_redirect_if_elsewhere(), batch)?)
+}
+
 /// Decodes a key read and submits it.
 fn submit_read(
     node: &NodeHandle,
@@ -102,6 +114,7 @@ async fn completion(submitted: Result<Submitted, Refusal>) -> Result<Reply, Refu
     match submitted? {
         Submitted::Running(pending) => Ok(Reply::Completed(pending.wait().await?)),
         Submitted::Redirected(redirect) => Ok(Reply::Redirected(redirect)),
+        Submitted::InBatch(_) => unreachable!("a lone invocation is submitted without a batch"),
     }
 }
 
@@ -205,10 +218,24 @@ impl leasehold::Server for LeaseholdService {
             return Ok(());
         }
         // Every request is planned and submitted before any is awaited, so that they can
-        // all land in the same epoch.
-        let submitted: Vec<_> = requests.iter().map(|request| submit(&self.node, request)).collect();
+        // all land in the same epoch. Those that run here answer through one batch: one
+        // wake-up for the message, not one per request.
+        let (batch, batch_results) = ReplyBatch::new();
+        let submitted: Vec<_> = requests.iter().map(|request| submit_into(&self.node, request, &batch)).collect();
         drop(params);
-        let outcomes = futures::future::join_all(submitted.into_iter().map(completion)).await;
+        batch.seal();
+        drop(batch);
+        // Every place is answered (a reply dropped unanswered answers `ShuttingDown`), so
+        // the batch's results always arrive.
+        let mut batch_results = batch_results.await.unwrap_or_default();
+        let mut outcomes = Vec::with_capacity(submitted.len());
+        for submitted in submitted {
+            outcomes.push(match submitted {
+                Ok(Submitted::InBatch(place)) => place.completed(&mut batch_results).map(Reply::Completed).map_err(Refusal::from),
+                // Forwarded requests (in a cluster) and redirects answer on their own.
+                other => completion(other).await,
+            });
+        }
         let mut list = results.get().init_result().init_results(count);
         for (index, outcome) in (0..).zip(&outcomes) {
             convert::write_result(list.reborrow().get(index), outcome);

@@ -346,18 +346,18 @@ impl Committer {
                 None => {
                     if let Some(ledger) = ledger.as_deref_mut().filter(|_| id.is_tracked()) {
                         for waiter in ledger.complete(&id, &outcome, epoch_of(&outcome)) {
-                            let _ = waiter.send(Ok(outcome.clone()));
+                            waiter.send(Ok(outcome.clone()));
                         }
                     }
                     // A closed reply only means the client went away; its outcome is
                     // durable and a retry will get it.
-                    let _ = reply.send(Ok(outcome));
+                    reply.send(Ok(outcome));
                 }
                 Some(rejection) => {
                     for waiter in ledger.as_deref_mut().map(|ledger| ledger.abandon(&id)).unwrap_or_default() {
-                        let _ = waiter.send(Err(rejection.clone()));
+                        waiter.send(Err(rejection.clone()));
                     }
-                    let _ = reply.send(Err(rejection.clone()));
+                    reply.send(Err(rejection.clone()));
                 }
             }
         }

@@ -56,7 +56,7 @@ pub struct EpochDriver {
 }
 
 fn reject(submission: Submission, rejection: Rejection) {
-    let _ = submission.reply.send(Err(rejection));
+    submission.reply.send(Err(rejection));
 }
 
 impl EpochDriver {
@@ -136,7 +136,7 @@ impl EpochDriver {
                 let mut ledger = self.ledger.lock();
                 for submission in submissions {
                     for waiter in ledger.abandon(&submission.transaction.request_id) {
-                        let _ = waiter.send(Err(rejection.clone()));
+                        waiter.send(Err(rejection.clone()));
                     }
                     reject(submission, rejection.clone());
                 }
@@ -274,7 +274,7 @@ pub(crate) fn admit(ledger_cell: &Mutex<Ledger>, storage: &Storage, batch: Vec<S
             match ledger.lookup(&transaction.request_id, reply) {
                 // A retry of a completed request gets its durable outcome.
                 Lookup::Done(outcome, reply) => {
-                    let _ = reply.send(Ok(outcome));
+                    reply.send(Ok(outcome));
                 }
                 Lookup::Joined => {}
                 Lookup::Unknown(reply) => unknown.push(Submission { transaction, reply }),
@@ -299,7 +299,7 @@ pub(crate) fn admit(ledger_cell: &Mutex<Ledger>, storage: &Storage, batch: Vec<S
     for (submission, stored) in unknown.into_iter().zip(stored) {
         let Submission { transaction, reply } = submission;
         if let Some(outcome) = stored {
-            let _ = reply.send(Ok(outcome.clone()));
+            reply.send(Ok(outcome.clone()));
             ledger.remember(transaction.request_id, outcome);
             continue;
         }
@@ -311,7 +311,7 @@ pub(crate) fn admit(ledger_cell: &Mutex<Ledger>, storage: &Storage, batch: Vec<S
             }
             Lookup::Joined => {}
             Lookup::Done(outcome, reply) => {
-                let _ = reply.send(Ok(outcome));
+                reply.send(Ok(outcome));
             }
         }
     }

@@ -294,16 +294,16 @@ mod tests {
     #[test]
     fn retries_join_then_get_the_first_outcome() {
         let mut ledger = Ledger::new(10);
-        let (first, _first_rx) = tokio::sync::oneshot::channel();
+        let (first, _first_rx) = crate::txn::Reply::one();
         let Lookup::Unknown(_) = ledger.lookup(&id(1), first) else { panic!("new id must be unknown") };
         ledger.start(id(1));
-        let (retry, mut retry_rx) = tokio::sync::oneshot::channel();
+        let (retry, mut retry_rx) = crate::txn::Reply::one();
         assert!(matches!(ledger.lookup(&id(1), retry), Lookup::Joined));
         for waiter in ledger.complete(&id(1), &outcome(1), 1) {
-            let _ = waiter.send(Ok(outcome(1)));
+            waiter.send(Ok(outcome(1)));
         }
         assert_eq!(retry_rx.try_recv().ok().and_then(Result::ok), Some(outcome(1)));
-        let (late, _) = tokio::sync::oneshot::channel();
+        let (late, _) = crate::txn::Reply::one();
         match ledger.lookup(&id(1), late) {
             Lookup::Done(found, _) => assert_eq!(found, outcome(1)),
             _ => panic!("completed id must be done"),
@@ -320,9 +320,9 @@ mod tests {
         assert_eq!(ledger.len(), 3, "nothing is checkpointed yet");
         ledger.checkpointed(2);
         assert_eq!(ledger.len(), 2, "the oldest generation, checkpointed, went");
-        let (reply, _) = tokio::sync::oneshot::channel();
+        let (reply, _) = crate::txn::Reply::one();
         assert!(matches!(ledger.lookup(&id(1), reply), Lookup::Unknown(_)));
-        let (reply, _) = tokio::sync::oneshot::channel();
+        let (reply, _) = crate::txn::Reply::one();
         assert!(matches!(ledger.lookup(&id(3), reply), Lookup::Done(..)));
     }
 
@@ -354,7 +354,7 @@ mod tests {
             assert!(ledger.current.entries.capacity() >= Ledger::generation_ids(capacity), "and whole");
             assert_eq!((ledger.current.done, ledger.current.pending, ledger.current.newest_epoch), (0, 0, 0));
             // What the previous generation holds is still answered.
-            let (reply, _) = tokio::sync::oneshot::channel();
+            let (reply, _) = crate::txn::Reply::one();
             let newest = RequestId((n - 1).to_be_bytes().to_vec().into());
             assert!(matches!(ledger.lookup(&newest, reply), Lookup::Done(..)));
         }
@@ -377,10 +377,10 @@ mod tests {
             }
         }
         let newest = RequestId((5 * capacity as u64 - 1).to_be_bytes().to_vec().into());
-        let (reply, _) = tokio::sync::oneshot::channel();
+        let (reply, _) = crate::txn::Reply::one();
         assert!(matches!(ledger.lookup(&newest, reply), Lookup::Done(..)));
         let oldest = RequestId(0u64.to_be_bytes().to_vec().into());
-        let (reply, _) = tokio::sync::oneshot::channel();
+        let (reply, _) = crate::txn::Reply::one();
         assert!(matches!(ledger.lookup(&oldest, reply), Lookup::Unknown(_)));
     }
 
@@ -394,11 +394,11 @@ mod tests {
         // Generations of one done id each: the newest survives, the running id moved
         // along with every retirement.
         assert_eq!(ledger.len(), 2, "the newest done id and the running one");
-        let (reply, _) = tokio::sync::oneshot::channel();
+        let (reply, _) = crate::txn::Reply::one();
         assert!(matches!(ledger.lookup(&id(4), reply), Lookup::Done(..)));
-        let (reply, _) = tokio::sync::oneshot::channel();
+        let (reply, _) = crate::txn::Reply::one();
         assert!(matches!(ledger.lookup(&id(0), reply), Lookup::Unknown(_)));
-        let (reply, _) = tokio::sync::oneshot::channel();
+        let (reply, _) = crate::txn::Reply::one();
         assert!(matches!(ledger.lookup(&id(9), reply), Lookup::Joined));
     }
 }
