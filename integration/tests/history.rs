@@ -1,7 +1,8 @@
 //! History checking against real `leasehold-engine` processes under faults: one engine
 //! SIGKILLed and restarted in the middle, a three-node cluster with one node SIGKILLed
-//! and restarted or SIGSTOPped and resumed; and a self-test that shows the checker
-//! catches the bugs it is there for.
+//! and restarted, SIGSTOPped and resumed, or cut off the network (its own network
+//! namespace, its link to the others down, while its engine and clients keep running);
+//! and a self-test that shows the checker catches the bugs it is there for.
 //!
 //! Several clients run transactions of testkit's `list_append` workflow (Elle's
 //! list-append workload: read keys, append unique values) and of its `program` workflow
@@ -27,12 +28,15 @@
 //! faults), `LEASEHOLD_HISTORY_CRASHES` (faults per run; in a cluster they rotate over the
 //! nodes), `LEASEHOLD_HISTORY_PAUSE_MS` (how long a paused node stays stopped) and
 //! `LEASEHOLD_HISTORY_SEED` (the workload's random sequence and the first faulted node).
+//! The partition test needs root and `ip netns` (see `leasehold_integration::netns`);
+//! elsewhere it prints "skipped: <reason>".
 
 use leasehold_client::{BlockingClient, Invocation, InvokeResult, NodeStatus, RejectionKind};
 use leasehold_integration::cluster::LocalCluster;
 use leasehold_integration::history::{
     check, Anomaly, AnomalyKind, Key, Operation, Outcome, Report, Transaction, Value,
 };
+use leasehold_integration::netns::{enter_namespace, NetworkLab};
 use leasehold_integration::{plugin_bytes, EngineProcess};
 use leasehold_plugin_api::testkit::{ListOp, ListTransaction, Op, Program, LIST_OPS_MAX};
 use std::collections::{HashMap, HashSet};
@@ -222,6 +226,10 @@ enum Fault {
     /// SIGSTOP, then SIGCONT: in a cluster the other nodes wait for the paused one (it
     /// still holds its keys; nobody else may write them) and every node continues.
     Pause,
+    /// The node's network link goes down for the pause's length, then up again: its
+    /// engine and its clients keep running, cut off from the other nodes (and their
+    /// clients from it). Nodes in network namespaces only.
+    Partition,
 }
 
 /// How a run is shaped: defaults sized for CI, environment knobs for long runs.
@@ -257,6 +265,9 @@ impl Plan {
 enum Engines {
     Single(EngineProcess),
     Cluster(LocalCluster),
+    /// A cluster whose nodes run in the namespaces of `lab` (dropped after the cluster,
+    /// so the engines stop before their namespaces go).
+    InLab { cluster: LocalCluster, lab: NetworkLab },
 }
 
 impl Engines {
@@ -264,20 +275,35 @@ impl Engines {
     fn addresses(&self) -> Vec<SocketAddr> {
         match self {
             Engines::Single(engine) => vec![engine.address],
-            Engines::Cluster(cluster) => cluster.addresses.clone(),
+            Engines::Cluster(cluster) | Engines::InLab { cluster, .. } => cluster.addresses.clone(),
         }
     }
 
     fn node(&mut self, node: usize) -> &mut EngineProcess {
         match self {
             Engines::Single(engine) => engine,
-            Engines::Cluster(cluster) => &mut cluster.nodes[node],
+            Engines::Cluster(cluster) | Engines::InLab { cluster, .. } => &mut cluster.nodes[node],
         }
     }
 
     fn wait_until_synced(&self) {
-        if let Engines::Cluster(cluster) = self {
+        if let Engines::Cluster(cluster) | Engines::InLab { cluster, .. } = self {
             cluster.wait_until_synced(SYNC_TIMEOUT);
+        }
+    }
+
+    /// The network namespace a client of node `node` runs in (none: the test's own).
+    fn namespace_of(&self, node: usize) -> Option<String> {
+        match self {
+            Engines::InLab { lab, .. } => Some(lab.namespace(node)),
+            _ => None,
+        }
+    }
+
+    fn lab(&self) -> &NetworkLab {
+        match self {
+            Engines::InLab { lab, .. } => lab,
+            _ => panic!("only nodes in a network lab can be partitioned"),
         }
     }
 }
@@ -394,7 +420,12 @@ fn run_client(
     start: Instant,
     stop: Arc<AtomicBool>,
     transactions: Arc<AtomicU64>,
+    namespace: Option<String>,
 ) -> ClientRun {
+    if let Some(namespace) = namespace {
+        // Beside its home node, as that node's application would run.
+        enter_namespace(&namespace).expect("enter the home node's namespace");
+    }
     let home = (client % addresses.len() as u64) as usize;
     let mut link = Link::new(addresses, home);
     let mut generator = Generator::new(client, plan.seed, transactions);
@@ -499,7 +530,8 @@ fn record_history(engines: &mut Engines, plan: &Plan, context: &str) -> Run {
     let clients: Vec<_> = (0..plan.clients)
         .map(|client| {
             let (addresses, plan, stop, transactions) = (addresses.clone(), *plan, stop.clone(), transactions.clone());
-            std::thread::spawn(move || run_client(addresses, client, plan, start, stop, transactions))
+            let namespace = engines.namespace_of((client % nodes as u64) as usize);
+            std::thread::spawn(move || run_client(addresses, client, plan, start, stop, transactions, namespace))
         })
         .collect();
     // The planted bugs are placed around the first fault.
@@ -526,6 +558,14 @@ fn record_history(engines: &mut Engines, plan: &Plan, context: &str) -> Run {
                 // was stopped.
                 recovered_at.get_or_insert(nanos_since(start));
                 signal(pid, "CONT");
+            }
+            Fault::Partition => {
+                let lab = engines.lab();
+                lab.partition(victim).expect("cut the node's link");
+                fault_at.get_or_insert(nanos_since(start));
+                std::thread::sleep(plan.pause);
+                recovered_at.get_or_insert(nanos_since(start));
+                lab.heal(victim).expect("restore the node's link");
             }
         }
         recovered_at.get_or_insert(nanos_since(start));
@@ -1137,6 +1177,7 @@ fn cluster_history(fabric: &str, fault: Fault) {
     let what = match fault {
         Fault::Kill => "SIGKILL and restart".to_string(),
         Fault::Pause => format!("SIGSTOP for {:?}", plan.pause),
+        Fault::Partition => format!("network cut for {:?}", plan.pause),
     };
     let context = format!(
         "{NODES} nodes over {fabric}, {what} x{} of nodes {:?}, seed {}",
@@ -1147,9 +1188,19 @@ fn cluster_history(fabric: &str, fault: Fault) {
     let started = Instant::now();
     let start = || {
         let directory = tempfile::tempdir().expect("temporary directory");
-        let cluster = LocalCluster::start(directory.path(), NODES, fabric, &[]);
-        cluster.wait_until_synced(SYNC_TIMEOUT);
-        (directory, Engines::Cluster(cluster))
+        let engines = if fault == Fault::Partition {
+            let lab = NetworkLab::create(NODES.into()).expect("the caller checked that a lab can be built");
+            // This thread talks to the nodes too (waits for the view, re-sends, final
+            // reads, status): from node 0's namespace, which reaches every node but while
+            // a cut lasts (when this thread only waits).
+            enter_namespace(&lab.namespace(0)).expect("enter node 0's namespace");
+            let cluster = LocalCluster::start_in_lab(directory.path(), &lab, fabric, &[]);
+            Engines::InLab { cluster, lab }
+        } else {
+            Engines::Cluster(LocalCluster::start(directory.path(), NODES, fabric, &[]))
+        };
+        engines.wait_until_synced();
+        (directory, engines)
     };
     let (_directory, engines, run) = record_meeting_the_fault(start, &plan, &context);
     let recorded_in = started.elapsed();
@@ -1207,4 +1258,16 @@ fn a_cluster_over_shm_keeps_a_clean_history_when_a_node_is_paused() {
 #[test]
 fn a_cluster_over_tcp_keeps_a_clean_history_when_a_node_is_paused() {
     cluster_history("tcp", Fault::Pause);
+}
+
+/// A node's link is cut while its engine and clients keep running: the others wait for
+/// it (no epoch runs without its batch), its own clients reach no one else, and after the
+/// heal every request is answered, with the history as clean as under the other faults.
+#[test]
+fn a_cluster_over_tcp_keeps_a_clean_history_when_a_node_is_cut_off() {
+    if let Err(reason) = NetworkLab::create(1) {
+        println!("skipped: {reason}");
+        return;
+    }
+    cluster_history("tcp", Fault::Partition);
 }
