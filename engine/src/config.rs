@@ -74,6 +74,8 @@ pub struct Config {
     /// Threads that serve RPC connections.
     pub rpc_threads: usize,
     /// An epoch closes when it holds this many transactions, even if more are waiting.
+    /// The requests of one `invokeMany` message that run here are never split between
+    /// epochs, so an epoch may exceed this by less than one message.
     pub epoch_transactions_max: usize,
     /// Once a request is waiting, an epoch closes after at most this long. Under load an
     /// epoch is closed as soon as the previous one has executed, so this only bounds how

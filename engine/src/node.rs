@@ -119,11 +119,17 @@ pub enum Submitted {
     /// It runs (here, or forwarded); its outcome arrives through the pending result.
     Running(Pending<Completed>),
     /// It runs here; its outcome arrives with the batch it was submitted into (see
-    /// [`NodeHandle::submit_into`]).
+    /// [`NodeHandle::submit_all_into`]).
     InBatch(BatchPlace),
     /// Nothing ran: its keys are mostly held by another node, where the client should
     /// send it.
     Redirected(Redirect),
+}
+
+/// Where a planned request runs (see `NodeHandle::plan_and_route`).
+enum Routed {
+    Here(PlannedTransaction, Option<(Arc<LoadedPlugin>, u32)>),
+    Elsewhere(Submitted),
 }
 
 /// A request's place in a [`ReplyBatch`], and how to present its outcome.
@@ -524,19 +530,12 @@ impl NodeHandle {
         &self,
         transaction: PlannedTransaction,
     ) -> Result<tokio::sync::oneshot::Receiver<Result<Outcome, Rejection>>, Rejection> {
-        let (reply, receiver) = Reply::one();
-        self.enqueue_with(transaction, reply)?;
-        Ok(receiver)
-    }
-
-    fn enqueue_with(&self, transaction: PlannedTransaction, reply: Reply) -> Result<(), Rejection> {
-        // A refused request's reply is dropped (a batch place then settles as
-        // `ShuttingDown`); the caller gets the refusal itself.
         if !self.shared.accepting.load(Ordering::Acquire) {
             return self.rejected(Rejection::ShuttingDown);
         }
+        let (reply, receiver) = Reply::one();
         match self.shared.inbox.send(DriverMessage::Submit(Submission { transaction, reply })) {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(receiver),
             Err(_) => self.rejected(Rejection::ShuttingDown),
         }
     }
@@ -561,27 +560,57 @@ impl NodeHandle {
         invocation: Invocation,
         redirect_if_elsewhere: bool,
     ) -> Result<Submitted, Rejection> {
-        self.submit_to(invocation, redirect_if_elsewhere, None)
+        self.submit_to(invocation, redirect_if_elsewhere)
     }
 
-    /// Like [`NodeHandle::submit_or_redirect`], with the outcome of a request that runs
-    /// here delivered through `batch` (so that a caller with many requests waits once);
-    /// forwarded and redirected requests are answered as usual.
-    pub fn submit_into(
+    /// Submits the requests of one client message (each with its redirect flag). Those
+    /// that run here go to the driver in one message, so that they land in the same epoch
+    /// (a message split over two epochs waits for both), and answer through `batch` (so
+    /// that the caller waits once); forwarded and redirected ones answer as usual. One
+    /// result per request, in order.
+    pub fn submit_all_into(
         &self,
-        invocation: Invocation,
-        redirect_if_elsewhere: bool,
+        invocations: Vec<(Invocation, bool)>,
         batch: &Arc<ReplyBatch>,
-    ) -> Result<Submitted, Rejection> {
-        self.submit_to(invocation, redirect_if_elsewhere, Some(batch))
+    ) -> Vec<Result<Submitted, Rejection>> {
+        let mut submissions = Vec::with_capacity(invocations.len());
+        let results: Vec<Result<Submitted, Rejection>> = invocations
+            .into_iter()
+            .map(|(invocation, redirect_if_elsewhere)| match self.plan_and_route(invocation, redirect_if_elsewhere)? {
+                Routed::Here(transaction, json) => {
+                    let (reply, place) = batch.reply();
+                    submissions.push(Submission { transaction, reply });
+                    Ok(Submitted::InBatch(BatchPlace { place, json }))
+                }
+                Routed::Elsewhere(submitted) => Ok(submitted),
+            })
+            .collect();
+        if submissions.is_empty() {
+            return results;
+        }
+        let count = submissions.len() as u64;
+        // Refused, the submissions are dropped with their replies, which answers each of
+        // their places `ShuttingDown`.
+        if !self.shared.accepting.load(Ordering::Acquire)
+            || self.shared.inbox.send(DriverMessage::SubmitMany(submissions)).is_err()
+        {
+            self.count_rejections(count);
+        }
+        results
     }
 
-    fn submit_to(
-        &self,
-        invocation: Invocation,
-        redirect_if_elsewhere: bool,
-        batch: Option<&Arc<ReplyBatch>>,
-    ) -> Result<Submitted, Rejection> {
+    fn submit_to(&self, invocation: Invocation, redirect_if_elsewhere: bool) -> Result<Submitted, Rejection> {
+        match self.plan_and_route(invocation, redirect_if_elsewhere)? {
+            Routed::Here(transaction, json) => {
+                Ok(Submitted::Running(Pending { receiver: self.enqueue(transaction)?, json, _result: PhantomData }))
+            }
+            Routed::Elsewhere(submitted) => Ok(submitted),
+        }
+    }
+
+    /// Plans a request and decides where it runs: here (returned planned, for the caller
+    /// to submit), or forwarded to another node, or redirected to it.
+    fn plan_and_route(&self, invocation: Invocation, redirect_if_elsewhere: bool) -> Result<Routed, Rejection> {
         let (transaction, json) = match plan_invocation(&self.shared.registry, self.shared.limits, invocation) {
             Ok(planned) => planned,
             Err(rejection) => return self.rejected(rejection),
@@ -589,20 +618,13 @@ impl NodeHandle {
         if let Some(cluster) = self.routing(redirect_if_elsewhere) {
             if let Route::Forward(to) = self.route(cluster, &transaction) {
                 if redirect_if_elsewhere {
-                    return Ok(Submitted::Redirected(self.redirect(cluster, to)));
+                    return Ok(Routed::Elsewhere(Submitted::Redirected(self.redirect(cluster, to))));
                 }
                 let receiver = self.forward(cluster, to, transaction);
-                return Ok(Submitted::Running(Pending { receiver, json, _result: PhantomData }));
+                return Ok(Routed::Elsewhere(Submitted::Running(Pending { receiver, json, _result: PhantomData })));
             }
         }
-        match batch {
-            None => Ok(Submitted::Running(Pending { receiver: self.enqueue(transaction)?, json, _result: PhantomData })),
-            Some(batch) => {
-                let (reply, place) = batch.reply();
-                self.enqueue_with(transaction, reply)?;
-                Ok(Submitted::InBatch(BatchPlace { place, json }))
-            }
-        }
+        Ok(Routed::Here(transaction, json))
     }
 
     /// The cluster, when this node moves requests to the leases at all: forwarding them

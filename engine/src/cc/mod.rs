@@ -842,6 +842,10 @@ fn take(message: DriverMessage, batch: &mut Vec<Submission>) -> bool {
             batch.push(submission);
             false
         }
+        DriverMessage::SubmitMany(submissions) => {
+            batch.extend(submissions);
+            false
+        }
         DriverMessage::Stop => true,
         DriverMessage::Peer { .. } | DriverMessage::Executed { .. } => {
             unreachable!("a single node gets no cluster messages")

@@ -324,6 +324,7 @@ impl ClusterDriver {
     fn absorb(&mut self, message: DriverMessage) {
         match message {
             DriverMessage::Submit(submission) => self.state.pending.push_back(submission),
+            DriverMessage::SubmitMany(submissions) => self.state.pending.extend(submissions),
             DriverMessage::Stop => {
                 self.state.stopping.get_or_insert_with(Instant::now);
             }

@@ -6,7 +6,6 @@ use super::convert::{self, Refusal, Reply};
 use crate::model::Rejection;
 use crate::node::{NodeHandle, Pending, Submitted};
 use crate::txn::ReplyBatch;
-use std::sync::Arc;
 use leasehold_schema::leasehold_capnp::{invocation, leasehold};
 use std::cell::Cell;
 use std::rc::Rc;
@@ -81,16 +80,6 @@ fn shutting_down(node: &NodeHandle) -> Refusal {
 fn submit(node: &NodeHandle, request: invocation::Reader<'_>) -> Result<Submitted, Refusal> {
     let invocation = convert::read_invocation(request).inspect_err(|_| count_edge_refusals(node, 1))?;
     Ok(node.submit_or_redirect(invocation, request.get_redirect_if_elsewhere())?)
-}
-
-/// Decodes an invocation of a message of many and submits it into the message's batch.
-fn submit_into(
-    node: &NodeHandle,
-    request: invocation::Reader<'_>,
-    batch: &Arc<ReplyBatch>,
-) -> Result<Submitted, Refusal> {
-    let invocation = convert::read_invocation(request).inspect_err(|_| count_edge_refusals(node, 1))?;
-    Ok(node.submit_into(invocation, request.get_redirect_if_elsewhere(), batch)?)
 }
 
 /// Decodes a key read and submits it.
@@ -221,8 +210,30 @@ impl leasehold::Server for LeaseholdService {
         // all land in the same epoch. Those that run here answer through one batch: one
         // wake-up for the message, not one per request.
         let (batch, batch_results) = ReplyBatch::new();
-        let submitted: Vec<_> = requests.iter().map(|request| submit_into(&self.node, request, &batch)).collect();
+        let mut decoded = Vec::with_capacity(count as usize);
+        // Per request: why it could not be decoded, or `None` for one of `decoded`.
+        let mut refusals: Vec<Option<Refusal>> = Vec::with_capacity(count as usize);
+        for request in requests.iter() {
+            match convert::read_invocation(request) {
+                Ok(invocation) => {
+                    decoded.push((invocation, request.get_redirect_if_elsewhere()));
+                    refusals.push(None);
+                }
+                Err(refusal) => {
+                    count_edge_refusals(&self.node, 1);
+                    refusals.push(Some(refusal));
+                }
+            }
+        }
         drop(params);
+        let mut answers = self.node.submit_all_into(decoded, &batch).into_iter();
+        let submitted: Vec<Result<Submitted, Refusal>> = refusals
+            .into_iter()
+            .map(|refusal| match refusal {
+                Some(refusal) => Err(refusal),
+                None => answers.next().expect("one answer per decoded request").map_err(Refusal::from),
+            })
+            .collect();
         batch.seal();
         drop(batch);
         // Every place is answered (a reply dropped unanswered answers `ShuttingDown`), so

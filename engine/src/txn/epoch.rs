@@ -24,6 +24,9 @@ use std::time::{Duration, Instant};
 /// What the driver receives.
 pub enum DriverMessage {
     Submit(Submission),
+    /// The requests of one client message that run here, taken into one epoch together
+    /// (a message split over two epochs would wait for both).
+    SubmitMany(Vec<Submission>),
     /// A frame from a peer (cluster only).
     Peer {
         from: NodeId,
@@ -67,6 +70,7 @@ impl EpochDriver {
         while !stopping {
             match self.inbox.recv() {
                 Ok(DriverMessage::Submit(submission)) => batch.push(submission),
+                Ok(DriverMessage::SubmitMany(submissions)) => batch.extend(submissions),
                 Ok(DriverMessage::Stop) | Err(_) => stopping = true,
                 Ok(DriverMessage::Peer { .. } | DriverMessage::Executed { .. }) => {
                     unreachable!("a single node gets no cluster messages")
@@ -84,6 +88,7 @@ impl EpochDriver {
                 };
                 match message {
                     DriverMessage::Submit(submission) => batch.push(submission),
+                    DriverMessage::SubmitMany(submissions) => batch.extend(submissions),
                     DriverMessage::Stop => stopping = true,
                     DriverMessage::Peer { .. } | DriverMessage::Executed { .. } => {
                         unreachable!("a single node gets no cluster messages")
@@ -96,11 +101,13 @@ impl EpochDriver {
             if stopping {
                 // Requests that raced with the stop are finished too, in further epochs.
                 while let Ok(message) = self.inbox.try_recv() {
-                    if let DriverMessage::Submit(submission) = message {
-                        batch.push(submission);
-                        if batch.len() == self.epoch_transactions_max {
-                            self.run_epoch(std::mem::take(&mut batch));
-                        }
+                    match message {
+                        DriverMessage::Submit(submission) => batch.push(submission),
+                        DriverMessage::SubmitMany(submissions) => batch.extend(submissions),
+                        _ => continue,
+                    }
+                    if batch.len() >= self.epoch_transactions_max {
+                        self.run_epoch(std::mem::take(&mut batch));
                     }
                 }
                 if !batch.is_empty() {
