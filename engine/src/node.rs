@@ -576,13 +576,15 @@ impl NodeHandle {
         let mut submissions = Vec::with_capacity(invocations.len());
         let results: Vec<Result<Submitted, Rejection>> = invocations
             .into_iter()
-            .map(|(invocation, redirect_if_elsewhere)| match self.plan_and_route(invocation, redirect_if_elsewhere)? {
-                Routed::Here(transaction, json) => {
-                    let (reply, place) = batch.reply();
-                    submissions.push(Submission { transaction, reply });
-                    Ok(Submitted::InBatch(BatchPlace { place, json }))
+            .map(|(invocation, redirect_if_elsewhere)| {
+                match self.plan_and_route(invocation, redirect_if_elsewhere)? {
+                    Routed::Here(transaction, json) => {
+                        let (reply, place) = batch.reply();
+                        submissions.push(Submission { transaction, reply });
+                        Ok(Submitted::InBatch(BatchPlace { place, json }))
+                    }
+                    Routed::Elsewhere(submitted) => Ok(submitted),
                 }
-                Routed::Elsewhere(submitted) => Ok(submitted),
             })
             .collect();
         if submissions.is_empty() {

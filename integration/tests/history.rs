@@ -267,7 +267,10 @@ enum Engines {
     Cluster(LocalCluster),
     /// A cluster whose nodes run in the namespaces of `lab` (dropped after the cluster,
     /// so the engines stop before their namespaces go).
-    InLab { cluster: LocalCluster, lab: NetworkLab },
+    InLab {
+        cluster: LocalCluster,
+        lab: NetworkLab,
+    },
 }
 
 impl Engines {

@@ -53,11 +53,9 @@ fn the_protocol_keeps_its_promises_under_crashes_partitions_loss_and_reordering(
 
 #[test]
 fn every_planted_bug_is_caught() {
-    for bug in [
-        PlantedBug::ReplyOnLocalDurability,
-        PlantedBug::AgreeOnOwnDurableEpoch,
-        PlantedBug::MoveTakesEffectEarly,
-    ] {
+    for bug in
+        [PlantedBug::ReplyOnLocalDurability, PlantedBug::AgreeOnOwnDurableEpoch, PlantedBug::MoveTakesEffectEarly]
+    {
         let config = SimulationConfig { planted: Some(bug), ..SimulationConfig::default() };
         let caught = (1..=300u64).find_map(|seed| {
             let report = simulate(seed, config);

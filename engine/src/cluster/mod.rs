@@ -227,7 +227,8 @@ impl ClusterSpec {
         let own = self.node(me).ok_or(ClusterError::UnknownNode { node: me, path: PathBuf::new() })?;
         let certificate_file = own.peer_tls_certificate_file.as_ref().or(self.peer_tls_certificate_file.as_ref());
         let key_file = own.peer_tls_key_file.as_ref().or(self.peer_tls_key_file.as_ref());
-        let (Some(certificate_file), Some(key_file), Some(ca_file)) = (certificate_file, key_file, &self.peer_tls_ca_file)
+        let (Some(certificate_file), Some(key_file), Some(ca_file)) =
+            (certificate_file, key_file, &self.peer_tls_ca_file)
         else {
             return Ok(None);
         };
@@ -355,11 +356,8 @@ mod tests {
         refused("", &[true, true], "peer_tls_ca_file");
         refused(wide, &[false], "peer_tls_ca_file");
         refused(&format!("{ca}peer_tls_certificate_file = \"all.pem\"\n"), &[false], "go together");
-        std::fs::write(
-            &path,
-            format!("fabric = \"tcp\"\n{ca}{}peer_tls_key_file = \"own.key\"\n", node(0, false)),
-        )
-        .expect("write");
+        std::fs::write(&path, format!("fabric = \"tcp\"\n{ca}{}peer_tls_key_file = \"own.key\"\n", node(0, false)))
+            .expect("write");
         let error = ClusterSpec::from_file(&path).expect_err("a key without its certificate").to_string();
         assert!(error.contains("node 0's"), "{error}");
         std::fs::write(&path, format!("fabric = \"shm\"\n{ca}{wide}{}", node(0, false))).expect("write");

@@ -242,7 +242,9 @@ impl leasehold::Server for LeaseholdService {
         let mut outcomes = Vec::with_capacity(submitted.len());
         for submitted in submitted {
             outcomes.push(match submitted {
-                Ok(Submitted::InBatch(place)) => place.completed(&mut batch_results).map(Reply::Completed).map_err(Refusal::from),
+                Ok(Submitted::InBatch(place)) => {
+                    place.completed(&mut batch_results).map(Reply::Completed).map_err(Refusal::from)
+                }
                 // Forwarded requests (in a cluster) and redirects answer on their own.
                 other => completion(other).await,
             });
