@@ -34,43 +34,25 @@ pub fn write_cluster_file(
     fabric: &str,
     extra_lines: &str,
 ) -> (PathBuf, Vec<SocketAddr>, PathBuf) {
-    write_cluster_file_per_node(directory, node_count, fabric, extra_lines, &|_| String::new())
+    write_cluster_file_with(directory, fabric, &loopback_addresses(node_count), extra_lines, &|_| String::new())
 }
 
-/// Like [`write_cluster_file`], with `node_lines(id)` in every node's entry (see
-/// [`write_cluster_file_with_node_lines`]).
-pub fn write_cluster_file_per_node(
-    directory: &Path,
-    node_count: u16,
-    fabric: &str,
-    extra_lines: &str,
-    node_lines: &dyn Fn(u16) -> String,
-) -> (PathBuf, Vec<SocketAddr>, PathBuf) {
-    let addresses = (0..node_count)
+/// Free (client, peer) addresses on loopback for `node_count` nodes.
+fn loopback_addresses(node_count: u16) -> Vec<(SocketAddr, SocketAddr)> {
+    (0..node_count)
         .map(|_| {
             let client = format!("127.0.0.1:{}", free_port()).parse().expect("address");
             let peer = format!("127.0.0.1:{}", free_port()).parse().expect("address");
             (client, peer)
         })
-        .collect::<Vec<_>>();
-    write_cluster_file_with_node_lines(directory, fabric, &addresses, extra_lines, node_lines)
+        .collect()
 }
 
 /// Writes `<directory>/cluster.toml` for nodes with the given (client, peer) addresses,
-/// by node id, with `extra_lines` (top-level keys) before the nodes; returns as
-/// [`write_cluster_file`].
+/// by node id, with `extra_lines` (top-level keys) before the nodes and `node_lines(id)`
+/// (keys of node `id`'s entry, each ending in a newline) in every node's entry; returns
+/// as [`write_cluster_file`].
 pub fn write_cluster_file_with(
-    directory: &Path,
-    fabric: &str,
-    node_addresses: &[(SocketAddr, SocketAddr)],
-    extra_lines: &str,
-) -> (PathBuf, Vec<SocketAddr>, PathBuf) {
-    write_cluster_file_with_node_lines(directory, fabric, node_addresses, extra_lines, &|_| String::new())
-}
-
-/// Like [`write_cluster_file_with`], with `node_lines(id)` (keys of node `id`'s entry,
-/// each ending in a newline) in every node's entry.
-pub fn write_cluster_file_with_node_lines(
     directory: &Path,
     fabric: &str,
     node_addresses: &[(SocketAddr, SocketAddr)],
@@ -133,7 +115,7 @@ impl LocalCluster {
         extra_arguments: &[&str],
     ) -> LocalCluster {
         let (cluster_file, addresses, shm_directory) =
-            write_cluster_file_per_node(directory, node_count, fabric, extra_lines, node_lines);
+            write_cluster_file_with(directory, fabric, &loopback_addresses(node_count), extra_lines, node_lines);
         let file = cluster_file.display().to_string();
         let nodes = (0..node_count)
             .map(|id| {
@@ -157,7 +139,8 @@ impl LocalCluster {
         let node_addresses: Vec<(SocketAddr, SocketAddr)> = (0..lab.node_count())
             .map(|node| ((lab.address(node), CLIENT_PORT).into(), (lab.address(node), PEER_PORT).into()))
             .collect();
-        let (cluster_file, addresses, shm_directory) = write_cluster_file_with(directory, fabric, &node_addresses, "");
+        let (cluster_file, addresses, shm_directory) =
+            write_cluster_file_with(directory, fabric, &node_addresses, "", &|_| String::new());
         let file = cluster_file.display().to_string();
         let nodes = (0..lab.node_count())
             .map(|node| {
