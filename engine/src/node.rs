@@ -118,12 +118,18 @@ pub struct Completed {
 pub enum Submitted {
     /// It runs (here, or forwarded); its outcome arrives through the pending result.
     Running(Pending<Completed>),
-    /// It runs here; its outcome arrives with the batch it was submitted into (see
-    /// [`NodeHandle::submit_all_into`]).
-    InBatch(BatchPlace),
     /// Nothing ran: its keys are mostly held by another node, where the client should
     /// send it.
     Redirected(Redirect),
+}
+
+/// What became of one request of a message submitted with
+/// [`NodeHandle::submit_all_into`].
+pub enum SubmittedInto {
+    /// It runs here; its outcome arrives with the message's batch.
+    Batch(BatchPlace),
+    /// It was forwarded or redirected, and answers on its own.
+    Alone(Submitted),
 }
 
 /// Where a planned request runs (see `NodeHandle::plan_and_route`).
@@ -547,7 +553,6 @@ impl NodeHandle {
         match self.submit_or_redirect(invocation, false)? {
             Submitted::Running(pending) => Ok(pending),
             Submitted::Redirected(_) => unreachable!("only a request that asks for redirects is redirected"),
-            Submitted::InBatch(_) => unreachable!("submitted without a batch"),
         }
     }
 
@@ -560,7 +565,12 @@ impl NodeHandle {
         invocation: Invocation,
         redirect_if_elsewhere: bool,
     ) -> Result<Submitted, Rejection> {
-        self.submit_to(invocation, redirect_if_elsewhere)
+        match self.plan_and_route(invocation, redirect_if_elsewhere)? {
+            Routed::Here(transaction, json) => {
+                Ok(Submitted::Running(Pending { receiver: self.enqueue(transaction)?, json, _result: PhantomData }))
+            }
+            Routed::Elsewhere(submitted) => Ok(submitted),
+        }
     }
 
     /// Submits the requests of one client message (each with its redirect flag). Those
@@ -572,18 +582,18 @@ impl NodeHandle {
         &self,
         invocations: Vec<(Invocation, bool)>,
         batch: &Arc<ReplyBatch>,
-    ) -> Vec<Result<Submitted, Rejection>> {
+    ) -> Vec<Result<SubmittedInto, Rejection>> {
         let mut submissions = Vec::with_capacity(invocations.len());
-        let results: Vec<Result<Submitted, Rejection>> = invocations
+        let results: Vec<Result<SubmittedInto, Rejection>> = invocations
             .into_iter()
             .map(|(invocation, redirect_if_elsewhere)| {
                 match self.plan_and_route(invocation, redirect_if_elsewhere)? {
                     Routed::Here(transaction, json) => {
                         let (reply, place) = batch.reply();
                         submissions.push(Submission { transaction, reply });
-                        Ok(Submitted::InBatch(BatchPlace { place, json }))
+                        Ok(SubmittedInto::Batch(BatchPlace { place, json }))
                     }
-                    Routed::Elsewhere(submitted) => Ok(submitted),
+                    Routed::Elsewhere(submitted) => Ok(SubmittedInto::Alone(submitted)),
                 }
             })
             .collect();
@@ -599,15 +609,6 @@ impl NodeHandle {
             self.count_rejections(count);
         }
         results
-    }
-
-    fn submit_to(&self, invocation: Invocation, redirect_if_elsewhere: bool) -> Result<Submitted, Rejection> {
-        match self.plan_and_route(invocation, redirect_if_elsewhere)? {
-            Routed::Here(transaction, json) => {
-                Ok(Submitted::Running(Pending { receiver: self.enqueue(transaction)?, json, _result: PhantomData }))
-            }
-            Routed::Elsewhere(submitted) => Ok(submitted),
-        }
     }
 
     /// Plans a request and decides where it runs: here (returned planned, for the caller

@@ -4,7 +4,7 @@
 
 use super::convert::{self, Refusal, Reply};
 use crate::model::Rejection;
-use crate::node::{NodeHandle, Pending, Submitted};
+use crate::node::{NodeHandle, Pending, Submitted, SubmittedInto};
 use crate::txn::ReplyBatch;
 use leasehold_schema::leasehold_capnp::{invocation, leasehold};
 use std::cell::Cell;
@@ -103,7 +103,6 @@ async fn completion(submitted: Result<Submitted, Refusal>) -> Result<Reply, Refu
     match submitted? {
         Submitted::Running(pending) => Ok(Reply::Completed(pending.wait().await?)),
         Submitted::Redirected(redirect) => Ok(Reply::Redirected(redirect)),
-        Submitted::InBatch(_) => unreachable!("a lone invocation is submitted without a batch"),
     }
 }
 
@@ -227,7 +226,7 @@ impl leasehold::Server for LeaseholdService {
         }
         drop(params);
         let mut answers = self.node.submit_all_into(decoded, &batch).into_iter();
-        let submitted: Vec<Result<Submitted, Refusal>> = refusals
+        let submitted: Vec<Result<SubmittedInto, Refusal>> = refusals
             .into_iter()
             .map(|refusal| match refusal {
                 Some(refusal) => Err(refusal),
@@ -242,11 +241,12 @@ impl leasehold::Server for LeaseholdService {
         let mut outcomes = Vec::with_capacity(submitted.len());
         for submitted in submitted {
             outcomes.push(match submitted {
-                Ok(Submitted::InBatch(place)) => {
+                Ok(SubmittedInto::Batch(place)) => {
                     place.completed(&mut batch_results).map(Reply::Completed).map_err(Refusal::from)
                 }
                 // Forwarded requests (in a cluster) and redirects answer on their own.
-                other => completion(other).await,
+                Ok(SubmittedInto::Alone(submitted)) => completion(Ok(submitted)).await,
+                Err(refusal) => Err(refusal),
             });
         }
         let mut list = results.get().init_result().init_results(count);

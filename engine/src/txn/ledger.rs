@@ -326,9 +326,8 @@ mod tests {
         assert!(matches!(ledger.lookup(&id(3), reply), Lookup::Done(..)));
     }
 
-    /// Growing a hash map rehashes every entry in one go; the ledger's maps never grow
-    /// (nor collect tombstones) while it fills and turns over many times, and it keeps
-    /// between half its capacity and its capacity.
+    /// Each turnover takes the recycler's spare: the generation retired before, emptied,
+    /// whole, and with fresh counters.
     #[test]
     fn turnovers_reuse_emptied_generations() {
         let capacity = 20_000;
@@ -360,6 +359,9 @@ mod tests {
         }
     }
 
+    /// Growing a hash map rehashes every entry in one go; the ledger's maps never grow
+    /// (nor collect tombstones) while it fills and turns over many times, and it keeps
+    /// between half its capacity and its capacity.
     #[test]
     fn filling_and_turning_over_never_grows_a_map() {
         let capacity = 20_000;
