@@ -9,9 +9,10 @@
 //! seen and hands frames to the protocol in order, exactly once, as
 //! `cluster::transport` does over the fabric's rings. Nodes crash (memory, unsynced
 //! epochs and every channel touching them lost, synced epochs kept) and restart with a
-//! new incarnation, and partitions hold a node's traffic until they heal. The decisions are the engine's own code: [`ViewAgreement`] (which view,
-//! which epoch to keep), [`DurableEverywhere`] (when replies are released),
-//! [`leases_as_of`] and [`LeaseTable`] (who holds a key after an agreement). What the
+//! new incarnation, and partitions hold a node's traffic until they heal. The decisions
+//! are the engine's own code: [`ViewAgreement`] (which view, which epoch to keep),
+//! [`DurableEverywhere`] (when replies are released), [`leases_as_of`] and
+//! [`LeaseTable`] (who holds a key after an agreement). What the
 //! engine does with threads, rings and RocksDB around those decisions is modelled here in
 //! a few lines per step. Time only orders events; the protocol has no timeouts that
 //! decide safety, so clock skew does not arise.
