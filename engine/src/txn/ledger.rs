@@ -27,6 +27,7 @@
 use super::Reply;
 use crate::model::{Outcome, RequestId};
 use rustc_hash::FxHashMap;
+use std::collections::hash_map::Entry as MapEntry;
 
 enum Entry {
     Pending(Vec<Reply>),
@@ -34,13 +35,14 @@ enum Entry {
 }
 
 /// What the ledger says about an arriving request.
-pub enum Lookup {
+pub enum Admission {
     /// Completed and durable: answer the reply with this outcome.
     Done(Outcome, Reply),
     /// Running in an epoch not yet durable: the reply was queued behind it.
     Joined,
-    /// Not in memory: look in storage, then run it if it is not there either.
-    Unknown(Reply),
+    /// Not in memory, and now started: look in storage ([`Ledger::found_in_storage`] if
+    /// it is there), and run it if it is not.
+    Started(Reply),
 }
 
 /// One generation of ids.
@@ -123,38 +125,44 @@ impl Ledger {
         (capacity / 2).max(1)
     }
 
-    pub fn lookup(&mut self, id: &RequestId, reply: Reply) -> Lookup {
-        let entry = match self.current.entries.get_mut(id) {
-            Some(entry) => Some(entry),
-            None => self.previous.entries.get_mut(id),
+    /// What the ledger knows of an arriving request; an id it does not know is started
+    /// (pending) at once, so that a duplicate later in the same batch joins it. One probe
+    /// of each generation: the admission of every new id pays for no more.
+    pub fn admit(&mut self, id: &RequestId, reply: Reply) -> Admission {
+        let vacant = match self.current.entries.entry(id.clone()) {
+            MapEntry::Occupied(occupied) => return Self::answer(occupied.into_mut(), reply),
+            MapEntry::Vacant(vacant) => vacant,
         };
-        match entry {
-            Some(Entry::Done(outcome)) => Lookup::Done(outcome.clone(), reply),
-            Some(Entry::Pending(waiters)) => {
-                waiters.push(reply);
-                Lookup::Joined
-            }
-            None => Lookup::Unknown(reply),
+        if let Some(entry) = self.previous.entries.get_mut(id) {
+            return Self::answer(entry, reply);
         }
-    }
-
-    /// Records that `id` is about to run.
-    pub fn start(&mut self, id: RequestId) {
-        assert!(!self.previous.entries.contains_key(&id), "a request id started while the ledger knew it");
-        let previous = self.current.entries.insert(id, Entry::Pending(Vec::new()));
-        assert!(previous.is_none(), "a request id started while the ledger knew it");
+        vacant.insert(Entry::Pending(Vec::new()));
         self.current.pending += 1;
+        Admission::Started(reply)
     }
 
-    /// Records a durable outcome found in storage (so already checkpointed).
-    pub fn remember(&mut self, id: RequestId, outcome: Outcome) {
-        if self.previous.entries.contains_key(&id) {
-            return;
+    fn answer(entry: &mut Entry, reply: Reply) -> Admission {
+        match entry {
+            Entry::Done(outcome) => Admission::Done(outcome.clone(), reply),
+            Entry::Pending(waiters) => {
+                waiters.push(reply);
+                Admission::Joined
+            }
         }
-        if self.current.entries.insert(id, Entry::Done(outcome)).is_none() {
-            self.current.mark_done(0);
-            self.retire_if_due();
-        }
+    }
+
+    /// A started id turned out to be done already: its durable outcome was found in
+    /// storage (so it is checkpointed). Returns the replies that joined it meanwhile.
+    pub fn found_in_storage(&mut self, id: &RequestId, outcome: Outcome) -> Vec<Reply> {
+        let entry = self.current.entries.get_mut(id).expect("found_in_storage of an id that was not started");
+        let waiters = match std::mem::replace(entry, Entry::Done(outcome)) {
+            Entry::Pending(waiters) => waiters,
+            Entry::Done(_) => panic!("found_in_storage of an id that was done"),
+        };
+        self.current.pending -= 1;
+        self.current.mark_done(0);
+        self.retire_if_due();
+        waiters
     }
 
     /// Completes a running id with its durable outcome, logged in `epoch`; returns the
@@ -277,6 +285,15 @@ mod tests {
     use super::*;
 
     impl Ledger {
+        /// Starts `id` without a reply (the tests' shortcut past admission).
+        fn start(&mut self, id: RequestId) {
+            let (reply, _) = crate::txn::Reply::one();
+            assert!(
+                matches!(self.admit(&id, reply), Admission::Started(_)),
+                "a request id started while the ledger knew it"
+            );
+        }
+
         fn len(&self) -> usize {
             self.current.entries.len() + self.previous.entries.len()
         }
@@ -295,17 +312,16 @@ mod tests {
     fn retries_join_then_get_the_first_outcome() {
         let mut ledger = Ledger::new(10);
         let (first, _first_rx) = crate::txn::Reply::one();
-        let Lookup::Unknown(_) = ledger.lookup(&id(1), first) else { panic!("new id must be unknown") };
-        ledger.start(id(1));
+        let Admission::Started(_) = ledger.admit(&id(1), first) else { panic!("a new id must be started") };
         let (retry, mut retry_rx) = crate::txn::Reply::one();
-        assert!(matches!(ledger.lookup(&id(1), retry), Lookup::Joined));
+        assert!(matches!(ledger.admit(&id(1), retry), Admission::Joined));
         for waiter in ledger.complete(&id(1), &outcome(1), 1) {
             waiter.send(Ok(outcome(1)));
         }
         assert_eq!(retry_rx.try_recv().ok().and_then(Result::ok), Some(outcome(1)));
         let (late, _) = crate::txn::Reply::one();
-        match ledger.lookup(&id(1), late) {
-            Lookup::Done(found, _) => assert_eq!(found, outcome(1)),
+        match ledger.admit(&id(1), late) {
+            Admission::Done(found, _) => assert_eq!(found, outcome(1)),
             _ => panic!("completed id must be done"),
         }
     }
@@ -321,9 +337,9 @@ mod tests {
         ledger.checkpointed(2);
         assert_eq!(ledger.len(), 2, "the oldest generation, checkpointed, went");
         let (reply, _) = crate::txn::Reply::one();
-        assert!(matches!(ledger.lookup(&id(1), reply), Lookup::Unknown(_)));
+        assert!(matches!(ledger.admit(&id(1), reply), Admission::Started(_)));
         let (reply, _) = crate::txn::Reply::one();
-        assert!(matches!(ledger.lookup(&id(3), reply), Lookup::Done(..)));
+        assert!(matches!(ledger.admit(&id(3), reply), Admission::Done(..)));
     }
 
     /// Each turnover takes the recycler's spare: the generation retired before, emptied,
@@ -355,7 +371,7 @@ mod tests {
             // What the previous generation holds is still answered.
             let (reply, _) = crate::txn::Reply::one();
             let newest = RequestId((n - 1).to_be_bytes().to_vec().into());
-            assert!(matches!(ledger.lookup(&newest, reply), Lookup::Done(..)));
+            assert!(matches!(ledger.admit(&newest, reply), Admission::Done(..)));
         }
     }
 
@@ -380,10 +396,10 @@ mod tests {
         }
         let newest = RequestId((5 * capacity as u64 - 1).to_be_bytes().to_vec().into());
         let (reply, _) = crate::txn::Reply::one();
-        assert!(matches!(ledger.lookup(&newest, reply), Lookup::Done(..)));
+        assert!(matches!(ledger.admit(&newest, reply), Admission::Done(..)));
         let oldest = RequestId(0u64.to_be_bytes().to_vec().into());
         let (reply, _) = crate::txn::Reply::one();
-        assert!(matches!(ledger.lookup(&oldest, reply), Lookup::Unknown(_)));
+        assert!(matches!(ledger.admit(&oldest, reply), Admission::Started(_)));
     }
 
     #[test]
@@ -391,16 +407,18 @@ mod tests {
         let mut ledger = Ledger::new(2);
         ledger.start(id(9));
         for n in 0..5 {
-            ledger.remember(id(n), outcome(n));
+            let (reply, _) = crate::txn::Reply::one();
+            assert!(matches!(ledger.admit(&id(n), reply), Admission::Started(_)));
+            assert!(ledger.found_in_storage(&id(n), outcome(n)).is_empty());
         }
         // Generations of one done id each: the newest survives, the running id moved
         // along with every retirement.
         assert_eq!(ledger.len(), 2, "the newest done id and the running one");
         let (reply, _) = crate::txn::Reply::one();
-        assert!(matches!(ledger.lookup(&id(4), reply), Lookup::Done(..)));
+        assert!(matches!(ledger.admit(&id(4), reply), Admission::Done(..)));
         let (reply, _) = crate::txn::Reply::one();
-        assert!(matches!(ledger.lookup(&id(0), reply), Lookup::Unknown(_)));
+        assert!(matches!(ledger.admit(&id(0), reply), Admission::Started(_)));
         let (reply, _) = crate::txn::Reply::one();
-        assert!(matches!(ledger.lookup(&id(9), reply), Lookup::Joined));
+        assert!(matches!(ledger.admit(&id(9), reply), Admission::Joined));
     }
 }
