@@ -12,6 +12,12 @@
 /// come from the node (`TableInfo.tableId` of the client API).
 pub fn storage_key_into(buffer: &mut Vec<u8>, table_id: u32, key: &[u8]) {
     buffer.clear();
+    storage_key_append(buffer, table_id, key);
+}
+
+/// Appends the storage key of `key` in table `table_id` to `buffer` (for many keys in one
+/// buffer).
+pub fn storage_key_append(buffer: &mut Vec<u8>, table_id: u32, key: &[u8]) {
     buffer.extend_from_slice(&table_id.to_be_bytes());
     buffer.extend_from_slice(key);
 }

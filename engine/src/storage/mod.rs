@@ -19,6 +19,7 @@
 //! before the node serves anything.
 
 pub mod codec;
+mod key_index;
 pub mod slots;
 
 use crate::model::{Outcome, RequestId};
@@ -147,6 +148,12 @@ impl Default for StorageOptions {
 /// `leasehold-keyspace`'s, which routing clients share.
 pub fn data_key_into(buffer: &mut Vec<u8>, table_id: u32, key: &[u8]) {
     leasehold_keyspace::storage_key_into(buffer, table_id, key);
+}
+
+/// Appends the storage key of `key` in table `table_id` to `buffer`, which may hold
+/// others before it.
+pub fn data_key_append(buffer: &mut Vec<u8>, table_id: u32, key: &[u8]) {
+    leasehold_keyspace::storage_key_append(buffer, table_id, key);
 }
 
 impl Storage {

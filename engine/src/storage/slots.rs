@@ -9,7 +9,7 @@
 //! Keys stay resident until the node stops; eviction of cold keys is future work (the
 //! workloads' key spaces fit in memory by far).
 
-use rustc_hash::FxHashMap;
+use super::key_index::KeyIndex;
 use std::cell::UnsafeCell;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -143,7 +143,7 @@ impl SlotPointer {
 /// Resident keys: storage key to slot.
 #[derive(Default)]
 pub struct SlotStore {
-    index: FxHashMap<Box<[u8]>, (u32, SlotPointer)>,
+    index: KeyIndex,
     chunks: Vec<Vec<Slot>>,
     /// Slots of removed keys, reused by the next inserts.
     free: Vec<(u32, SlotPointer)>,
@@ -160,12 +160,22 @@ impl SlotStore {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.index.is_empty()
+        self.index.len() == 0
     }
 
     /// The dense number and pointer of a resident key.
     pub fn lookup(&self, storage_key: &[u8]) -> Option<(u32, SlotPointer)> {
-        self.index.get(storage_key).copied()
+        self.index.get(storage_key)
+    }
+
+    /// Looks up many keys at once (appended to `found`, in order), faster than one by one:
+    /// see [`KeyIndex`].
+    pub fn lookup_many<'k>(
+        &self,
+        storage_keys: impl ExactSizeIterator<Item = &'k [u8]> + Clone,
+        found: &mut Vec<Option<(u32, SlotPointer)>>,
+    ) {
+        self.index.lookup_many(storage_keys, found)
     }
 
     /// Makes a key resident with its value loaded from storage.
@@ -181,7 +191,7 @@ impl SlotStore {
             }
             slot.dirty_epoch.store(0, Ordering::Relaxed);
             slot.lease_word.store(0, Ordering::Relaxed);
-            self.index.insert(storage_key.into(), (number, pointer));
+            self.index.insert(storage_key, number, pointer);
             return (number, pointer);
         }
         if self.chunks.last().is_none_or(|chunk| chunk.len() == SLOTS_PER_CHUNK) {
@@ -192,7 +202,7 @@ impl SlotStore {
         // The chunk never grows past its capacity, so this address is stable.
         let pointer = SlotPointer(NonNull::from(chunk.last().expect("just pushed")));
         let number = u32::try_from(self.index.len() + self.free.len()).expect("fewer than 2^32 resident keys");
-        self.index.insert(storage_key.into(), (number, pointer));
+        self.index.insert(storage_key, number, pointer);
         (number, pointer)
     }
 }

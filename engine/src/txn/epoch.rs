@@ -9,12 +9,12 @@
 
 use super::commit::{CommitMessage, EpochCommit};
 use super::executor::Executor;
-use super::ledger::{Ledger, Lookup};
+use super::ledger::{Admission, Ledger};
 use super::tpg::GraphBuilder;
 use super::{PreparedTransaction, Submission, TransactionStats};
 use crate::model::{NodeId, Rejection, Timestamp};
 use crate::storage::slots::SlotPointer;
-use crate::storage::{data_key_into, EpochRecord, Slot, SlotStore, Storage};
+use crate::storage::{data_key_append, EpochRecord, Slot, SlotStore, Storage};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 use std::sync::atomic::Ordering;
@@ -215,26 +215,35 @@ impl EpochDriver {
         epoch: u64,
         runnable: Vec<Submission>,
     ) -> Result<Vec<(PreparedTransaction, super::Reply)>, (Rejection, Vec<Submission>)> {
-        // One pass resolves resident keys; misses are remembered by position, loaded in
-        // one batched read, and filled in afterwards.
-        let mut key = Vec::new();
+        // The storage keys of every access, resolved in one batched lookup; misses are
+        // remembered by position, loaded in one batched read, and filled in afterwards.
+        let mut keys = Vec::new();
+        let mut key_ranges = Vec::new();
+        for submission in &runnable {
+            let transaction = &submission.transaction;
+            for entry in transaction.accesses.entries() {
+                let table_id = transaction.plugin.tables[entry.table as usize].table_id;
+                let start = keys.len();
+                data_key_append(&mut keys, table_id, transaction.accesses.key(entry));
+                key_ranges.push(start..keys.len());
+            }
+        }
+        let mut found = Vec::with_capacity(key_ranges.len());
+        self.slots.lookup_many(key_ranges.iter().map(|range| &keys[range.clone()]), &mut found);
+        let mut found = found.into_iter();
+        let mut key_ranges_in_order = key_ranges.iter();
         let mut resolved: Vec<Vec<Option<(u32, SlotPointer)>>> = Vec::with_capacity(runnable.len());
         let mut missing: Vec<(Vec<u8>, usize, usize)> = Vec::new();
         for (position, submission) in runnable.iter().enumerate() {
-            let transaction = &submission.transaction;
-            let slots = transaction
-                .accesses
-                .entries()
-                .iter()
-                .enumerate()
-                .map(|(index, entry)| {
-                    let table_id = transaction.plugin.tables[entry.table as usize].table_id;
-                    data_key_into(&mut key, table_id, transaction.accesses.key(entry));
-                    let found = self.slots.lookup(&key);
-                    if found.is_none() {
-                        missing.push((key.clone(), position, index));
+            let count = submission.transaction.accesses.entries().len();
+            let slots = (0..count)
+                .map(|index| {
+                    let slot = found.next().expect("one lookup per access");
+                    let range = key_ranges_in_order.next().expect("one key per access");
+                    if slot.is_none() {
+                        missing.push((keys[range.clone()].to_vec(), position, index));
                     }
-                    found
+                    slot
                 })
                 .collect();
             resolved.push(slots);
@@ -267,9 +276,12 @@ impl EpochDriver {
 
 /// Answers retries of completed requests (from the ledger or the `results` column
 /// family), joins duplicates of running ones, and returns the submissions that must run.
+/// A new id is started in the ledger as it is admitted (so that a duplicate in the same
+/// batch joins it); one found in storage after all is answered from there.
 pub(crate) fn admit(ledger_cell: &Mutex<Ledger>, storage: &Storage, batch: Vec<Submission>) -> Vec<Submission> {
     let mut runnable = Vec::with_capacity(batch.len());
-    let mut unknown: Vec<Submission> = Vec::new();
+    // Where the tracked ids that must be looked up in storage are in `runnable`.
+    let mut started: Vec<usize> = Vec::new();
     {
         let mut ledger = ledger_cell.lock();
         for submission in batch {
@@ -278,49 +290,69 @@ pub(crate) fn admit(ledger_cell: &Mutex<Ledger>, storage: &Storage, batch: Vec<S
                 continue;
             }
             let Submission { transaction, reply } = submission;
-            match ledger.lookup(&transaction.request_id, reply) {
+            match ledger.admit(&transaction.request_id, reply) {
                 // A retry of a completed request gets its durable outcome.
-                Lookup::Done(outcome, reply) => {
-                    reply.send(Ok(outcome));
+                Admission::Done(outcome, reply) => reply.send(Ok(outcome)),
+                Admission::Joined => {}
+                Admission::Started(reply) => {
+                    started.push(runnable.len());
+                    runnable.push(Submission { transaction, reply });
                 }
-                Lookup::Joined => {}
-                Lookup::Unknown(reply) => unknown.push(Submission { transaction, reply }),
             }
         }
     }
-    if unknown.is_empty() {
+    if started.is_empty() {
         return runnable;
     }
-    let ids: Vec<_> = unknown.iter().map(|s| &s.transaction.request_id).collect();
-    let stored = match storage.read_results(&ids) {
+    let ids: Vec<_> = started.iter().map(|&position| &runnable[position].transaction.request_id).collect();
+    let stored = storage.read_results(&ids);
+    let mut ledger = ledger_cell.lock();
+    let stored = match stored {
         Ok(stored) => stored,
         Err(error) => {
             let rejection = Rejection::Storage(error.to_string());
-            for submission in unknown {
-                reject(submission, rejection.clone());
+            let mut refused = vec![false; runnable.len()];
+            for &position in &started {
+                refused[position] = true;
+                for waiter in ledger.abandon(&runnable[position].transaction.request_id) {
+                    waiter.send(Err(rejection.clone()));
+                }
             }
-            return runnable;
+            return keep_unmarked(runnable, &refused, |submission| reject(submission, rejection.clone()));
         }
     };
-    let mut ledger = ledger_cell.lock();
-    for (submission, stored) in unknown.into_iter().zip(stored) {
-        let Submission { transaction, reply } = submission;
+    if stored.iter().all(Option::is_none) {
+        return runnable;
+    }
+    // Retries of requests the ledger had forgotten: answered from storage, not run.
+    let mut answered = vec![false; runnable.len()];
+    let mut outcomes = Vec::new();
+    for (&position, stored) in started.iter().zip(stored) {
         if let Some(outcome) = stored {
-            reply.send(Ok(outcome.clone()));
-            ledger.remember(transaction.request_id, outcome);
-            continue;
-        }
-        // Two submissions of one new id in the same batch: the second joins the first.
-        match ledger.lookup(&transaction.request_id, reply) {
-            Lookup::Unknown(reply) => {
-                ledger.start(transaction.request_id.clone());
-                runnable.push(Submission { transaction, reply });
+            answered[position] = true;
+            for waiter in ledger.found_in_storage(&runnable[position].transaction.request_id, outcome.clone()) {
+                waiter.send(Ok(outcome.clone()));
             }
-            Lookup::Joined => {}
-            Lookup::Done(outcome, reply) => {
-                reply.send(Ok(outcome));
-            }
+            outcomes.push(outcome);
         }
     }
-    runnable
+    drop(ledger);
+    let mut outcomes = outcomes.into_iter();
+    keep_unmarked(runnable, &answered, |submission| {
+        let outcome = outcomes.next().expect("an outcome for every answered submission");
+        submission.reply.send(Ok(outcome));
+    })
+}
+
+/// The submissions not marked, in order; each marked one is handed to `take`, in order.
+fn keep_unmarked(submissions: Vec<Submission>, marked: &[bool], mut take: impl FnMut(Submission)) -> Vec<Submission> {
+    let mut kept = Vec::with_capacity(submissions.len());
+    for (submission, &marked) in submissions.into_iter().zip(marked) {
+        if marked {
+            take(submission);
+        } else {
+            kept.push(submission);
+        }
+    }
+    kept
 }
