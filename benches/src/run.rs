@@ -330,7 +330,9 @@ fn run_client(
                     }
                     let intended =
                         if interval.is_some() { next_send - interval.unwrap_or_default() } else { Instant::now() };
-                    if intended >= stop_at {
+                    // An open loop that falls behind its schedule also stops on time (see
+                    // `peers::measure`).
+                    if intended >= stop_at || Instant::now() >= stop_at {
                         return Ok::<(), BenchError>(());
                     }
                     let invocations: Vec<_> = {

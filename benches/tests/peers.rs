@@ -129,3 +129,32 @@ fn postgres_transfers_keep_the_sum_and_abort_on_empty_accounts() {
     // Skewed, so that SERIALIZABLE transactions conflict and the retry path runs.
     check_transfers("postgresql", &peer, &config(WorkloadKind::YcsbT, 0.99));
 }
+
+/// Open loop offers the peer the configured rate, not what it could take: a closed loop
+/// against the same server moves far more in the same time.
+#[test]
+fn redis_open_loop_sends_at_the_configured_rate() {
+    let Some(program) = redis::find_server() else {
+        eprintln!("skipped: redis-server is not installed (`leasehold compare` installs it)");
+        return;
+    };
+    let server = RedisServer::start(&program, Durability::Async).expect("redis-server starts");
+    let peer = RedisPeer::connect(&server).expect("connects");
+    peer.load_function().expect("FUNCTION LOAD");
+    peer.load(ACCOUNTS, 1_000_000).expect("MSET");
+    let rate = 4_000.0;
+    let timed =
+        BenchConfig { duration: Duration::from_millis(1500), rate: Some(rate), ..config(WorkloadKind::Banking, 0.0) };
+    let (_, measurement) = peer.measure(&timed, Stop::Timed).expect("clients run");
+    let ran = measurement.tally.committed + measurement.tally.aborted;
+    let expected = rate * timed.duration.as_secs_f64();
+    assert!(
+        (0.9 * expected..=1.05 * expected).contains(&(ran as f64)),
+        "{ran} transfers in {:?} at {rate}/s; expected about {expected}",
+        timed.duration
+    );
+    let closed = BenchConfig { rate: None, ..timed };
+    let (_, measurement) = peer.measure(&closed, Stop::Timed).expect("clients run");
+    let ran_closed = measurement.tally.committed + measurement.tally.aborted;
+    assert!(ran_closed as f64 > 2.0 * expected, "closed loop ran {ran_closed}, open loop {ran}");
+}

@@ -234,11 +234,12 @@ impl Comparison {
             }
         }
         let mut text = format!(
-            "workload {:?}: {} keys, theta {}, {} clients, durability {}, {:.0} s measured after {:.0} s warm-up, seed {}\n",
+            "workload {:?}: {} keys, theta {}, {} clients, {}, durability {}, {:.0} s measured after {:.0} s warm-up, seed {}\n",
             c.workload,
             c.keys,
             c.theta,
             c.clients,
+            c.rate.map_or("closed loop".to_string(), |rate| format!("open loop at {rate:.0} transactions/s")),
             self.durability.as_str(),
             c.duration.as_secs_f64(),
             c.warmup.as_secs_f64(),

@@ -1,8 +1,12 @@
-//! The closed-loop client driver both peers use, shaped like [`crate::run`]'s: one thread
-//! per client with a current-thread tokio runtime and one connection, `in_flight` round
-//! trips outstanding on it, each carrying `batch` transfers; a round trip leaves as soon as
-//! one returns. Latency is measured per round trip and recorded for every transfer in it,
-//! as Leasehold's runner records an `invokeMany` message for each invocation in it.
+//! The client driver both peers use, shaped like [`crate::run`]'s: one thread per client
+//! with a current-thread tokio runtime and one connection, `in_flight` round trips
+//! outstanding on it, each carrying `batch` transfers. Closed loop (no `rate`): a round
+//! trip leaves as soon as one returns. Open loop (`rate` transfers per second over all
+//! clients): each of a connection's round-trip slots leaves on a fixed schedule, and
+//! latency counts from the intended send time, exactly as Leasehold's runner does, so that
+//! `leasehold compare --rate` offers every system the same load. Latency is measured per
+//! round trip and recorded for every transfer in it, as Leasehold's runner records an
+//! `invokeMany` message for each invocation in it.
 //!
 //! A peer plugs in through [`TransferDriver`]: how to connect, and how to run a batch of
 //! transfers on a connection.
@@ -86,9 +90,6 @@ pub(crate) fn measure<D: TransferDriver>(
     config: &BenchConfig,
     stop: Stop,
 ) -> Result<Measurement, PeerError> {
-    if config.rate.is_some() {
-        return Err(PeerError::OpenLoopUnsupported);
-    }
     // The same start delay as Leasehold's runner: every client connects before the clock starts.
     let start = Instant::now() + Duration::from_millis(100);
     let schedule = match stop {
@@ -149,11 +150,30 @@ fn run_client<D: TransferDriver>(
         let issued = Cell::new(0u64);
         // The slots share these through references, so each `async move` copies only the references.
         let (connection, generator, tally, latency, issued) = (&connection, &generator, &tally, &latency, &issued);
-        let slot = || async move {
+        // Open loop: each slot sends one round trip per interval.
+        let interval = config.rate.map(|rate| {
+            let round_trips_per_second = rate / shape.batch as f64 / config.clients as f64 / shape.in_flight as f64;
+            Duration::from_secs_f64(1.0 / round_trips_per_second.max(1e-9))
+        });
+        let slots = shape.in_flight.max(1);
+        let slot = |slot: usize| async move {
             tokio::time::sleep_until(schedule.start.into()).await;
+            // The slots are spread over one interval so that round trips do not leave in bursts.
+            let mut next_send = schedule.start
+                + interval.map_or(Duration::ZERO, |interval| interval.mul_f64(slot as f64 / slots as f64));
             loop {
-                let sent = Instant::now();
-                if schedule.stop_at.is_some_and(|stop_at| sent >= stop_at) {
+                let sent = match interval {
+                    Some(interval) => {
+                        tokio::time::sleep_until(next_send.into()).await;
+                        next_send += interval;
+                        next_send - interval
+                    }
+                    None => Instant::now(),
+                };
+                // An open loop that falls behind its schedule also stops on time: what it did
+                // not send by then is missing from the latencies, and the throughput below
+                // the rate shows it.
+                if schedule.stop_at.is_some_and(|stop_at| sent >= stop_at || Instant::now() >= stop_at) {
                     return Ok::<(), PeerError>(());
                 }
                 let batch = match limit {
@@ -179,7 +199,7 @@ fn run_client<D: TransferDriver>(
                 }
             }
         };
-        futures::future::try_join_all((0..shape.in_flight.max(1)).map(|_| slot())).await?;
+        futures::future::try_join_all((0..slots).map(slot)).await?;
         Ok((tally.take(), latency.replace(new_histogram())))
     })
 }

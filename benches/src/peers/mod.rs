@@ -132,8 +132,6 @@ pub enum PeerError {
     UnsupportedVersion { server: &'static str, version: String, needed: &'static str },
     #[error("a transfer still failed after {retries} retries on serialization failures: {last_error}")]
     RetriesExhausted { retries: u64, last_error: String },
-    #[error("the peers run closed loop only; open loop (--rate) is not implemented for them")]
-    OpenLoopUnsupported,
     #[error("{what} {value} does not fit the server's 64-bit signed integers")]
     OutOfRange { what: &'static str, value: u64 },
     #[error("i/o: {0}")]

@@ -252,6 +252,11 @@ struct CompareArguments {
     /// Print the comparison as JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Open loop: transfers per second over all clients, the same for every system (latency
+    /// from the intended send time); without it every system runs closed loop, as fast as
+    /// it can.
+    #[arg(long)]
+    rate: Option<f64>,
 }
 
 #[derive(clap::Args)]
@@ -677,7 +682,7 @@ fn print_report(report: &BenchReport, json: bool) -> Result<(), Failure> {
 fn compare(arguments: CompareArguments) -> Result<(), Failure> {
     use leasehold_bench::peers::compare::{self, Comparison, Outcome, SystemKind};
     use leasehold_bench::peers::{self, Durability};
-    let config = arguments.load.bench_config(None, true);
+    let config = arguments.load.bench_config(arguments.rate, true);
     if !config.workload.is_transfer() {
         return Err(format!(
             "compare supports only --workload banking and ycsb-t (the Redis and PostgreSQL peers implement \
