@@ -20,8 +20,8 @@
 //! sequencer reach records through [`RecordPointer`]s resolved by the dispatcher, and
 //! keep the [`RecordArena`] alive by holding an `Arc` of it.
 
+use crate::storage::key_index::{Indexed, KeyIndex};
 use parking_lot::Mutex;
-use rustc_hash::FxHashMap;
 use std::ptr::NonNull;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -110,15 +110,24 @@ impl RecordPointer {
     }
 }
 
-/// The dispatcher's index of resident keys.
+impl Indexed for RecordPointer {
+    unsafe fn storage_key<'a>(self) -> &'a [u8] {
+        // SAFETY: as the trait requires, the record is alive (its arena outlives the
+        // index that holds this pointer); a record's key never changes.
+        unsafe { self.get().storage_key() }
+    }
+}
+
+/// The dispatcher's index of resident keys (the lease protocol's index, so that the
+/// protocols' comparisons measure the protocols).
 pub(crate) struct ResidentKeys {
     arena: Arc<RecordArena>,
-    index: FxHashMap<Box<[u8]>, RecordPointer>,
+    index: KeyIndex<RecordPointer>,
 }
 
 impl ResidentKeys {
     pub(crate) fn new() -> ResidentKeys {
-        ResidentKeys { arena: Arc::default(), index: FxHashMap::default() }
+        ResidentKeys { arena: Arc::default(), index: KeyIndex::default() }
     }
 
     /// The arena, for the threads that use the records.
@@ -131,14 +140,23 @@ impl ResidentKeys {
     }
 
     pub(crate) fn lookup(&self, storage_key: &[u8]) -> Option<RecordPointer> {
-        self.index.get(storage_key).copied()
+        self.index.get(storage_key)
+    }
+
+    /// Looks up many keys at once (appended to `found`, in order); see `KeyIndex`.
+    pub(crate) fn lookup_many<'k>(
+        &self,
+        storage_keys: impl ExactSizeIterator<Item = &'k [u8]> + Clone,
+        found: &mut Vec<Option<RecordPointer>>,
+    ) {
+        self.index.lookup_many(storage_keys, found)
     }
 
     /// Makes a key resident with its value loaded from storage.
     pub(crate) fn insert(&mut self, storage_key: &[u8], value: Option<Vec<u8>>) -> RecordPointer {
         assert!(self.lookup(storage_key).is_none(), "key inserted twice into the resident keys");
         let pointer = self.arena.allocate(storage_key, value);
-        self.index.insert(storage_key.into(), pointer);
+        self.index.insert(storage_key, pointer);
         pointer
     }
 }

@@ -39,7 +39,7 @@ pub(crate) mod twopl;
 use crate::config::ConcurrencyControl;
 use crate::model::{NodeId, Outcome, Rejection, Timestamp};
 use crate::storage::slots::SlotPointer;
-use crate::storage::{data_key_into, EpochRecord, Slot, Storage};
+use crate::storage::{data_key_append, EpochRecord, Slot, Storage};
 use crate::txn::access::{AccessEntry, AccessMode};
 use crate::txn::commit::{CommitMessage, EpochCommit};
 use crate::txn::epoch::{admit, DriverMessage};
@@ -794,41 +794,41 @@ impl BaselineDriver {
     /// The record of every access of every submission, loading missing keys from RocksDB
     /// in one batched read.
     fn resolve(&mut self, runnable: &[Submission]) -> Result<Vec<Vec<RecordPointer>>, Rejection> {
-        let mut key = Vec::new();
-        let mut missing: Vec<Vec<u8>> = Vec::new();
+        let mut keys = Vec::new();
+        let mut key_ranges = Vec::new();
         for submission in runnable {
             let transaction = &submission.transaction;
             for entry in transaction.accesses.entries() {
                 let table_id = transaction.plugin.tables[entry.table as usize].table_id;
-                data_key_into(&mut key, table_id, transaction.accesses.key(entry));
-                if self.keys.lookup(&key).is_none() {
-                    missing.push(key.clone());
-                }
+                let start = keys.len();
+                data_key_append(&mut keys, table_id, transaction.accesses.key(entry));
+                key_ranges.push(start..keys.len());
             }
         }
+        let mut found = Vec::with_capacity(key_ranges.len());
+        self.keys.lookup_many(key_ranges.iter().map(|range| &keys[range.clone()]), &mut found);
+        let mut missing: Vec<&[u8]> = key_ranges
+            .iter()
+            .zip(&found)
+            .filter(|(_, found)| found.is_none())
+            .map(|(range, _)| &keys[range.clone()])
+            .collect();
         if !missing.is_empty() {
             missing.sort_unstable();
             missing.dedup();
-            let unique: Vec<&[u8]> = missing.iter().map(Vec::as_slice).collect();
-            let values = self.storage.read_values(&unique).map_err(|error| Rejection::Storage(error.to_string()))?;
-            for (storage_key, value) in unique.iter().zip(values) {
+            let values = self.storage.read_values(&missing).map_err(|error| Rejection::Storage(error.to_string()))?;
+            for (storage_key, value) in missing.iter().zip(values) {
                 self.keys.insert(storage_key, value);
             }
         }
+        let mut found = found.into_iter().zip(&key_ranges).map(|(found, range)| {
+            found.unwrap_or_else(|| self.keys.lookup(&keys[range.clone()]).expect("every key was made resident above"))
+        });
         let records = runnable
             .iter()
             .map(|submission| {
-                let transaction = &submission.transaction;
-                transaction
-                    .accesses
-                    .entries()
-                    .iter()
-                    .map(|entry| {
-                        let table_id = transaction.plugin.tables[entry.table as usize].table_id;
-                        data_key_into(&mut key, table_id, transaction.accesses.key(entry));
-                        self.keys.lookup(&key).expect("every key was made resident above")
-                    })
-                    .collect()
+                let count = submission.transaction.accesses.entries().len();
+                (0..count).map(|_| found.next().expect("one record per access")).collect()
             })
             .collect();
         Ok(records)

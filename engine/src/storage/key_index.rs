@@ -12,10 +12,25 @@
 //!
 //! Layout: open addressing with linear probing over a power-of-two table kept at most half
 //! full; removal shifts the entries behind back (no tombstones). A key longer than the
-//! inline bytes is compared against its slot's own copy of the key.
+//! inline bytes is compared against the copy of the key its target keeps ([`Indexed`]).
+//!
+//! Two stores use it: the lease protocol's slots (`storage::slots`) and the baselines'
+//! key records (`cc::keys`), so that comparisons between the protocols do not measure
+//! two different indexes.
 
-use super::slots::SlotPointer;
 use std::hash::Hasher;
+
+/// What an index entry leads to: copied out by every lookup, and holding the whole key it
+/// was inserted under, for keys longer than the inline bytes.
+pub(crate) trait Indexed: Copy {
+    /// The storage key this target was inserted under.
+    ///
+    /// # Safety
+    /// Called only while the index is borrowed; the caller promises the target is alive
+    /// then (a store owns both its index and its targets, and replaces a target's key only
+    /// while borrowed mutably).
+    unsafe fn storage_key<'a>(self) -> &'a [u8];
+}
 
 /// Key bytes kept in the entry itself; storage keys are a 4-byte table id and the key, so
 /// this covers keys of up to 20 bytes.
@@ -25,19 +40,22 @@ const INLINE_KEY_BYTES: usize = 24;
 const PREFETCH_DISTANCE: usize = 16;
 
 #[derive(Clone, Copy)]
-struct Entry {
+struct Entry<V> {
     /// The key's hash with the lowest bit set; 0 marks an empty entry.
     hash: u64,
-    number: u32,
     key_length: u32,
-    pointer: Option<SlotPointer>,
+    target: Option<V>,
     /// The key's first bytes (all of it when it is short enough), zero-padded.
     inline: [u8; INLINE_KEY_BYTES],
 }
 
-const EMPTY: Entry = Entry { hash: 0, number: 0, key_length: 0, pointer: None, inline: [0; INLINE_KEY_BYTES] };
+impl<V: Indexed> Entry<V> {
+    const EMPTY: Entry<V> = Entry { hash: 0, key_length: 0, target: None, inline: [0; INLINE_KEY_BYTES] };
 
-impl Entry {
+    fn target(&self) -> V {
+        self.target.expect("a full entry has a target")
+    }
+
     fn matches(&self, hash: u64, key: &[u8]) -> bool {
         if self.hash != hash || self.key_length as usize != key.len() {
             return false;
@@ -45,22 +63,20 @@ impl Entry {
         if key.len() <= INLINE_KEY_BYTES {
             return self.inline[..key.len()] == *key;
         }
-        let pointer = self.pointer.expect("a full entry has a slot");
-        // SAFETY: the slot lives as long as its store, which owns this index; its key is
-        // replaced only while the store is borrowed mutably, not during a lookup.
-        self.inline[..] == key[..INLINE_KEY_BYTES] && unsafe { pointer.get().storage_key() } == key
+        // SAFETY: lookups borrow the index, during which its targets live (see `Indexed`).
+        self.inline[..] == key[..INLINE_KEY_BYTES] && unsafe { self.target().storage_key() } == key
     }
 }
 
-pub(crate) struct KeyIndex {
-    entries: Box<[Entry]>,
+pub(crate) struct KeyIndex<V> {
+    entries: Box<[Entry<V>]>,
     len: usize,
     /// 64 minus the base-2 logarithm of the table's length: a hash's home is its top bits.
     shift: u32,
 }
 
-impl Default for KeyIndex {
-    fn default() -> KeyIndex {
+impl<V: Indexed> Default for KeyIndex<V> {
+    fn default() -> KeyIndex<V> {
         KeyIndex::with_table_length(16)
     }
 }
@@ -75,20 +91,20 @@ fn hash_key(key: &[u8]) -> u64 {
 }
 
 #[inline(always)]
-fn prefetch(entry: &Entry) {
+fn prefetch<V>(entry: &Entry<V>) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch is a hint that never faults; SSE is part of the x86-64 baseline.
     unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>((entry as *const Entry).cast());
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>((entry as *const Entry<V>).cast());
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = entry;
 }
 
-impl KeyIndex {
-    fn with_table_length(length: usize) -> KeyIndex {
+impl<V: Indexed> KeyIndex<V> {
+    fn with_table_length(length: usize) -> KeyIndex<V> {
         assert!(length.is_power_of_two() && length >= 2);
-        KeyIndex { entries: vec![EMPTY; length].into_boxed_slice(), len: 0, shift: 64 - length.trailing_zeros() }
+        KeyIndex { entries: vec![Entry::EMPTY; length].into_boxed_slice(), len: 0, shift: 64 - length.trailing_zeros() }
     }
 
     pub fn len(&self) -> usize {
@@ -117,18 +133,13 @@ impl KeyIndex {
         }
     }
 
-    pub fn get(&self, key: &[u8]) -> Option<(u32, SlotPointer)> {
-        let entry = &self.entries[self.find(hash_key(key), key).ok()?];
-        Some((entry.number, entry.pointer.expect("a full entry has a slot")))
+    pub fn get(&self, key: &[u8]) -> Option<V> {
+        Some(self.entries[self.find(hash_key(key), key).ok()?].target())
     }
 
     /// Looks up every key of `keys` (in order) into `found`, with the misses of many
     /// lookups in flight at once.
-    pub fn lookup_many<'k>(
-        &self,
-        keys: impl ExactSizeIterator<Item = &'k [u8]> + Clone,
-        found: &mut Vec<Option<(u32, SlotPointer)>>,
-    ) {
+    pub fn lookup_many<'k>(&self, keys: impl ExactSizeIterator<Item = &'k [u8]> + Clone, found: &mut Vec<Option<V>>) {
         let hashes: Vec<u64> = keys.clone().map(hash_key).collect();
         for &hash in hashes.iter().take(PREFETCH_DISTANCE) {
             prefetch(&self.entries[self.home(hash)]);
@@ -138,13 +149,12 @@ impl KeyIndex {
             if let Some(&ahead) = hashes.get(position + PREFETCH_DISTANCE) {
                 prefetch(&self.entries[self.home(ahead)]);
             }
-            let entry = self.find(hashes[position], key).ok().map(|at| &self.entries[at]);
-            found.push(entry.map(|entry| (entry.number, entry.pointer.expect("a full entry has a slot"))));
+            found.push(self.find(hashes[position], key).ok().map(|at| self.entries[at].target()));
         }
     }
 
     /// Adds a key that is not in the index.
-    pub fn insert(&mut self, key: &[u8], number: u32, pointer: SlotPointer) {
+    pub fn insert(&mut self, key: &[u8], target: V) {
         if (self.len + 1) * 2 > self.entries.len() {
             self.grow();
         }
@@ -157,12 +167,12 @@ impl KeyIndex {
         let prefix = key.len().min(INLINE_KEY_BYTES);
         inline[..prefix].copy_from_slice(&key[..prefix]);
         let key_length = u32::try_from(key.len()).expect("a storage key shorter than 4 GiB");
-        self.entries[at] = Entry { hash, number, key_length, pointer: Some(pointer), inline };
+        self.entries[at] = Entry { hash, key_length, target: Some(target), inline };
         self.len += 1;
     }
 
     /// Removes a key; returns what it pointed to.
-    pub fn remove(&mut self, key: &[u8]) -> Option<(u32, SlotPointer)> {
+    pub fn remove(&mut self, key: &[u8]) -> Option<V> {
         let mut hole = self.find(hash_key(key), key).ok()?;
         let removed = self.entries[hole];
         // Backward shift: every entry after the hole, up to the next empty one, moves into
@@ -179,9 +189,9 @@ impl KeyIndex {
             }
             at = (at + 1) & self.mask();
         }
-        self.entries[hole] = EMPTY;
+        self.entries[hole] = Entry::EMPTY;
         self.len -= 1;
-        Some((removed.number, removed.pointer.expect("a full entry has a slot")))
+        Some(removed.target())
     }
 
     fn grow(&mut self) {
@@ -206,7 +216,7 @@ impl KeyIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::slots::Slot;
+    use crate::storage::slots::{Slot, SlotPointer};
     use proptest::prelude::*;
     use std::collections::HashMap;
 
@@ -241,7 +251,7 @@ mod tests {
             // Slots that own the keys, for the comparison of long keys (boxed: they
             // must not move).
             let mut slots: Vec<Box<Slot>> = Vec::new();
-            let mut index = KeyIndex::default();
+            let mut index: KeyIndex<(u32, SlotPointer)> = KeyIndex::default();
             let mut reference: HashMap<Vec<u8>, (u32, SlotPointer)> = HashMap::new();
             for (number, operation) in operations.into_iter().enumerate() {
                 match operation {
@@ -251,7 +261,7 @@ mod tests {
                         }
                         slots.push(Box::new(Slot::detached(&key, None)));
                         let pointer = SlotPointer::to(slots.last().expect("just pushed"));
-                        index.insert(&key, number as u32, pointer);
+                        index.insert(&key, (number as u32, pointer));
                         reference.insert(key, (number as u32, pointer));
                     }
                     Operation::Remove(key) => {

@@ -19,7 +19,7 @@
 //! before the node serves anything.
 
 pub mod codec;
-mod key_index;
+pub(crate) mod key_index;
 pub mod slots;
 
 use crate::model::{Outcome, RequestId};

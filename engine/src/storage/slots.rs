@@ -9,7 +9,7 @@
 //! Keys stay resident until the node stops; eviction of cold keys is future work (the
 //! workloads' key spaces fit in memory by far).
 
-use super::key_index::KeyIndex;
+use super::key_index::{Indexed, KeyIndex};
 use std::cell::UnsafeCell;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -140,10 +140,18 @@ impl SlotPointer {
     }
 }
 
+impl Indexed for (u32, SlotPointer) {
+    unsafe fn storage_key<'a>(self) -> &'a [u8] {
+        // SAFETY: as the trait requires, the slot is alive; its key changes only while the
+        // store is borrowed mutably.
+        unsafe { self.1.get().storage_key() }
+    }
+}
+
 /// Resident keys: storage key to slot.
 #[derive(Default)]
 pub struct SlotStore {
-    index: KeyIndex,
+    index: KeyIndex<(u32, SlotPointer)>,
     chunks: Vec<Vec<Slot>>,
     /// Slots of removed keys, reused by the next inserts.
     free: Vec<(u32, SlotPointer)>,
@@ -191,7 +199,7 @@ impl SlotStore {
             }
             slot.dirty_epoch.store(0, Ordering::Relaxed);
             slot.lease_word.store(0, Ordering::Relaxed);
-            self.index.insert(storage_key, number, pointer);
+            self.index.insert(storage_key, (number, pointer));
             return (number, pointer);
         }
         if self.chunks.last().is_none_or(|chunk| chunk.len() == SLOTS_PER_CHUNK) {
@@ -202,7 +210,7 @@ impl SlotStore {
         // The chunk never grows past its capacity, so this address is stable.
         let pointer = SlotPointer(NonNull::from(chunk.last().expect("just pushed")));
         let number = u32::try_from(self.index.len() + self.free.len()).expect("fewer than 2^32 resident keys");
-        self.index.insert(storage_key, number, pointer);
+        self.index.insert(storage_key, (number, pointer));
         (number, pointer)
     }
 }
