@@ -90,15 +90,17 @@ fn hash_key(key: &[u8]) -> u64 {
     hasher.finish().wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1
 }
 
+/// Asks the CPU to bring the cache line at `data` in; a hint, never a fault.
 #[inline(always)]
-fn prefetch<V>(entry: &Entry<V>) {
+pub(crate) fn prefetch<T>(data: *const T) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is a hint that never faults; SSE is part of the x86-64 baseline.
+    // SAFETY: a prefetch is a hint that never faults, whatever the address; SSE is part of
+    // the x86-64 baseline.
     unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>((entry as *const Entry<V>).cast());
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(data.cast());
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = entry;
+    let _ = data;
 }
 
 impl<V: Indexed> KeyIndex<V> {

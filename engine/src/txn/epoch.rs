@@ -263,6 +263,8 @@ impl EpochDriver {
                 resolved[*position][*index] = self.slots.lookup(storage_key);
             }
         }
+        // SAFETY: between epochs; the executors get these slots only below.
+        unsafe { SlotStore::prefetch_values(resolved.iter().flatten().flatten().map(|&(_, pointer)| pointer)) };
         let mut prepared = Vec::with_capacity(runnable.len());
         for (sequence, (submission, slots)) in runnable.into_iter().zip(resolved).enumerate() {
             let Submission { transaction, reply } = submission;
