@@ -102,16 +102,23 @@ fn check_transfers(name: &str, peer: &impl Peer, config: &BenchConfig) {
     assert!(balances.iter().all(|&balance| balance >= 0), "{name}: a balance went negative: {balances:?}");
 }
 
-#[test]
-fn redis_transfers_keep_the_sum_and_abort_on_empty_accounts() {
+/// A Redis server with the transfer function and `ACCOUNTS` accounts of `balance`, or
+/// `None` (with a message) where redis-server is not installed.
+fn redis_with_accounts(balance: i64) -> Option<(RedisServer, RedisPeer)> {
     let Some(program) = redis::find_server() else {
         eprintln!("skipped: redis-server is not installed (`leasehold compare` installs it)");
-        return;
+        return None;
     };
     let server = RedisServer::start(&program, Durability::Async).expect("redis-server starts");
     let peer = RedisPeer::connect(&server).expect("connects");
     peer.load_function().expect("FUNCTION LOAD");
-    peer.load(ACCOUNTS, INITIAL_BALANCE).expect("MSET");
+    peer.load(ACCOUNTS, balance).expect("MSET");
+    Some((server, peer))
+}
+
+#[test]
+fn redis_transfers_keep_the_sum_and_abort_on_empty_accounts() {
+    let Some((_server, peer)) = redis_with_accounts(INITIAL_BALANCE) else { return };
     // Skewed, so that clients collide on hot accounts.
     check_transfers("redis", &peer, &config(WorkloadKind::Banking, 0.99));
 }
@@ -134,14 +141,7 @@ fn postgres_transfers_keep_the_sum_and_abort_on_empty_accounts() {
 /// against the same server moves far more in the same time.
 #[test]
 fn redis_open_loop_sends_at_the_configured_rate() {
-    let Some(program) = redis::find_server() else {
-        eprintln!("skipped: redis-server is not installed (`leasehold compare` installs it)");
-        return;
-    };
-    let server = RedisServer::start(&program, Durability::Async).expect("redis-server starts");
-    let peer = RedisPeer::connect(&server).expect("connects");
-    peer.load_function().expect("FUNCTION LOAD");
-    peer.load(ACCOUNTS, 1_000_000).expect("MSET");
+    let Some((_server, peer)) = redis_with_accounts(1_000_000) else { return };
     let rate = 4_000.0;
     let timed =
         BenchConfig { duration: Duration::from_millis(1500), rate: Some(rate), ..config(WorkloadKind::Banking, 0.0) };

@@ -39,13 +39,13 @@ pub(crate) mod twopl;
 use crate::config::ConcurrencyControl;
 use crate::model::{NodeId, Outcome, Rejection, Timestamp};
 use crate::storage::slots::SlotPointer;
-use crate::storage::{data_key_append, EpochRecord, Slot, Storage};
+use crate::storage::{EpochRecord, Slot, Storage};
 use crate::txn::access::{AccessEntry, AccessMode};
 use crate::txn::commit::{CommitMessage, EpochCommit};
 use crate::txn::epoch::{admit, DriverMessage};
 use crate::txn::executor::Claim;
 use crate::txn::ledger::Ledger;
-use crate::txn::{PlannedTransaction, PreparedTransaction, Reply, Submission, TransactionStats};
+use crate::txn::{BatchKeys, PlannedTransaction, PreparedTransaction, Reply, Submission, TransactionStats};
 use crossbeam_channel::{Receiver, Sender};
 use keys::{KeyRecord, RecordArena, RecordPointer, ResidentKeys};
 use parking_lot::Mutex;
@@ -794,25 +794,11 @@ impl BaselineDriver {
     /// The record of every access of every submission, loading missing keys from RocksDB
     /// in one batched read.
     fn resolve(&mut self, runnable: &[Submission]) -> Result<Vec<Vec<RecordPointer>>, Rejection> {
-        let mut keys = Vec::new();
-        let mut key_ranges = Vec::new();
-        for submission in runnable {
-            let transaction = &submission.transaction;
-            for entry in transaction.accesses.entries() {
-                let table_id = transaction.plugin.tables[entry.table as usize].table_id;
-                let start = keys.len();
-                data_key_append(&mut keys, table_id, transaction.accesses.key(entry));
-                key_ranges.push(start..keys.len());
-            }
-        }
-        let mut found = Vec::with_capacity(key_ranges.len());
-        self.keys.lookup_many(key_ranges.iter().map(|range| &keys[range.clone()]), &mut found);
-        let mut missing: Vec<&[u8]> = key_ranges
-            .iter()
-            .zip(&found)
-            .filter(|(_, found)| found.is_none())
-            .map(|(range, _)| &keys[range.clone()])
-            .collect();
+        let keys = BatchKeys::of(runnable);
+        let mut found = Vec::with_capacity(keys.len());
+        self.keys.lookup_many(keys.iter(), &mut found);
+        let mut missing: Vec<&[u8]> =
+            keys.iter().zip(&found).filter(|(_, found)| found.is_none()).map(|(key, _)| key).collect();
         if !missing.is_empty() {
             missing.sort_unstable();
             missing.dedup();
@@ -821,8 +807,8 @@ impl BaselineDriver {
                 self.keys.insert(storage_key, value);
             }
         }
-        let mut found = found.into_iter().zip(&key_ranges).map(|(found, range)| {
-            found.unwrap_or_else(|| self.keys.lookup(&keys[range.clone()]).expect("every key was made resident above"))
+        let mut found = found.into_iter().zip(keys.iter()).map(|(found, key)| {
+            found.unwrap_or_else(|| self.keys.lookup(key).expect("every key was made resident above"))
         });
         let records = runnable
             .iter()

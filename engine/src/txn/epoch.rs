@@ -11,10 +11,10 @@ use super::commit::{CommitMessage, EpochCommit};
 use super::executor::Executor;
 use super::ledger::{Admission, Ledger};
 use super::tpg::GraphBuilder;
-use super::{PreparedTransaction, Submission, TransactionStats};
+use super::{BatchKeys, PreparedTransaction, Submission, TransactionStats};
 use crate::model::{NodeId, Rejection, Timestamp};
 use crate::storage::slots::SlotPointer;
-use crate::storage::{data_key_append, EpochRecord, Slot, SlotStore, Storage};
+use crate::storage::{EpochRecord, Slot, SlotStore, Storage};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 use std::sync::atomic::Ordering;
@@ -217,21 +217,11 @@ impl EpochDriver {
     ) -> Result<Vec<(PreparedTransaction, super::Reply)>, (Rejection, Vec<Submission>)> {
         // The storage keys of every access, resolved in one batched lookup; misses are
         // remembered by position, loaded in one batched read, and filled in afterwards.
-        let mut keys = Vec::new();
-        let mut key_ranges = Vec::new();
-        for submission in &runnable {
-            let transaction = &submission.transaction;
-            for entry in transaction.accesses.entries() {
-                let table_id = transaction.plugin.tables[entry.table as usize].table_id;
-                let start = keys.len();
-                data_key_append(&mut keys, table_id, transaction.accesses.key(entry));
-                key_ranges.push(start..keys.len());
-            }
-        }
-        let mut found = Vec::with_capacity(key_ranges.len());
-        self.slots.lookup_many(key_ranges.iter().map(|range| &keys[range.clone()]), &mut found);
+        let keys = BatchKeys::of(&runnable);
+        let mut found = Vec::with_capacity(keys.len());
+        self.slots.lookup_many(keys.iter(), &mut found);
         let mut found = found.into_iter();
-        let mut key_ranges_in_order = key_ranges.iter();
+        let mut keys_in_order = keys.iter();
         let mut resolved: Vec<Vec<Option<(u32, SlotPointer)>>> = Vec::with_capacity(runnable.len());
         let mut missing: Vec<(Vec<u8>, usize, usize)> = Vec::new();
         for (position, submission) in runnable.iter().enumerate() {
@@ -239,9 +229,9 @@ impl EpochDriver {
             let slots = (0..count)
                 .map(|index| {
                     let slot = found.next().expect("one lookup per access");
-                    let range = key_ranges_in_order.next().expect("one key per access");
+                    let key = keys_in_order.next().expect("one key per access");
                     if slot.is_none() {
-                        missing.push((keys[range.clone()].to_vec(), position, index));
+                        missing.push((key.to_vec(), position, index));
                     }
                     slot
                 })

@@ -145,6 +145,37 @@ pub struct PreparedTransaction {
     pub slots: Vec<(u32, SlotPointer)>,
 }
 
+/// The storage keys of every access of a batch of submissions, in order, in one buffer:
+/// what the drivers resolve to slots or records with one batched lookup.
+pub(crate) struct BatchKeys {
+    bytes: Vec<u8>,
+    ranges: Vec<std::ops::Range<usize>>,
+}
+
+impl BatchKeys {
+    pub(crate) fn of(submissions: &[Submission]) -> BatchKeys {
+        let mut keys = BatchKeys { bytes: Vec::new(), ranges: Vec::new() };
+        for submission in submissions {
+            let transaction = &submission.transaction;
+            for entry in transaction.accesses.entries() {
+                let table_id = transaction.plugin.tables[entry.table as usize].table_id;
+                let start = keys.bytes.len();
+                crate::storage::data_key_append(&mut keys.bytes, table_id, transaction.accesses.key(entry));
+                keys.ranges.push(start..keys.bytes.len());
+            }
+        }
+        keys
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.ranges.len()
+    }
+
+    pub(crate) fn iter(&self) -> impl ExactSizeIterator<Item = &[u8]> + Clone {
+        self.ranges.iter().map(|range| &self.bytes[range.clone()])
+    }
+}
+
 /// A planned transaction on its way to the epoch driver.
 pub struct Submission {
     pub transaction: PlannedTransaction,
