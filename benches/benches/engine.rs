@@ -1,6 +1,7 @@
 //! Criterion micro benchmarks of the engine's hot paths, without the network:
-//! building the task precedence graph, planning through a real plugin, making an epoch
-//! durable and checkpointing it, and whole transactions through an in-process node.
+//! resolving an epoch's keys to resident slots, building the task precedence graph,
+//! planning through a real plugin, making an epoch durable and checkpointing it, and
+//! whole transactions through an in-process node.
 //!
 //! Run with `cargo bench -p leasehold-bench --bench engine` (after building the
 //! workspace, which builds the banking plugin's library).
@@ -9,7 +10,8 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use leasehold_engine::config::Config;
 use leasehold_engine::model::{Arguments, Invocation, Outcome, RequestId, Timestamp};
 use leasehold_engine::node::Node;
-use leasehold_engine::storage::{EpochRecord, Storage};
+use leasehold_engine::storage::slots::SlotStore;
+use leasehold_engine::storage::{data_key_into, EpochRecord, Storage};
 use leasehold_engine::txn::access::AccessMode;
 use leasehold_engine::txn::tpg::GraphBuilder;
 use leasehold_plugin_api::banking::{Open, Transfer};
@@ -38,6 +40,42 @@ fn transfers(count: usize, keys: u64) -> Vec<(u64, u64)> {
             (from, (from + 1 + next() % (keys - 1)) % keys)
         })
         .collect()
+}
+
+/// An epoch's 10,000 key lookups among 100,000 resident keys (banking's storage keys):
+/// one by one, batched with prefetching (what the epoch driver does), and in the
+/// `HashMap<Box<[u8]>, _>` the slot store used before.
+fn resident_keys(c: &mut Criterion) {
+    let key = |account: u64| {
+        let mut storage_key = Vec::new();
+        data_key_into(&mut storage_key, 7, &account.to_le_bytes());
+        storage_key
+    };
+    let mut store = SlotStore::new();
+    let mut reference: rustc_hash::FxHashMap<Box<[u8]>, u32> = rustc_hash::FxHashMap::default();
+    for account in 0..100_000u64 {
+        store.insert(&key(account), Some(1_000_000i64.to_le_bytes().to_vec()));
+        reference.insert(key(account).into(), account as u32);
+    }
+    let epoch: Vec<Vec<u8>> =
+        transfers(5_000, 100_000).into_iter().flat_map(|(from, to)| [key(from), key(to)]).collect();
+    let mut group = c.benchmark_group("resident-keys");
+    group.throughput(Throughput::Elements(epoch.len() as u64));
+    group.bench_function("lookup-10000-of-100k-one-by-one", |b| {
+        b.iter(|| epoch.iter().filter(|key| store.lookup(key).is_some()).count())
+    });
+    let mut found = Vec::with_capacity(epoch.len());
+    group.bench_function("lookup-10000-of-100k-batched", |b| {
+        b.iter(|| {
+            found.clear();
+            store.lookup_many(epoch.iter().map(Vec::as_slice), &mut found);
+            found.len()
+        })
+    });
+    group.bench_function("lookup-10000-of-100k-boxed-key-hash-map", |b| {
+        b.iter(|| epoch.iter().filter(|key| reference.get(key.as_slice()).is_some()).count())
+    });
+    group.finish();
 }
 
 fn task_precedence_graph(c: &mut Criterion) {
@@ -148,5 +186,5 @@ fn in_process_transactions(c: &mut Criterion) {
     node.shutdown().expect("shutdown");
 }
 
-criterion_group!(benches, task_precedence_graph, epoch_commit, in_process_transactions);
+criterion_group!(benches, resident_keys, task_precedence_graph, epoch_commit, in_process_transactions);
 criterion_main!(benches);
