@@ -165,8 +165,9 @@ fn run_client<D: TransferDriver>(
                 let sent = match interval {
                     Some(interval) => {
                         tokio::time::sleep_until(next_send.into()).await;
+                        let intended = next_send;
                         next_send += interval;
-                        next_send - interval
+                        intended
                     }
                     None => Instant::now(),
                 };

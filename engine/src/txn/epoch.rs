@@ -215,50 +215,36 @@ impl EpochDriver {
         epoch: u64,
         runnable: Vec<Submission>,
     ) -> Result<Vec<(PreparedTransaction, super::Reply)>, (Rejection, Vec<Submission>)> {
-        // The storage keys of every access, resolved in one batched lookup; misses are
-        // remembered by position, loaded in one batched read, and filled in afterwards.
+        // The storage keys of every access, resolved in one batched lookup; the misses are
+        // loaded in one batched read and looked up again.
         let keys = BatchKeys::of(&runnable);
         let mut found = Vec::with_capacity(keys.len());
         self.slots.lookup_many(keys.iter(), &mut found);
-        let mut found = found.into_iter();
-        let mut keys_in_order = keys.iter();
-        let mut resolved: Vec<Vec<Option<(u32, SlotPointer)>>> = Vec::with_capacity(runnable.len());
-        let mut missing: Vec<(Vec<u8>, usize, usize)> = Vec::new();
-        for (position, submission) in runnable.iter().enumerate() {
-            let count = submission.transaction.accesses.entries().len();
-            let slots = (0..count)
-                .map(|index| {
-                    let slot = found.next().expect("one lookup per access");
-                    let key = keys_in_order.next().expect("one key per access");
-                    if slot.is_none() {
-                        missing.push((key.to_vec(), position, index));
-                    }
-                    slot
-                })
-                .collect();
-            resolved.push(slots);
-        }
+        let mut missing: Vec<&[u8]> =
+            keys.iter().zip(&found).filter(|(_, found)| found.is_none()).map(|(key, _)| key).collect();
         if !missing.is_empty() {
-            let mut unique: Vec<&[u8]> = missing.iter().map(|(key, _, _)| key.as_slice()).collect();
-            unique.sort_unstable();
-            unique.dedup();
-            let values = match self.storage.read_values(&unique) {
+            missing.sort_unstable();
+            missing.dedup();
+            let values = match self.storage.read_values(&missing) {
                 Ok(values) => values,
                 Err(error) => return Err((Rejection::Storage(error.to_string()), runnable)),
             };
-            for (storage_key, value) in unique.iter().zip(values) {
+            for (storage_key, value) in missing.iter().zip(values) {
                 self.slots.insert(storage_key, value);
             }
-            for (storage_key, position, index) in &missing {
-                resolved[*position][*index] = self.slots.lookup(storage_key);
-            }
         }
+        let slots: Vec<(u32, SlotPointer)> = found
+            .into_iter()
+            .zip(keys.iter())
+            .map(|(found, key)| found.or_else(|| self.slots.lookup(key)).expect("every key was made resident above"))
+            .collect();
         // SAFETY: between epochs; the executors get these slots only below.
-        unsafe { SlotStore::prefetch_values(resolved.iter().flatten().flatten().map(|&(_, pointer)| pointer)) };
+        unsafe { SlotStore::prefetch_values(slots.iter().map(|&(_, pointer)| pointer)) };
+        let mut slots = slots.into_iter();
         let mut prepared = Vec::with_capacity(runnable.len());
-        for (sequence, (submission, slots)) in runnable.into_iter().zip(resolved).enumerate() {
+        for (sequence, submission) in runnable.into_iter().enumerate() {
             let Submission { transaction, reply } = submission;
-            let slots = slots.into_iter().map(|slot| slot.expect("every key was made resident above")).collect();
+            let slots = slots.by_ref().take(transaction.accesses.entries().len()).collect();
             let timestamp = Timestamp { epoch, node: self.node, sequence: sequence as u32 };
             prepared.push((PreparedTransaction { planned: transaction, timestamp, slots }, reply));
         }
@@ -272,8 +258,8 @@ impl EpochDriver {
 /// batch joins it); one found in storage after all is answered from there.
 pub(crate) fn admit(ledger_cell: &Mutex<Ledger>, storage: &Storage, batch: Vec<Submission>) -> Vec<Submission> {
     let mut runnable = Vec::with_capacity(batch.len());
-    // Where the tracked ids that must be looked up in storage are in `runnable`.
-    let mut started: Vec<usize> = Vec::new();
+    // Tracked ids new to the ledger: they run unless storage knows their outcome.
+    let mut started: Vec<Submission> = Vec::new();
     {
         let mut ledger = ledger_cell.lock();
         for submission in batch {
@@ -286,65 +272,40 @@ pub(crate) fn admit(ledger_cell: &Mutex<Ledger>, storage: &Storage, batch: Vec<S
                 // A retry of a completed request gets its durable outcome.
                 Admission::Done(outcome, reply) => reply.send(Ok(outcome)),
                 Admission::Joined => {}
-                Admission::Started(reply) => {
-                    started.push(runnable.len());
-                    runnable.push(Submission { transaction, reply });
-                }
+                Admission::Started(reply) => started.push(Submission { transaction, reply }),
             }
         }
     }
     if started.is_empty() {
         return runnable;
     }
-    let ids: Vec<_> = started.iter().map(|&position| &runnable[position].transaction.request_id).collect();
+    let ids: Vec<_> = started.iter().map(|submission| &submission.transaction.request_id).collect();
     let stored = storage.read_results(&ids);
     let mut ledger = ledger_cell.lock();
     let stored = match stored {
         Ok(stored) => stored,
         Err(error) => {
             let rejection = Rejection::Storage(error.to_string());
-            let mut refused = vec![false; runnable.len()];
-            for &position in &started {
-                refused[position] = true;
-                for waiter in ledger.abandon(&runnable[position].transaction.request_id) {
+            for submission in started {
+                for waiter in ledger.abandon(&submission.transaction.request_id) {
                     waiter.send(Err(rejection.clone()));
                 }
+                reject(submission, rejection.clone());
             }
-            return keep_unmarked(runnable, &refused, |submission| reject(submission, rejection.clone()));
+            return runnable;
         }
     };
-    if stored.iter().all(Option::is_none) {
-        return runnable;
-    }
-    // Retries of requests the ledger had forgotten: answered from storage, not run.
-    let mut answered = vec![false; runnable.len()];
-    let mut outcomes = Vec::new();
-    for (&position, stored) in started.iter().zip(stored) {
-        if let Some(outcome) = stored {
-            answered[position] = true;
-            for waiter in ledger.found_in_storage(&runnable[position].transaction.request_id, outcome.clone()) {
-                waiter.send(Ok(outcome.clone()));
+    for (submission, stored) in started.into_iter().zip(stored) {
+        match stored {
+            // A retry of a request the ledger had forgotten: answered from storage, not run.
+            Some(outcome) => {
+                for waiter in ledger.found_in_storage(&submission.transaction.request_id, outcome.clone()) {
+                    waiter.send(Ok(outcome.clone()));
+                }
+                submission.reply.send(Ok(outcome));
             }
-            outcomes.push(outcome);
+            None => runnable.push(submission),
         }
     }
-    drop(ledger);
-    let mut outcomes = outcomes.into_iter();
-    keep_unmarked(runnable, &answered, |submission| {
-        let outcome = outcomes.next().expect("an outcome for every answered submission");
-        submission.reply.send(Ok(outcome));
-    })
-}
-
-/// The submissions not marked, in order; each marked one is handed to `take`, in order.
-fn keep_unmarked(submissions: Vec<Submission>, marked: &[bool], mut take: impl FnMut(Submission)) -> Vec<Submission> {
-    let mut kept = Vec::with_capacity(submissions.len());
-    for (submission, &marked) in submissions.into_iter().zip(marked) {
-        if marked {
-            take(submission);
-        } else {
-            kept.push(submission);
-        }
-    }
-    kept
+    runnable
 }
