@@ -134,7 +134,7 @@ fn epoch_commit(c: &mut Criterion) {
                 number += 1;
                 make_record(number)
             },
-            |record| storage.checkpoint(std::slice::from_ref(&record), false).expect("checkpoint"),
+            |record| storage.checkpoint(std::slice::from_ref(&record)).expect("checkpoint"),
             BatchSize::SmallInput,
         )
     });

@@ -122,9 +122,9 @@ impl Checkpointer {
             }
             let started = Instant::now();
             let _span = tracing::debug_span!("checkpoint", epoch = newest, records = records.len()).entered();
-            // Not synced: the records are durable in the log, and the next synced write (or
-            // the log itself after a crash) makes the checkpoint durable too.
-            match self.storage.checkpoint(&records, false) {
+            // Not logged or synced: the records are durable in the log, which is folded
+            // again after a crash that loses the checkpoint (see `Storage::checkpoint`).
+            match self.storage.checkpoint(&records) {
                 Ok(()) => {
                     self.ledger.lock().checkpointed(newest);
                     self.stats.checkpointed_epoch.fetch_max(newest, Ordering::AcqRel);
