@@ -121,8 +121,76 @@ pub(crate) fn decide(requester: u64, holder: Holder) -> Decision {
     }
 }
 
-/// The transaction died on a conflict (wait-die).
-struct Died;
+/// The two words of a key that 2PL works on, wherever they live: a resident record's
+/// atomics on this node ([`KeyRecord`]), or a record slot in another node's registered
+/// memory, reached with one-sided fabric operations (`cc::fabric_records`). The protocol
+/// below is written once against this trait, so the lock word means the same on both.
+///
+/// Orderings: the local implementation uses acquire/release as the protocol needs; a
+/// fabric operation is ordered after the same thread's earlier ones by the fabric's
+/// memory model.
+pub(crate) trait LockWords {
+    /// Why an operation on the words failed (never, for local words).
+    type Error;
+    /// Replaces the lock word with `new` if it is `current`: `Ok(previous)` when swapped,
+    /// `Err(previous)` when not.
+    fn compare_exchange(&self, current: u64, new: u64) -> Result<Result<u64, u64>, Self::Error>;
+    /// Adds `delta` (wrapping) to the lock word; returns its previous value.
+    fn fetch_add(&self, delta: u64) -> Result<u64, Self::Error>;
+    /// The lock word now.
+    fn load(&self) -> Result<u64, Self::Error>;
+    /// The oldest-reader bound now.
+    fn oldest_reader(&self) -> Result<u64, Self::Error>;
+    /// Lowers the oldest-reader bound to `timestamp` if it is above.
+    fn lower_oldest_reader(&self, timestamp: u64) -> Result<(), Self::Error>;
+    /// Sets the oldest-reader bound to "none" (`u64::MAX`).
+    fn clear_oldest_reader(&self) -> Result<(), Self::Error>;
+}
+
+impl LockWords for KeyRecord {
+    type Error = std::convert::Infallible;
+
+    fn compare_exchange(&self, current: u64, new: u64) -> Result<Result<u64, u64>, Self::Error> {
+        Ok(self.lock_word.compare_exchange(current, new, Ordering::AcqRel, Ordering::Acquire))
+    }
+
+    fn fetch_add(&self, delta: u64) -> Result<u64, Self::Error> {
+        Ok(self.lock_word.fetch_add(delta, Ordering::AcqRel))
+    }
+
+    fn load(&self) -> Result<u64, Self::Error> {
+        Ok(self.lock_word.load(Ordering::Acquire))
+    }
+
+    fn oldest_reader(&self) -> Result<u64, Self::Error> {
+        Ok(self.oldest_reader.load(Ordering::Acquire))
+    }
+
+    fn lower_oldest_reader(&self, timestamp: u64) -> Result<(), Self::Error> {
+        self.oldest_reader.fetch_min(timestamp, Ordering::AcqRel);
+        Ok(())
+    }
+
+    fn clear_oldest_reader(&self) -> Result<(), Self::Error> {
+        self.oldest_reader.store(u64::MAX, Ordering::Release);
+        Ok(())
+    }
+}
+
+/// Why a lock was not taken.
+#[derive(Debug)]
+pub(crate) enum NotTaken<E> {
+    /// The transaction died on a conflict (wait-die).
+    Died,
+    /// An operation on the lock words failed (a fabric error; never for local words).
+    Failed(E),
+}
+
+impl<E> From<E> for NotTaken<E> {
+    fn from(error: E) -> NotTaken<E> {
+        NotTaken::Failed(error)
+    }
+}
 
 fn exclusive_holder(field: u64) -> Holder {
     if field == MAINTENANCE {
@@ -132,11 +200,12 @@ fn exclusive_holder(field: u64) -> Holder {
     }
 }
 
-fn lock_exclusive(record: &KeyRecord, timestamp: u64) -> Result<(), Died> {
+/// Takes the key exclusively for the transaction with wait-die `timestamp`.
+pub(crate) fn lock_exclusive<W: LockWords + ?Sized>(words: &W, timestamp: u64) -> Result<(), NotTaken<W::Error>> {
     let mine = timestamp << READER_BITS;
     let mut backoff = Backoff::new();
     loop {
-        let current = match record.lock_word.compare_exchange(0, mine, Ordering::AcqRel, Ordering::Acquire) {
+        let current = match words.compare_exchange(0, mine)? {
             Ok(_) => return Ok(()),
             Err(current) => current,
         };
@@ -145,41 +214,44 @@ fn lock_exclusive(record: &KeyRecord, timestamp: u64) -> Result<(), Died> {
             LockState::Free => continue,
             LockState::Exclusive { holder } => Holder::Exclusive(holder),
             LockState::Maintenance => Holder::Maintenance,
-            LockState::Shared { .. } => Holder::Readers { oldest: record.oldest_reader.load(Ordering::Acquire) },
+            LockState::Shared { .. } => Holder::Readers { oldest: words.oldest_reader()? },
         };
         match decide(timestamp, holder) {
             Decision::Wait => backoff.snooze(),
-            Decision::Die => return Err(Died),
+            Decision::Die => return Err(NotTaken::Died),
         }
     }
 }
 
-fn unlock_exclusive(record: &KeyRecord, timestamp: u64) {
+/// Releases an exclusive hold of the transaction with wait-die `timestamp`.
+pub(crate) fn unlock_exclusive<W: LockWords + ?Sized>(words: &W, timestamp: u64) -> Result<(), W::Error> {
     // Nobody holds the key shared now, so "no reader" is the exact bound.
-    record.oldest_reader.store(u64::MAX, Ordering::Release);
-    let previous = record.lock_word.fetch_sub(timestamp << READER_BITS, Ordering::AcqRel);
+    words.clear_oldest_reader()?;
+    let previous = words.fetch_add((timestamp << READER_BITS).wrapping_neg())?;
     assert_eq!(previous >> READER_BITS, timestamp, "released an exclusive lock held by another transaction");
+    Ok(())
 }
 
-fn lock_shared(record: &KeyRecord, timestamp: u64) -> Result<(), Died> {
+/// Takes the key shared for the transaction with wait-die `timestamp`.
+pub(crate) fn lock_shared<W: LockWords + ?Sized>(words: &W, timestamp: u64) -> Result<(), NotTaken<W::Error>> {
     let mut backoff = Backoff::new();
     loop {
-        let previous = record.lock_word.fetch_add(1, Ordering::AcqRel);
+        let previous = words.fetch_add(1)?;
         assert!(previous & READER_MASK < READER_MASK, "the reader count of a lock word overflowed");
         let field = previous >> READER_BITS;
         if field == 0 {
-            record.oldest_reader.fetch_min(timestamp, Ordering::AcqRel);
+            words.lower_oldest_reader(timestamp)?;
             return Ok(());
         }
         // A writer (or maintenance) holds the key: take the increment back and decide.
-        record.lock_word.fetch_sub(1, Ordering::AcqRel);
+        words.fetch_add(1u64.wrapping_neg())?;
         let mut holder = exclusive_holder(field);
         loop {
             if decide(timestamp, holder) == Decision::Die {
-                return Err(Died);
+                return Err(NotTaken::Died);
             }
             backoff.snooze();
-            match record.lock_word.load(Ordering::Acquire) >> READER_BITS {
+            match words.load()? >> READER_BITS {
                 0 => break,
                 field => holder = exclusive_holder(field),
             }
@@ -187,18 +259,20 @@ fn lock_shared(record: &KeyRecord, timestamp: u64) -> Result<(), Died> {
     }
 }
 
-fn unlock_shared(record: &KeyRecord) {
-    let previous = record.lock_word.fetch_sub(1, Ordering::AcqRel);
+/// Releases a shared hold.
+pub(crate) fn unlock_shared<W: LockWords + ?Sized>(words: &W) -> Result<(), W::Error> {
+    let previous = words.fetch_add(1u64.wrapping_neg())?;
     assert!(previous & READER_MASK > 0, "released a shared lock that was not held");
     // The last reader left: reset the bound under a momentary hold, so that a reader
     // arriving now cannot be left out of it.
     if previous == 1 {
         let maintenance = MAINTENANCE << READER_BITS;
-        if record.lock_word.compare_exchange(0, maintenance, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
-            record.oldest_reader.store(u64::MAX, Ordering::Release);
-            record.lock_word.fetch_sub(maintenance, Ordering::AcqRel);
+        if words.compare_exchange(0, maintenance)?.is_ok() {
+            words.clear_oldest_reader()?;
+            words.fetch_add(maintenance.wrapping_neg())?;
         }
     }
+    Ok(())
 }
 
 /// Takes every lock in access-set order; on death returns how many are held.
@@ -209,8 +283,10 @@ fn lock_all(attempt: &Attempt) -> Result<(), usize> {
             AccessMode::Read => lock_shared(record, attempt.timestamp),
             AccessMode::Write => lock_exclusive(record, attempt.timestamp),
         };
-        if taken.is_err() {
-            return Err(index);
+        match taken {
+            Ok(()) => {}
+            Err(NotTaken::Died) => return Err(index),
+            Err(NotTaken::Failed(never)) => match never {},
         }
     }
     Ok(())
@@ -226,10 +302,10 @@ fn unlock(attempt: &Attempt, held: usize) {
 /// Releases one lock taken in `mode` by the transaction with wait-die `timestamp` (also
 /// the watchdog's way to release the locks of an abandoned call).
 pub(crate) fn release(record: &KeyRecord, mode: AccessMode, timestamp: u64) {
-    match mode {
+    let Ok(()) = match mode {
         AccessMode::Read => unlock_shared(record),
         AccessMode::Write => unlock_exclusive(record, timestamp),
-    }
+    };
 }
 
 /// Runs one transaction to its outcome under 2PL and hands it to the sequencer (unless the
@@ -274,9 +350,9 @@ mod tests {
         assert_eq!(record.oldest_reader.load(Ordering::Acquire), 5);
         // Younger than the oldest reader: dies instead of waiting.
         assert!(lock_exclusive(record, 9).is_err());
-        unlock_shared(record);
+        let Ok(()) = unlock_shared(record);
         assert_eq!(record.oldest_reader.load(Ordering::Acquire), 5, "a lower bound may stay low while readers remain");
-        unlock_shared(record);
+        let Ok(()) = unlock_shared(record);
         assert_eq!(word(), 0, "the last reader leaves the word free");
         assert_eq!(record.oldest_reader.load(Ordering::Acquire), u64::MAX, "and resets the bound");
 
@@ -286,7 +362,7 @@ mod tests {
         assert!(lock_shared(record, 12).is_err());
         assert!(lock_exclusive(record, 10).is_err());
         assert_eq!(word(), 9 << READER_BITS);
-        unlock_exclusive(record, 9);
+        let Ok(()) = unlock_exclusive(record, 9);
         assert_eq!(word(), 0);
         assert_eq!(record.oldest_reader.load(Ordering::Acquire), u64::MAX);
     }
@@ -366,11 +442,12 @@ mod tests {
                             }
                         };
                         let unlock = |record: &KeyRecord| {
-                            if write {
+                            let released = if write {
                                 unlock_exclusive(record, timestamp)
                             } else {
                                 unlock_shared(record)
-                            }
+                            };
+                            let Ok(()) = released;
                         };
                         loop {
                             if lock(a).is_err() {
