@@ -215,8 +215,9 @@ pub struct DriverState {
     counts: AccessCounts,
     /// Decayed transactions run per node (N_i), learned from every epoch's batches.
     loads: LoadCounts,
-    /// Keys this node's transactions or virtual vertices used in the running epoch.
-    touched: FxHashSet<Vec<u8>>,
+    /// Keys this node's transactions or virtual vertices used in the running epoch, each
+    /// once (`AccessCounts::record` tells the first access of an epoch).
+    touched: Vec<Vec<u8>>,
     /// Leases this node decided to give up, announced with its next batch.
     announce: Vec<(Vec<u8>, NodeId)>,
     /// Keys with a move announced and not yet in effect.
@@ -251,7 +252,7 @@ impl DriverState {
             counts: AccessCounts::new(node_count, placement.unwrap_or_default()),
             loads: LoadCounts::new(node_count, placement.unwrap_or_default().half_life_epochs),
             placement,
-            touched: FxHashSet::default(),
+            touched: Vec::new(),
             announce: Vec::new(),
             moving: FxHashSet::default(),
             pending_moves: BTreeMap::new(),
@@ -674,9 +675,8 @@ impl ClusterDriver {
                 let is_declared = index < declared_count;
                 if holder == me {
                     local_accesses += u64::from(is_declared);
-                    if counting && is_declared {
-                        self.state.counts.record(&key, me, epoch);
-                        self.state.touched.insert(key.clone());
+                    if counting && is_declared && self.state.counts.record(&key, me, epoch) {
+                        self.state.touched.push(key.clone());
                     }
                 } else {
                     remote_accesses += u64::from(is_declared);
@@ -790,54 +790,66 @@ impl ClusterDriver {
             }
         }
 
-        // 3. Resident keys: the local keys of local transactions and every key of the
-        // virtual vertices.
-        let mut missing: Vec<Vec<u8>> = Vec::new();
-        for keys in &storage_keys {
-            for (key, local, _) in keys {
-                if *local && self.state.slots.lookup(key).is_none() {
-                    missing.push(key.clone());
+        // 3. Resident keys: the local keys of local transactions, then every key of the
+        // virtual vertices (in node order), resolved in one batched lookup whose cache
+        // misses overlap (`storage::key_index`); the steps below take the slots from
+        // `resolved` in the same order instead of looking each key up again.
+        let mut resolved: Vec<Option<(u32, SlotPointer)>> = Vec::new();
+        let local_resolved_count = {
+            let mut lookup_keys: Vec<&[u8]> = Vec::new();
+            for keys in &storage_keys {
+                lookup_keys.extend(keys.iter().filter(|(_, local, _)| *local).map(|(key, _, _)| key.as_slice()));
+            }
+            let local_count = lookup_keys.len();
+            for transactions in incoming.iter().flatten() {
+                for transaction in transactions {
+                    lookup_keys.extend(transaction.keys.iter().map(|(_, key)| key.as_slice()));
                 }
             }
-        }
-        for transactions in incoming.iter().flatten() {
-            for transaction in transactions {
-                for (_, key) in &transaction.keys {
-                    if self.state.slots.lookup(key).is_none() {
-                        missing.push(key.clone());
+            resolved.reserve(lookup_keys.len());
+            self.state.slots.lookup_many(lookup_keys.iter().copied(), &mut resolved);
+            let mut missing: Vec<&[u8]> =
+                lookup_keys.iter().zip(&resolved).filter(|(_, slot)| slot.is_none()).map(|(key, _)| *key).collect();
+            if !missing.is_empty() {
+                missing.sort_unstable();
+                missing.dedup();
+                match self.storage.read_values(&missing) {
+                    Ok(values) => {
+                        for (key, value) in missing.iter().zip(values) {
+                            let (_, slot) = self.state.slots.insert(key, value);
+                            // SAFETY: the store is alive; nothing else uses a new slot.
+                            let slot = unsafe { slot.get() };
+                            slot.lease_word().store(LeaseWord::held(me, lease_epoch).0, Ordering::Release);
+                        }
+                        self.stats.resident_keys.store(self.state.slots.len() as u64, Ordering::Relaxed);
+                    }
+                    Err(error) => {
+                        // The peers wait for this node's part of the epoch, which it cannot
+                        // give: stop taking work (the node must be restarted).
+                        tracing::error!(%error, "cannot load keys; the node stops taking work");
+                        self.stats.failed.store(true, Ordering::Release);
+                        return Err(self.abandon(runnable, Interrupted::Stopping));
+                    }
+                }
+                for (key, slot) in lookup_keys.iter().zip(resolved.iter_mut()) {
+                    if slot.is_none() {
+                        *slot = self.state.slots.lookup(key);
                     }
                 }
             }
-        }
-        if !missing.is_empty() {
-            missing.sort_unstable();
-            missing.dedup();
-            let keys: Vec<&[u8]> = missing.iter().map(Vec::as_slice).collect();
-            match self.storage.read_values(&keys) {
-                Ok(values) => {
-                    for (key, value) in keys.iter().zip(values) {
-                        let (_, slot) = self.state.slots.insert(key, value);
-                        // SAFETY: the store is alive; nothing else uses a new slot.
-                        let slot = unsafe { slot.get() };
-                        slot.lease_word().store(LeaseWord::held(me, lease_epoch).0, Ordering::Release);
-                    }
-                    self.stats.resident_keys.store(self.state.slots.len() as u64, Ordering::Relaxed);
-                }
-                Err(error) => {
-                    // The peers wait for this node's part of the epoch, which it cannot
-                    // give: stop taking work (the node must be restarted).
-                    tracing::error!(%error, "cannot load keys; the node stops taking work");
-                    self.stats.failed.store(true, Ordering::Release);
-                    return Err(self.abandon(runnable, Interrupted::Stopping));
-                }
-            }
-        }
+            local_count
+        };
+        let resolved: Vec<(u32, SlotPointer)> =
+            resolved.into_iter().map(|slot| slot.expect("made resident above")).collect();
+        let (local_resolved, virtual_resolved) = resolved.split_at(local_resolved_count);
 
         // 4. The vertices in timestamp order, and the graph over the keys held here.
         let mut vertices: Vec<Vertex> = Vec::new();
         let mut vertex_keys: Vec<Vec<(u32, AccessMode)>> = Vec::new();
         let mut local_base = 0u32;
         let mut virtual_index: Vec<FxHashMap<u32, u32>> = (0..node_count).map(|_| FxHashMap::default()).collect();
+        let mut local_slots = local_resolved.iter();
+        let mut virtual_slots = virtual_resolved.iter();
         for node in 0..self.node_count {
             if node == me {
                 local_base = vertices.len() as u32;
@@ -845,7 +857,7 @@ impl ClusterDriver {
                     let keys = transaction_keys
                         .iter()
                         .filter(|(_, local, _)| *local)
-                        .map(|(key, _, mode)| (self.state.slots.lookup(key).expect("made resident above").0, *mode))
+                        .map(|(_, _, mode)| (local_slots.next().expect("one resolved slot per local key").0, *mode))
                         .collect();
                     vertices.push(Vertex::Local { transaction: sequence as u32 });
                     vertex_keys.push(keys);
@@ -856,12 +868,11 @@ impl ClusterDriver {
                 let mut numbers = Vec::with_capacity(transaction.keys.len());
                 let mut keys = Vec::with_capacity(transaction.keys.len());
                 for (mode, key) in &transaction.keys {
-                    let (number, pointer) = self.state.slots.lookup(key).expect("made resident above");
+                    let (number, pointer) = *virtual_slots.next().expect("one resolved slot per virtual key");
                     numbers.push((number, *mode));
                     keys.push((pointer, *mode));
-                    if counting && !is_request_id_key(key) {
-                        self.state.counts.record(key, node, epoch);
-                        self.state.touched.insert(key.clone());
+                    if counting && !is_request_id_key(key) && self.state.counts.record(key, node, epoch) {
+                        self.state.touched.push(key.clone());
                     }
                 }
                 virtual_index[usize::from(node)].insert(transaction.sequence, vertices.len() as u32);
@@ -887,6 +898,7 @@ impl ClusterDriver {
         let mut group_copies: Vec<Vec<usize>> = Vec::with_capacity(runnable.len());
         let mut id_slots: Vec<Option<SlotPointer>> = Vec::with_capacity(runnable.len());
         let mut next_copy = 0usize;
+        let mut local_slots = local_resolved.iter();
         for (sequence, submission) in runnable.into_iter().enumerate() {
             let Submission { transaction, reply } = submission;
             let mut copy_of_access: Vec<Option<usize>> = vec![None; storage_keys[sequence].len()];
@@ -901,10 +913,10 @@ impl ClusterDriver {
             let mut slots: Vec<(u32, SlotPointer)> = storage_keys[sequence]
                 .iter()
                 .zip(&copy_of_access)
-                .map(|((key, local, _), copy)| match copy {
+                .map(|((_, local, _), copy)| match copy {
                     None => {
                         debug_assert!(*local);
-                        self.state.slots.lookup(key).expect("made resident above")
+                        *local_slots.next().expect("one resolved slot per local key")
                     }
                     Some(copy) => (u32::MAX, SlotPointer::to(&borrowed[*copy])),
                 })
@@ -1193,13 +1205,14 @@ impl ClusterDriver {
             if self.state.announce.len() >= config.moves_per_epoch_max {
                 break;
             }
+            // The counts first: they keep nearly every key where it is, and the checks
+            // after them cost two more lookups.
+            let Some(to) = self.state.counts.decide(&key, self.node, epoch) else { continue };
             if self.state.moving.contains(&key) || table.holder(&key) != self.node {
                 continue;
             }
-            if let Some(to) = self.state.counts.decide(&key, self.node, epoch) {
-                self.state.moving.insert(key.clone());
-                self.state.announce.push((key, to));
-            }
+            self.state.moving.insert(key.clone());
+            self.state.announce.push((key, to));
         }
     }
 

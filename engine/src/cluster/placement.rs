@@ -51,6 +51,8 @@ struct KeyCounts {
     per_node: Vec<f64>,
     /// The epoch the counts are decayed to.
     epoch: u64,
+    /// The epoch of the last recorded access.
+    recorded_epoch: u64,
 }
 
 impl KeyCounts {
@@ -84,20 +86,25 @@ impl AccessCounts {
         self.keys.len()
     }
 
-    /// Counts one access to `key` by a transaction of `node` in `epoch`.
-    pub fn record(&mut self, key: &[u8], node: NodeId, epoch: u64) {
+    /// Counts one access to `key` by a transaction of `node` in `epoch`; `true` when it
+    /// is the key's first access in `epoch` (so the caller lists each key once per epoch
+    /// without a set of its own).
+    pub fn record(&mut self, key: &[u8], node: NodeId, epoch: u64) -> bool {
         let half_life = self.config.half_life_epochs;
         if let Some(counts) = self.keys.get_mut(key) {
             counts.decay_to(epoch, half_life);
             counts.per_node[usize::from(node)] += 1.0;
-            return;
+            let first = counts.recorded_epoch != epoch;
+            counts.recorded_epoch = epoch;
+            return first;
         }
         if self.keys.len() >= self.config.tracked_keys_max {
             self.forget_coldest(epoch);
         }
         let mut per_node = vec![0.0; self.node_count];
         per_node[usize::from(node)] = 1.0;
-        self.keys.insert(key.into(), KeyCounts { per_node, epoch });
+        self.keys.insert(key.into(), KeyCounts { per_node, epoch, recorded_epoch: epoch });
+        true
     }
 
     /// Drops the coldest tenth of the tracked keys.
@@ -241,6 +248,17 @@ mod tests {
         }
         assert_eq!(counts.decide(b"k", 1, 60), Some(2), "the old affinity faded");
         assert_eq!(counts.decide(b"unknown", 0, 60), None);
+    }
+
+    #[test]
+    fn record_tells_the_first_access_of_each_epoch() {
+        let mut counts = AccessCounts::new(2, config());
+        assert!(counts.record(b"k", 0, 7), "a new key");
+        assert!(!counts.record(b"k", 1, 7), "again in the same epoch, from any node");
+        assert!(counts.record(b"other", 1, 7));
+        assert!(counts.record(b"k", 0, 8), "the next epoch");
+        counts.forget(b"k");
+        assert!(counts.record(b"k", 0, 8), "a forgotten key starts over");
     }
 
     #[test]
