@@ -294,7 +294,7 @@ fn run_client(
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
         let connection = Rc::new(if config.route_by_lease_table {
-            Connection::Routed(ClusterClient::connect(&address.to_string(), &[]).await?)
+            Connection::Routed(Box::new(ClusterClient::connect(&address.to_string(), &[]).await?))
         } else {
             Connection::Node(Client::connect(address).await?)
         });
@@ -337,7 +337,7 @@ fn run_client(
                     }
                     let invocations: Vec<_> = {
                         let mut generator = generator.borrow_mut();
-                        (0..config.batch).map(|_| generator.next()).collect()
+                        (0..config.batch).map(|_| generator.next_request()).collect()
                     };
                     let workflows: Vec<String> = invocations.iter().map(|i| i.workflow.clone()).collect();
                     let results = connection.invoke_many(config.workload, invocations).await?;
@@ -385,7 +385,8 @@ fn run_client(
 /// requests routed by the lease table.
 enum Connection {
     Node(Client),
-    Routed(ClusterClient),
+    // Boxed: a routing client holds a connection per node and is much larger.
+    Routed(Box<ClusterClient>),
 }
 
 impl Connection {

@@ -253,7 +253,7 @@ impl Generator {
     }
 
     /// The next request (a transfer for banking and YCSB-T), with a unique request id.
-    pub fn next(&mut self) -> Invocation {
+    pub fn next_request(&mut self) -> Invocation {
         let (workflow, arguments) = match self.kind {
             WorkloadKind::Banking | WorkloadKind::YcsbT => ("transfer", self.next_transfer()),
             WorkloadKind::Smallbank => self.next_smallbank(),
@@ -649,7 +649,7 @@ mod tests {
         let mut b = Generator::new(WorkloadKind::Banking, 1000, 0.99, 42, 1, 7);
         let mut ids = std::collections::HashSet::new();
         for _ in 0..100 {
-            let (x, y) = (a.next(), b.next());
+            let (x, y) = (a.next_request(), b.next_request());
             assert_eq!(x.arguments, y.arguments);
             assert!(ids.insert(x.request_id));
         }
@@ -709,7 +709,7 @@ mod tests {
         let mut per_workflow = std::collections::HashMap::<String, usize>::new();
         let mut all_hot = 0usize;
         for _ in 0..DRAWS {
-            let invocation = generator.next();
+            let invocation = generator.next_request();
             assert_eq!(invocation.plugin, "smallbank");
             let customers = smallbank_customers(&invocation);
             assert!(customers.iter().all(|&c| c < 100_000));
@@ -734,7 +734,7 @@ mod tests {
         for kind in [WorkloadKind::Smallbank, WorkloadKind::Travel, WorkloadKind::Movie, WorkloadKind::Social] {
             let run = |seed, client| {
                 let mut generator = Generator::new(kind, 1_000, 0.0, seed, client, 9);
-                (0..200).map(|_| generator.next()).map(|i| (i.workflow, i.arguments)).collect::<Vec<_>>()
+                (0..200).map(|_| generator.next_request()).map(|i| (i.workflow, i.arguments)).collect::<Vec<_>>()
             };
             assert_eq!(run(5, 1), run(5, 1), "{kind:?} repeats with the same seed");
             assert_ne!(run(5, 1), run(6, 1), "{kind:?} changes with the seed");
@@ -746,7 +746,7 @@ mod tests {
     fn smallbank_with_fewer_customers_than_the_hot_set_stays_in_range() {
         let mut generator = Generator::new(WorkloadKind::Smallbank, 2, 0.0, 1, 0, 0);
         for _ in 0..1_000 {
-            assert!(smallbank_customers(&generator.next()).iter().all(|&c| c < 2));
+            assert!(smallbank_customers(&generator.next_request()).iter().all(|&c| c < 2));
         }
     }
 
@@ -757,7 +757,7 @@ mod tests {
         let mut generator = Generator::new(WorkloadKind::Travel, 100, 0.0, 11, 0, 1);
         let (mut searches, mut hotel_counts) = (0usize, vec![0usize; 100]);
         for _ in 0..DRAWS {
-            let invocation = generator.next();
+            let invocation = generator.next_request();
             match invocation.workflow.as_str() {
                 "search" => {
                     searches += 1;
@@ -788,7 +788,7 @@ mod tests {
         let mut review_ids = std::collections::HashSet::new();
         let mut ratings = [0usize; 11];
         for _ in 0..10_000 {
-            let invocation = generator.next();
+            let invocation = generator.next_request();
             assert_eq!((invocation.plugin.as_str(), invocation.workflow.as_str()), ("movie", "compose_review"));
             let compose: ComposeReview = decoded(&invocation);
             assert!(review_ids.insert(compose.review_id), "review id {} drawn twice", compose.review_id);

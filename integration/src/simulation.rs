@@ -36,6 +36,8 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 type NodeId = u16;
 type TxnId = u64;
+/// The transactions a node logged for one epoch: id and position.
+type LoggedTransactions = Vec<(TxnId, u32)>;
 
 /// A protocol bug planted on purpose, to show that the checkers catch it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -614,7 +616,7 @@ impl Simulation {
             }
             let n = &self.nodes[usize::from(node)];
             let running = n.batches.get(&n.epoch).is_some_and(|b| b.contains_key(&node));
-            let peer_waits = n.batches.get(&(n.epoch + 1)).is_some();
+            let peer_waits = n.batches.contains_key(&(n.epoch + 1));
             let room = n.awaiting.len() < 4;
             let wanted = !self.faults_over && n.epoch < self.config.epochs || peer_waits;
             if !running && room && wanted && self.random.chance(4000) {
@@ -652,7 +654,7 @@ pub fn simulate(seed: u64, config: SimulationConfig) -> SimulationReport {
         if !simulation.faults_over && simulation.nodes.iter().any(|n| n.alive && n.epoch >= config.epochs) {
             simulation.faults_over = true;
         }
-        if simulation.faults_over && steps % 64 == 0 && simulation.quiet() {
+        if simulation.faults_over && steps.is_multiple_of(64) && simulation.quiet() {
             break;
         }
     }
@@ -676,7 +678,7 @@ impl Simulation {
 
     fn check(&mut self) {
         // One committed log: every node logged the same transactions for every epoch.
-        let mut log: BTreeMap<u64, Vec<(NodeId, Vec<(TxnId, u32)>)>> = BTreeMap::new();
+        let mut log: BTreeMap<u64, Vec<(NodeId, LoggedTransactions)>> = BTreeMap::new();
         let mut divergent = Vec::new();
         for n in &self.nodes {
             for record in &n.disk.records {

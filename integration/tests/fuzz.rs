@@ -209,13 +209,16 @@ fn complete_frames(bytes: &[u8]) -> (usize, usize) {
     }
 }
 
+/// One chunk the recording proxy passed on: whether it came from the client, and its bytes.
+type RecordedChunk = (bool, Vec<u8>);
+
 /// A recording proxy: one client connection to `engine` through it. Both directions are
 /// logged in the order they happened, which is causal: the client's bytes are logged
 /// before they reach the engine, the engine's before they reach the client.
 fn record_session(engine: SocketAddr, session: impl FnOnce(SocketAddr)) -> Recording {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind the recording proxy");
     let address = listener.local_addr().expect("proxy address");
-    let log: Arc<Mutex<Vec<(bool, Vec<u8>)>>> = Arc::default();
+    let log: Arc<Mutex<Vec<RecordedChunk>>> = Arc::default();
     let proxy_log = log.clone();
     let proxy = std::thread::spawn(move || {
         let (mut client, _) = listener.accept().expect("the session connects");

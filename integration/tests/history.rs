@@ -205,7 +205,7 @@ impl Generator {
                 55..=64 => ops.push(ListOp::Append(window + self.below(LIST_KEYS), self.value())),
                 _ => {}
             }
-            if roll % 3 == 0 {
+            if roll.is_multiple_of(3) {
                 // Reads its own append.
                 ops.push(ListOp::Read(target));
             }

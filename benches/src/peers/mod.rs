@@ -195,7 +195,7 @@ impl PeerReport {
             retries: measurement.tally.retries,
             measured_seconds: measurement.measured_seconds,
             throughput_per_second: transactions as f64 / measurement.measured_seconds.max(1e-9),
-            latency: crate::run::Latency::of(&latency),
+            latency: crate::run::Latency::of(latency),
             sum_expected,
             sum_found,
         }
@@ -278,7 +278,7 @@ mod tests {
                     let mut leasehold = Generator::new(kind, 1000, theta, 42, client, 7);
                     let mut peer = TransferGenerator::new(kind, 1000, theta, 42, client);
                     for _ in 0..2000 {
-                        let expected = leasehold_transfer(kind, &leasehold.next().arguments);
+                        let expected = leasehold_transfer(kind, &leasehold.next_request().arguments);
                         assert_eq!(peer.next_transfer(), expected, "{kind:?} theta {theta} client {client}");
                     }
                 }

@@ -65,6 +65,9 @@ struct LeaseMove {
     to: NodeId,
 }
 
+/// A lease move as announced with a batch: the key and the node it moves to.
+type LeaseMoveAnnouncement = (Vec<u8>, NodeId);
+
 fn lease_entry_key(key: &[u8]) -> Vec<u8> {
     let mut entry = Vec::with_capacity(4 + key.len());
     data_key_into(&mut entry, LEASE_TABLE, key);
@@ -712,7 +715,7 @@ impl ClusterDriver {
         let mut incoming: Vec<Option<Vec<RemoteTransaction>>> = (0..node_count).map(|_| None).collect();
         // Lease moves announced this epoch (in effect from the next), by announcing node,
         // and the values of keys whose lease passes to this node now.
-        let mut announcements: Vec<(NodeId, Vec<(Vec<u8>, NodeId)>)> = vec![(me, announced)];
+        let mut announcements: Vec<(NodeId, Vec<LeaseMoveAnnouncement>)> = vec![(me, announced)];
         let mut arriving: Vec<KeyValue> = Vec::new();
         let mut deferred: Vec<(NodeId, Frame)> = Vec::new();
         for (from, frame) in self.state.early.remove(&epoch).unwrap_or_default() {

@@ -211,10 +211,13 @@ pub struct StoredMove {
 /// those announced in the agreed epoch itself that take effect with the next one. Moves
 /// announced later were undone with their epochs and are not in storage any more; any
 /// found anyway are left out.
+/// A key and the node that holds its lease.
+pub type LeaseHolder = (Box<[u8]>, NodeId);
+
 pub fn leases_as_of(
     moves: impl IntoIterator<Item = StoredMove>,
     agreed_epoch: u64,
-) -> (Vec<(Box<[u8]>, NodeId)>, Vec<StoredMove>) {
+) -> (Vec<LeaseHolder>, Vec<StoredMove>) {
     let mut in_effect = Vec::new();
     let mut next = Vec::new();
     for stored in moves {

@@ -134,7 +134,7 @@ pub fn overdue(threshold: Duration) -> Vec<OverdueCall> {
             })
         })
         .collect();
-    calls.sort_by(|a, b| b.running.cmp(&a.running));
+    calls.sort_by_key(|call| std::cmp::Reverse(call.running));
     calls
 }
 

@@ -156,6 +156,9 @@ pub fn data_key_append(buffer: &mut Vec<u8>, table_id: u32, key: &[u8]) {
     leasehold_keyspace::storage_key_append(buffer, table_id, key);
 }
 
+/// A key of `data` and its value.
+pub type StoredEntry = (Vec<u8>, Vec<u8>);
+
 impl Storage {
     /// Opens (creating if needed) the database under `path` with default options.
     pub fn open(path: &Path) -> Result<Storage, StorageError> {
@@ -298,7 +301,7 @@ impl Storage {
     }
 
     /// Every key of `data` that starts with `prefix`, with its value, in key order.
-    pub fn scan_values(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    pub fn scan_values(&self, prefix: &[u8]) -> Result<Vec<StoredEntry>, StorageError> {
         let mode = rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward);
         let mut found = Vec::new();
         for entry in self.db.iterator_cf(self.cf(CF_DATA), mode) {

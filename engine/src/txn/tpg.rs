@@ -194,10 +194,9 @@ mod tests {
         for from in (0..n).rev() {
             for &to in g.successors(from) {
                 reach[from][to as usize] = true;
-                for later in 0..n {
-                    if reach[to as usize][later] {
-                        reach[from][later] = true;
-                    }
+                let reached_from_successor = reach[to as usize].clone();
+                for (reached, via_successor) in reach[from].iter_mut().zip(reached_from_successor) {
+                    *reached |= via_successor;
                 }
             }
         }

@@ -77,8 +77,11 @@ struct ResponderShared {
     next_connection_id: AtomicU64,
     /// Per client node: its newest connection's id, and the lock under which requests
     /// from that node are performed and a newer connection takes over.
-    clients: Mutex<FxHashMap<NodeId, (u64, Arc<Mutex<()>>)>>,
+    clients: Mutex<FxHashMap<NodeId, ClientConnection>>,
 }
+
+/// A client node's newest connection id, and the lock its requests are performed under.
+type ClientConnection = (u64, Arc<Mutex<()>>);
 
 impl TcpFabric {
     /// Starts node `node`'s responder on `listen` (port 0 picks a free port; see
