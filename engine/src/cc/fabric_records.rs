@@ -166,7 +166,8 @@ impl<'a> RecordSlot<'a> {
     /// was read; `false` when another transaction holds or changed it.
     pub(crate) fn lock_version(&self, version: u64) -> Result<bool, RecordError> {
         debug_assert_eq!(version & super::occ::LOCKED, 0, "a version read is never locked");
-        let previous = self.region.compare_and_swap(self.offset + LOCK_WORD_OFFSET, version, version | super::occ::LOCKED)?;
+        let previous =
+            self.region.compare_and_swap(self.offset + LOCK_WORD_OFFSET, version, version | super::occ::LOCKED)?;
         Ok(previous == version)
     }
 
@@ -307,7 +308,11 @@ mod tests {
         assert_eq!(LockState::of(mine.load().expect("load")), LockState::Exclusive { holder: 9 });
         assert!(matches!(lock_shared(&mine, 12), Err(NotTaken::Died)));
         assert!(matches!(lock_exclusive(&mine, 10), Err(NotTaken::Died)));
-        assert_eq!(mine.load().expect("load"), 9 << super::super::twopl::READER_BITS, "a dying reader took its count back");
+        assert_eq!(
+            mine.load().expect("load"),
+            9 << super::super::twopl::READER_BITS,
+            "a dying reader took its count back"
+        );
         unlock_exclusive(&mine, 9).expect("release");
         assert_eq!(theirs.load().expect("load"), 0);
     }
@@ -343,7 +348,8 @@ mod tests {
         let slots = [a, b].map(|index| RecordSlot::at(views[1].as_ref(), index));
         let [in_a, in_b] = slots.map(|slot| balance(slot.read_value().expect("read")));
         assert_eq!(in_a + in_b, TOTAL);
-        let writes: u64 = (0..4u64).map(|thread| (0..operations).filter(|o| (o + thread) % 3 != 0).count() as u64).sum();
+        let writes: u64 =
+            (0..4u64).map(|thread| (0..operations).filter(|o| (o + thread) % 3 != 0).count() as u64).sum();
         assert_eq!(moved.load(Ordering::Relaxed), writes, "every write ran exactly once");
         for slot in slots {
             let word = slot.load().expect("load");

@@ -442,11 +442,8 @@ mod tests {
                             }
                         };
                         let unlock = |record: &KeyRecord| {
-                            let released = if write {
-                                unlock_exclusive(record, timestamp)
-                            } else {
-                                unlock_shared(record)
-                            };
+                            let released =
+                                if write { unlock_exclusive(record, timestamp) } else { unlock_shared(record) };
                             let Ok(()) = released;
                         };
                         loop {
