@@ -178,6 +178,16 @@ impl Storage {
         // every family's memtable in one atomic step keeps the deletion of folded log
         // records from reaching disk before the folded values do.
         options.set_atomic_flush(true);
+        // Compactions run at the lowest CPU priority: on a node whose cores are busy with
+        // transactions, a compaction burst otherwise takes a core for a second and the
+        // epochs queued behind it are the latency tail (measured: p99 at 100k/s about
+        // halved, see benches/RESULTS.md). They still run whenever the foreground waits
+        // (for an fsync, for requests), and if they fell behind, RocksDB's own write
+        // slowdown would give them the time. Flushes keep their priority: a memtable that
+        // cannot flush stops writes at once.
+        let mut env = rocksdb::Env::new().map_err(|source| StorageError::Open { path: path.into(), source })?;
+        env.lower_thread_pool_cpu_priority();
+        options.set_env(&env);
         let mut data_options = Options::default();
         data_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
         // Point lookups dominate (key loads, result lookups for new request ids), so a
