@@ -450,4 +450,20 @@ mod tests {
     fn record_slots_over_tcp() {
         conformance(tcp_nodes(), 300);
     }
+
+    /// Runs where an RDMA device exists; elsewhere says why it was skipped (these
+    /// machines have none: the probe fails before any node starts).
+    #[test]
+    fn record_slots_over_rdma() {
+        use leasehold_fabric::rdma::{RdmaConfig, RdmaFabric};
+        let loopback = "127.0.0.1:0".parse().expect("literal address");
+        if let Err(reason) = RdmaFabric::open(u16::MAX, &RdmaConfig::new(loopback)) {
+            eprintln!("skipped record_slots_over_rdma: {reason}");
+            return;
+        }
+        let [a, b] = [0, 1].map(|node| RdmaFabric::open(node, &RdmaConfig::new(loopback)).expect("open rdma node"));
+        a.add_peer(1, b.bootstrap_address());
+        b.add_peer(0, a.bootstrap_address());
+        conformance([a as Arc<dyn Fabric>, b as Arc<dyn Fabric>], 300);
+    }
 }
