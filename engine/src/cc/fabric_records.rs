@@ -59,6 +59,8 @@ pub(crate) enum RecordError {
     Fabric(#[from] FabricError),
     #[error("a value of {length} bytes does not fit a record slot (at most {VALUE_BYTES_MAX})")]
     ValueTooLarge { length: usize },
+    #[error("record slot {index} does not exist: the region has {slots}")]
+    NoSuchSlot { index: u64, slots: u64 },
     #[error("record slot at offset {offset} holds a value length of {length}, more than a slot holds")]
     Corrupt { offset: u64, length: u64 },
 }
@@ -71,10 +73,14 @@ pub(crate) struct RecordSlot<'a> {
 }
 
 impl<'a> RecordSlot<'a> {
-    /// The slot number `index` of `region`; operations on a slot past the region's end
-    /// fail with the fabric's bounds error.
-    pub(crate) fn at(region: &'a dyn RemoteRegion, index: u64) -> RecordSlot<'a> {
-        RecordSlot { region, offset: index * RECORD_BYTES }
+    /// The slot number `index` of `region`. Indices come from other nodes, so one past
+    /// the region's last slot is refused here, before any offset arithmetic.
+    pub(crate) fn at(region: &'a dyn RemoteRegion, index: u64) -> Result<RecordSlot<'a>, RecordError> {
+        let slots = region.size_bytes() / RECORD_BYTES;
+        if index >= slots {
+            return Err(RecordError::NoSuchSlot { index, slots });
+        }
+        Ok(RecordSlot { region, offset: index * RECORD_BYTES })
     }
 
     /// Makes the slot a free record of a key with `value` (the owner does this before the
@@ -266,6 +272,10 @@ mod tests {
         [a as Arc<dyn Fabric>, b as Arc<dyn Fabric>]
     }
 
+    fn slot(region: &dyn RemoteRegion, index: u64) -> RecordSlot<'_> {
+        RecordSlot::at(region, index).expect("a slot of the region")
+    }
+
     fn balance(value: Option<Vec<u8>>) -> i64 {
         i64::from_le_bytes(value.expect("a balance").as_slice().try_into().expect("8 bytes"))
     }
@@ -274,7 +284,7 @@ mod tests {
     /// large for a slot is refused with nothing written.
     fn values_round_trip(views: &[Arc<dyn RemoteRegion>; 2]) {
         let [owner, remote] = views;
-        let (mine, theirs) = (RecordSlot::at(owner.as_ref(), 1), RecordSlot::at(remote.as_ref(), 1));
+        let (mine, theirs) = (slot(owner.as_ref(), 1), slot(remote.as_ref(), 1));
         mine.initialize(Some(b"first")).expect("initialize");
         assert_eq!(theirs.read_value().expect("read").as_deref(), Some(&b"first"[..]));
         theirs.write_value(None).expect("write");
@@ -285,6 +295,10 @@ mod tests {
         let too_large = vec![1u8; VALUE_BYTES_MAX + 1];
         assert!(matches!(theirs.write_value(Some(&too_large)), Err(RecordError::ValueTooLarge { .. })));
         assert_eq!(mine.read_value().expect("read").map(|v| v.len()), Some(VALUE_BYTES_MAX), "nothing written");
+        // An index past the region, as a peer might send it, is refused before any access.
+        for index in [8, u64::MAX] {
+            assert!(matches!(RecordSlot::at(remote.as_ref(), index), Err(RecordError::NoSuchSlot { slots: 8, .. })));
+        }
         // A length no slot can hold is reported, not trusted.
         owner.write(RECORD_BYTES + LENGTH_OFFSET, &(VALUE_BYTES_MAX as u64 + 1).to_ne_bytes()).expect("write");
         assert!(matches!(theirs.read_value(), Err(RecordError::Corrupt { .. })));
@@ -293,7 +307,7 @@ mod tests {
     /// Wait-die over a slot's words, from the remote side, seen from the owner's side.
     fn lock_words_follow_wait_die(views: &[Arc<dyn RemoteRegion>; 2]) {
         let [owner, remote] = views;
-        let (mine, theirs) = (RecordSlot::at(owner.as_ref(), 2), RecordSlot::at(remote.as_ref(), 2));
+        let (mine, theirs) = (slot(owner.as_ref(), 2), slot(remote.as_ref(), 2));
         mine.initialize(None).expect("initialize");
         lock_shared(&theirs, 8).expect("first reader");
         lock_shared(&mine, 5).expect("second reader");
@@ -323,8 +337,8 @@ mod tests {
     /// behind fails the test. Not timed.
     fn concurrent_transfers(views: &[Arc<dyn RemoteRegion>; 2], occ_mode: bool, operations: u64) {
         let [a, b] = [3u64, 4u64];
-        RecordSlot::at(views[0].as_ref(), a).initialize(Some(&TOTAL.to_le_bytes())).expect("initialize");
-        RecordSlot::at(views[0].as_ref(), b).initialize(Some(&0i64.to_le_bytes())).expect("initialize");
+        slot(views[0].as_ref(), a).initialize(Some(&TOTAL.to_le_bytes())).expect("initialize");
+        slot(views[0].as_ref(), b).initialize(Some(&0i64.to_le_bytes())).expect("initialize");
         let clock = AtomicU64::new(super::super::twopl::FIRST_TIMESTAMP);
         let moved = AtomicU64::new(0);
         std::thread::scope(|scope| {
@@ -332,7 +346,7 @@ mod tests {
                 let (clock, moved) = (&clock, &moved);
                 let view = views[(thread % 2) as usize].as_ref();
                 scope.spawn(move || {
-                    let slots = [RecordSlot::at(view, a), RecordSlot::at(view, b)];
+                    let slots = [slot(view, a), slot(view, b)];
                     for operation in 0..operations {
                         let write = (operation + thread) % 3 != 0;
                         let done = if occ_mode {
@@ -345,7 +359,7 @@ mod tests {
                 });
             }
         });
-        let slots = [a, b].map(|index| RecordSlot::at(views[1].as_ref(), index));
+        let slots = [a, b].map(|index| slot(views[1].as_ref(), index));
         let [in_a, in_b] = slots.map(|slot| balance(slot.read_value().expect("read")));
         assert_eq!(in_a + in_b, TOTAL);
         let writes: u64 =
