@@ -802,19 +802,12 @@ impl BaselineDriver {
         let keys = BatchKeys::of(runnable);
         let mut found = Vec::with_capacity(keys.len());
         self.keys.lookup_many(keys.iter(), &mut found);
-        let mut missing: Vec<&[u8]> =
-            keys.iter().zip(&found).filter(|(_, found)| found.is_none()).map(|(key, _)| key).collect();
-        if !missing.is_empty() {
-            missing.sort_unstable();
-            missing.dedup();
-            let values = self.storage.read_values(&missing).map_err(|error| Rejection::Storage(error.to_string()))?;
-            for (storage_key, value) in missing.iter().zip(values) {
-                self.keys.insert(storage_key, value);
-            }
-        }
-        let mut found = found.into_iter().zip(keys.iter()).map(|(found, key)| {
-            found.unwrap_or_else(|| self.keys.lookup(key).expect("every key was made resident above"))
-        });
+        let resident = &mut self.keys;
+        let mut found = self
+            .storage
+            .load_missing(keys.iter(), found, |key, value| resident.insert(key, value))
+            .map_err(|error| Rejection::Storage(error.to_string()))?
+            .into_iter();
         let records = runnable
             .iter()
             .map(|submission| {

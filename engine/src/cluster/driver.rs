@@ -797,8 +797,7 @@ impl ClusterDriver {
         // virtual vertices (in node order), resolved in one batched lookup whose cache
         // misses overlap (`storage::key_index`); the steps below take the slots from
         // `resolved` in the same order instead of looking each key up again.
-        let mut resolved: Vec<Option<(u32, SlotPointer)>> = Vec::new();
-        let local_resolved_count = {
+        let (resolved, local_resolved_count) = {
             let mut lookup_keys: Vec<&[u8]> = Vec::new();
             for keys in &storage_keys {
                 lookup_keys.extend(keys.iter().filter(|(_, local, _)| *local).map(|(key, _, _)| key.as_slice()));
@@ -809,41 +808,28 @@ impl ClusterDriver {
                     lookup_keys.extend(transaction.keys.iter().map(|(_, key)| key.as_slice()));
                 }
             }
-            resolved.reserve(lookup_keys.len());
-            self.state.slots.lookup_many(lookup_keys.iter().copied(), &mut resolved);
-            let mut missing: Vec<&[u8]> =
-                lookup_keys.iter().zip(&resolved).filter(|(_, slot)| slot.is_none()).map(|(key, _)| *key).collect();
-            if !missing.is_empty() {
-                missing.sort_unstable();
-                missing.dedup();
-                match self.storage.read_values(&missing) {
-                    Ok(values) => {
-                        for (key, value) in missing.iter().zip(values) {
-                            let (_, slot) = self.state.slots.insert(key, value);
-                            // SAFETY: the store is alive; nothing else uses a new slot.
-                            let slot = unsafe { slot.get() };
-                            slot.lease_word().store(LeaseWord::held(me, lease_epoch).0, Ordering::Release);
-                        }
-                        self.stats.resident_keys.store(self.state.slots.len() as u64, Ordering::Relaxed);
-                    }
-                    Err(error) => {
-                        // The peers wait for this node's part of the epoch, which it cannot
-                        // give: stop taking work (the node must be restarted).
-                        tracing::error!(%error, "cannot load keys; the node stops taking work");
-                        self.stats.failed.store(true, Ordering::Release);
-                        return Err(self.abandon(runnable, Interrupted::Stopping));
-                    }
-                }
-                for (key, slot) in lookup_keys.iter().zip(resolved.iter_mut()) {
-                    if slot.is_none() {
-                        *slot = self.state.slots.lookup(key);
-                    }
+            let mut found = Vec::with_capacity(lookup_keys.len());
+            self.state.slots.lookup_many(lookup_keys.iter().copied(), &mut found);
+            let store = &mut self.state.slots;
+            let loaded = self.storage.load_missing(lookup_keys.iter().copied(), found, |key, value| {
+                let (number, pointer) = store.insert(key, value);
+                // SAFETY: the store is alive; nothing else uses a new slot.
+                let slot = unsafe { pointer.get() };
+                slot.lease_word().store(LeaseWord::held(me, lease_epoch).0, Ordering::Release);
+                (number, pointer)
+            });
+            match loaded {
+                Ok(resolved) => (resolved, local_count),
+                Err(error) => {
+                    // The peers wait for this node's part of the epoch, which it cannot
+                    // give: stop taking work (the node must be restarted).
+                    tracing::error!(%error, "cannot load keys; the node stops taking work");
+                    self.stats.failed.store(true, Ordering::Release);
+                    return Err(self.abandon(runnable, Interrupted::Stopping));
                 }
             }
-            local_count
         };
-        let resolved: Vec<(u32, SlotPointer)> =
-            resolved.into_iter().map(|slot| slot.expect("made resident above")).collect();
+        self.stats.resident_keys.store(self.state.slots.len() as u64, Ordering::Relaxed);
         let (local_resolved, virtual_resolved) = resolved.split_at(local_resolved_count);
 
         // 4. The vertices in timestamp order, and the graph over the keys held here.

@@ -310,6 +310,39 @@ impl Storage {
             .collect()
     }
 
+    /// Completes a batched lookup of resident keys: `found` holds one entry per key of
+    /// `keys`, in order (`None`: not resident). The keys it missed are read from `data` in
+    /// one batched read, each once, made resident with `make_resident`, and filled in;
+    /// returns every key's target in order. The epoch driver, the cluster driver and the
+    /// baselines' dispatcher each resolve an epoch's keys this way over their own store.
+    pub(crate) fn load_missing<'k, V: Copy>(
+        &self,
+        keys: impl Iterator<Item = &'k [u8]> + Clone,
+        found: Vec<Option<V>>,
+        mut make_resident: impl FnMut(&[u8], Option<Vec<u8>>) -> V,
+    ) -> Result<Vec<V>, StorageError> {
+        let mut missing: Vec<&'k [u8]> =
+            keys.clone().zip(&found).filter(|(_, found)| found.is_none()).map(|(key, _)| key).collect();
+        let mut loaded: Vec<(&'k [u8], V)> = Vec::new();
+        if !missing.is_empty() {
+            missing.sort_unstable();
+            missing.dedup();
+            let values = self.read_values(&missing)?;
+            loaded = missing.into_iter().zip(values).map(|(key, value)| (key, make_resident(key, value))).collect();
+        }
+        Ok(found
+            .into_iter()
+            .zip(keys)
+            .map(|(found, key)| {
+                found.unwrap_or_else(|| {
+                    // `loaded` is in key order: the misses were sorted before the read.
+                    let at = loaded.binary_search_by(|(loaded_key, _)| (*loaded_key).cmp(key));
+                    loaded[at.expect("every missed key was loaded")].1
+                })
+            })
+            .collect())
+    }
+
     /// Every key of `data` that starts with `prefix`, with its value, in key order.
     pub fn scan_values(&self, prefix: &[u8]) -> Result<Vec<StoredEntry>, StorageError> {
         let mode = rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward);

@@ -216,28 +216,16 @@ impl EpochDriver {
         runnable: Vec<Submission>,
     ) -> Result<Vec<(PreparedTransaction, super::Reply)>, (Rejection, Vec<Submission>)> {
         // The storage keys of every access, resolved in one batched lookup; the misses are
-        // loaded in one batched read and looked up again.
+        // loaded in one batched read.
         let keys = BatchKeys::of(&runnable);
         let mut found = Vec::with_capacity(keys.len());
         self.slots.lookup_many(keys.iter(), &mut found);
-        let mut missing: Vec<&[u8]> =
-            keys.iter().zip(&found).filter(|(_, found)| found.is_none()).map(|(key, _)| key).collect();
-        if !missing.is_empty() {
-            missing.sort_unstable();
-            missing.dedup();
-            let values = match self.storage.read_values(&missing) {
-                Ok(values) => values,
+        let store = &mut self.slots;
+        let slots: Vec<(u32, SlotPointer)> =
+            match self.storage.load_missing(keys.iter(), found, |key, value| store.insert(key, value)) {
+                Ok(slots) => slots,
                 Err(error) => return Err((Rejection::Storage(error.to_string()), runnable)),
             };
-            for (storage_key, value) in missing.iter().zip(values) {
-                self.slots.insert(storage_key, value);
-            }
-        }
-        let slots: Vec<(u32, SlotPointer)> = found
-            .into_iter()
-            .zip(keys.iter())
-            .map(|(found, key)| found.or_else(|| self.slots.lookup(key)).expect("every key was made resident above"))
-            .collect();
         // SAFETY: between epochs; the executors get these slots only below.
         unsafe { SlotStore::prefetch_values(slots.iter().map(|&(_, pointer)| pointer)) };
         let mut slots = slots.into_iter();
