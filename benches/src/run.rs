@@ -122,6 +122,47 @@ pub enum BenchError {
     ClientPanicked,
 }
 
+/// When one round-trip slot of a client sends. Closed loop (no rate): as soon as its
+/// previous round trip returned. Open loop: on a fixed schedule, one round trip per
+/// interval, so that `rate` transactions per second leave over all clients' slots; the
+/// slots of a client are spread over one interval so that round trips do not leave in
+/// bursts. Leasehold's runner and the peers' driver (`peers::measure`) both send so.
+pub(crate) struct SendSchedule {
+    next_send: Instant,
+    interval: Option<Duration>,
+}
+
+impl SendSchedule {
+    /// Slot `slot` of the `slots` of each of `clients` connections, `batch` transactions
+    /// per round trip, sending from `start`.
+    pub(crate) fn new(
+        start: Instant,
+        rate: Option<f64>,
+        clients: usize,
+        slots: usize,
+        batch: usize,
+        slot: usize,
+    ) -> SendSchedule {
+        let interval = rate.map(|rate| {
+            let round_trips_per_second = rate / batch as f64 / clients as f64 / slots as f64;
+            Duration::from_secs_f64(1.0 / round_trips_per_second.max(1e-9))
+        });
+        let offset = interval.map_or(Duration::ZERO, |interval| interval.mul_f64(slot as f64 / slots as f64));
+        SendSchedule { next_send: start + offset, interval }
+    }
+
+    /// Waits until the next round trip may leave; returns the time its latency counts
+    /// from: the intended send time in open loop (so a system that falls behind pays for
+    /// it), now in closed loop.
+    pub(crate) async fn next(&mut self) -> Instant {
+        let Some(interval) = self.interval else { return Instant::now() };
+        tokio::time::sleep_until(self.next_send.into()).await;
+        let intended = self.next_send;
+        self.next_send += interval;
+        intended
+    }
+}
+
 #[derive(Default)]
 struct Tally {
     committed: u64,
@@ -309,27 +350,16 @@ fn run_client(
         let latency = Rc::new(RefCell::new(Histogram::<u64>::new(3).expect("valid histogram precision")));
         let tally = Rc::new(RefCell::new(Tally::default()));
         let effects = Rc::new(RefCell::new(Effects::default()));
-        // Open loop: each of this client's pipeline slots sends one message per interval.
-        let interval = config.rate.map(|rate| {
-            let messages_per_second = rate / config.batch as f64 / config.clients as f64 / config.pipeline as f64;
-            Duration::from_secs_f64(1.0 / messages_per_second.max(1e-9))
-        });
         let mut slots = Vec::new();
         for slot in 0..config.pipeline {
             let (connection, generator, latency, tally, effects) =
                 (connection.clone(), generator.clone(), latency.clone(), tally.clone(), effects.clone());
             slots.push(async move {
                 tokio::time::sleep_until(start.into()).await;
-                // Spread the open-loop slots over one interval so messages do not leave in bursts.
-                let mut next_send =
-                    start + interval.map_or(Duration::ZERO, |i| i.mul_f64(slot as f64 / config.pipeline as f64));
+                let mut schedule =
+                    SendSchedule::new(start, config.rate, config.clients, config.pipeline, config.batch, slot);
                 loop {
-                    if let Some(interval) = interval {
-                        tokio::time::sleep_until(next_send.into()).await;
-                        next_send += interval;
-                    }
-                    let intended =
-                        if interval.is_some() { next_send - interval.unwrap_or_default() } else { Instant::now() };
+                    let intended = schedule.next().await;
                     // An open loop that falls behind its schedule also stops on time (see
                     // `peers::measure`).
                     if intended >= stop_at || Instant::now() >= stop_at {

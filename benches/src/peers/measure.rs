@@ -12,7 +12,7 @@
 //! transfers on a connection.
 
 use super::{PeerError, Transfer, TransferGenerator};
-use crate::run::BenchConfig;
+use crate::run::{BenchConfig, SendSchedule};
 use hdrhistogram::Histogram;
 use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
@@ -150,27 +150,12 @@ fn run_client<D: TransferDriver>(
         let issued = Cell::new(0u64);
         // The slots share these through references, so each `async move` copies only the references.
         let (connection, generator, tally, latency, issued) = (&connection, &generator, &tally, &latency, &issued);
-        // Open loop: each slot sends one round trip per interval.
-        let interval = config.rate.map(|rate| {
-            let round_trips_per_second = rate / shape.batch as f64 / config.clients as f64 / shape.in_flight as f64;
-            Duration::from_secs_f64(1.0 / round_trips_per_second.max(1e-9))
-        });
         let slots = shape.in_flight.max(1);
         let slot = |slot: usize| async move {
             tokio::time::sleep_until(schedule.start.into()).await;
-            // The slots are spread over one interval so that round trips do not leave in bursts.
-            let mut next_send = schedule.start
-                + interval.map_or(Duration::ZERO, |interval| interval.mul_f64(slot as f64 / slots as f64));
+            let mut sends = SendSchedule::new(schedule.start, config.rate, config.clients, slots, shape.batch, slot);
             loop {
-                let sent = match interval {
-                    Some(interval) => {
-                        tokio::time::sleep_until(next_send.into()).await;
-                        let intended = next_send;
-                        next_send += interval;
-                        intended
-                    }
-                    None => Instant::now(),
-                };
+                let sent = sends.next().await;
                 // An open loop that falls behind its schedule also stops on time: what it did
                 // not send by then is missing from the latencies, and the throughput below
                 // the rate shows it.
