@@ -134,15 +134,17 @@ pub struct Config {
     pub routing_affinity_weight: f64,
     /// ... and of the node's spare load (1 - its decayed transactions / the busiest's).
     pub routing_load_weight: f64,
-    /// The concurrency control (`lease`, `2pl` or `occ`).
+    /// The concurrency control (`lease`, `2pl` or `occ`), for a single node or for every
+    /// node of a cluster (all nodes must run the same). In a cluster the baselines keep
+    /// every key on its home node and run a request with an id at the id's holder.
     pub cc: ConcurrencyControl,
     /// A plugin function call running longer than this is reported (log, metric, status).
     pub plugin_call_warn_ms: u64,
     /// A plugin function call running longer than this is abandoned: its transaction
     /// aborts (`plugin-timed-out`), its epoch and the other plugins go on, and its plugin
     /// is quarantined until a new version is deployed. 0: never (calls are only
-    /// reported). The lease mode abandons calls, on a single node and in a cluster; the
-    /// baseline modes (`cc = "2pl" | "occ"`) only report them.
+    /// reported). The lease mode abandons calls, on a single node and in a cluster, and
+    /// so do the single-node baselines; the baselines of a cluster only report them.
     pub plugin_call_abandon_ms: u64,
 }
 
@@ -262,12 +264,6 @@ impl Config {
                 return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
             }
         }
-        if self.cluster_file.is_some() && self.cc != ConcurrencyControl::Lease {
-            return Err(ConfigError::Invalid(format!(
-                "cc = \"{}\" cannot run with a cluster_file: 2pl/occ run on a single node so far",
-                self.cc.as_str()
-            )));
-        }
         if self.tls_certificate_file.is_some() != self.tls_key_file.is_some() {
             return Err(ConfigError::Invalid(
                 "tls_certificate_file and tls_key_file go together: set both for TLS, or neither".into(),
@@ -316,7 +312,9 @@ impl Config {
 
     /// The placement settings, or `None` when placement is off.
     pub fn placement_config(&self) -> Option<crate::cluster::placement::PlacementConfig> {
-        self.placement.then(|| crate::cluster::placement::PlacementConfig {
+        // Affinity placement belongs to the lease protocol; the baselines keep every key
+        // on its home node.
+        (self.placement && self.cc == ConcurrencyControl::Lease).then(|| crate::cluster::placement::PlacementConfig {
             margin: self.placement_margin,
             count_min: self.placement_count_min,
             half_life_epochs: self.placement_half_life_epochs,
@@ -534,13 +532,10 @@ mod tests {
     }
 
     #[test]
-    fn a_baseline_concurrency_control_is_refused_in_a_cluster() {
+    fn every_concurrency_control_runs_in_a_cluster() {
         let cluster = Config { cluster_file: Some(PathBuf::from("cluster.toml")), ..Config::default() };
-        cluster.validate().expect("leases run in a cluster");
-        for cc in [ConcurrencyControl::TwoPhaseLocking, ConcurrencyControl::Optimistic] {
-            let error = Config { cc, ..cluster.clone() }.validate().expect_err("baselines are single-node only");
-            assert!(matches!(error, ConfigError::Invalid(_)), "{error}");
-            assert!(error.to_string().contains("single node"), "{error}");
+        for cc in [ConcurrencyControl::Lease, ConcurrencyControl::TwoPhaseLocking, ConcurrencyControl::Optimistic] {
+            Config { cc, ..cluster.clone() }.validate().expect("valid in a cluster");
         }
     }
 

@@ -3,7 +3,9 @@
 //! of the epoch driver), and offers [`NodeHandle`], the in-process API that the RPC
 //! server (and embedding programs) call.
 
+use crate::cc::over_fabric::Protocol;
 use crate::cc::{BaselineDriver, BaselineParts, ConcurrencyStats};
+use crate::cluster::driver::baseline::BaselineState;
 use crate::cluster::driver::{ClusterDriver, ClusterStats, DriverState};
 use crate::cluster::forward::{ForwardServer, ForwardedRequest, Forwards};
 use crate::cluster::lease::{LeaseTable, LeaseTables};
@@ -235,7 +237,7 @@ impl Node {
         let mut cluster_parts = None;
         let concurrency = Arc::new(ConcurrencyStats::default());
         let driver: Box<dyn FnOnce() + Send> = match &spec {
-            // 2pl/occ (single node only: `Config::validate` refuses them with a cluster).
+            // 2pl/occ on a single node (in a cluster, the cluster driver runs them).
             None if config.cc != ConcurrencyControl::Lease => {
                 let driver = BaselineDriver::start(BaselineParts {
                     node: config.node_id,
@@ -304,6 +306,16 @@ impl Node {
                     forwards: forwards.clone(),
                     forward_server: forward_server.clone(),
                 });
+                let baseline = match config.cc {
+                    ConcurrencyControl::Lease => None,
+                    ConcurrencyControl::TwoPhaseLocking | ConcurrencyControl::Optimistic => {
+                        let protocol = match config.cc {
+                            ConcurrencyControl::TwoPhaseLocking => Protocol::TwoPhaseLocking,
+                            _ => Protocol::Optimistic,
+                        };
+                        Some(BaselineState::new(protocol, fabric.clone(), concurrency.clone(), spec.node_count()))
+                    }
+                };
                 let transport = Transport::start(fabric, me, spec.node_count(), incarnation, deliver)
                     .map_err(|source| ClusterError::Fabric { backend: spec.fabric.as_str(), source })?;
                 let _ = transport_cell.set(transport.clone());
@@ -336,6 +348,7 @@ impl Node {
                         incarnation,
                         durable_epoch,
                         config.placement_config(),
+                        baseline,
                     ),
                 };
                 tracing::info!(
@@ -630,15 +643,14 @@ impl NodeHandle {
         Ok(Routed::Here(transaction, json))
     }
 
-    /// The cluster, when this node moves requests to the leases at all: forwarding them
-    /// (when configured) or redirecting clients that ask for it. Only under leases: the
-    /// baselines run a request where it arrives.
+    /// The cluster, when this node moves requests at all: under leases, to the leases
+    /// (forwarding them when configured, or redirecting clients that ask for it); under
+    /// the baselines always, to the holder of the request's id, the one place its outcome
+    /// is kept.
     fn routing(&self, redirect_if_elsewhere: bool) -> Option<&ClusterShared> {
         let config = &self.shared.config;
-        self.shared
-            .cluster
-            .as_ref()
-            .filter(|_| (config.forwarding || redirect_if_elsewhere) && config.cc == ConcurrencyControl::Lease)
+        let moves = config.forwarding || redirect_if_elsewhere || config.cc != ConcurrencyControl::Lease;
+        self.shared.cluster.as_ref().filter(|_| moves)
     }
 
     /// The answer to a request that asked for a redirect and is to run on node `to`.
@@ -681,6 +693,13 @@ impl NodeHandle {
         }
         let table = cluster.leases.current();
         let mut storage_key = Vec::new();
+        if self.shared.config.cc != ConcurrencyControl::Lease {
+            // The baselines run a request where its exactly-once record is: at its id's
+            // holder (the benchmark's clients salt ids to the node they send to).
+            data_key_into(&mut storage_key, crate::storage::REQUEST_ID_TABLE, &transaction.request_id.0);
+            let holder = table.holder(&storage_key);
+            return if holder == self.shared.config.node_id { Route::Here } else { Route::Forward(holder) };
+        }
         let holders: Vec<NodeId> = transaction
             .accesses
             .entries()

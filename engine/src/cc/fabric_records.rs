@@ -21,8 +21,13 @@
 //! |--------|------------------------------------------------------------------|
 //! | 0      | lock word (2PL: `twopl::LockState`; OCC: lock bit and version)   |
 //! | 8      | 2PL's oldest-reader bound (`u64::MAX`: none)                     |
-//! | 16     | value length in bytes, or [`ABSENT`] when the key has no value    |
-//! | 24     | value bytes, at most [`VALUE_BYTES_MAX`]                          |
+//! | 16     | 2PL's write version: how many installs the key has had          |
+//! | 24     | value length in bytes, or [`ABSENT`] when the key has no value    |
+//! | 32     | value bytes, at most [`VALUE_BYTES_MAX`]                          |
+//!
+//! The write version orders the installs of one key: a cluster's holder learns the
+//! writes other nodes made to its keys from their end-of-epoch frames, in any order,
+//! and logs the one with the highest version (OCC's versions are its lock word's).
 //!
 //! Words are in the owner's byte order, as its atomics see them (READ and WRITE move
 //! memory as it is); all nodes of a cluster share one architecture.
@@ -38,11 +43,12 @@
 use super::twopl::LockWords;
 use super::Backoff;
 use leasehold_fabric::{FabricError, Operation, RemoteRegion};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The size of one record slot.
 pub(crate) const RECORD_BYTES: u64 = 256;
 /// Where the value bytes start in a slot.
-const VALUE_OFFSET: u64 = 24;
+const VALUE_OFFSET: u64 = 32;
 /// The largest value a slot holds.
 pub(crate) const VALUE_BYTES_MAX: usize = (RECORD_BYTES - VALUE_OFFSET) as usize;
 /// The length word of a key that has no value.
@@ -50,11 +56,12 @@ pub(crate) const ABSENT: u64 = u64::MAX;
 
 const LOCK_WORD_OFFSET: u64 = 0;
 const OLDEST_READER_OFFSET: u64 = 8;
-const LENGTH_OFFSET: u64 = 16;
+const WRITE_VERSION_OFFSET: u64 = 16;
+const LENGTH_OFFSET: u64 = 24;
 
 /// Why an operation on a record slot failed.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum RecordError {
+pub enum RecordError {
     #[error(transparent)]
     Fabric(#[from] FabricError),
     #[error("a value of {length} bytes does not fit a record slot (at most {VALUE_BYTES_MAX})")]
@@ -63,6 +70,8 @@ pub(crate) enum RecordError {
     NoSuchSlot { index: u64, slots: u64 },
     #[error("record slot at offset {offset} holds a value length of {length}, more than a slot holds")]
     Corrupt { offset: u64, length: u64 },
+    #[error("the operation was given up: the cluster view changed")]
+    Cancelled,
 }
 
 /// One record slot of a region, addressed through a [`RemoteRegion`].
@@ -86,8 +95,8 @@ impl<'a> RecordSlot<'a> {
     /// Makes the slot a free record of a key with `value` (the owner does this before the
     /// slot's index is given to anyone).
     pub(crate) fn initialize(&self, value: Option<&[u8]>) -> Result<(), RecordError> {
-        let mut header = [0u8; 16];
-        header[8..].copy_from_slice(&u64::MAX.to_ne_bytes());
+        let mut header = [0u8; 24];
+        header[8..16].copy_from_slice(&u64::MAX.to_ne_bytes());
         self.region.write(self.offset + LOCK_WORD_OFFSET, &header)?;
         self.write_value(value)
     }
@@ -100,10 +109,34 @@ impl<'a> RecordSlot<'a> {
 
     /// The value. Under 2PL the caller holds the key (shared or exclusive); OCC reads
     /// with [`RecordSlot::read_consistent`] instead.
+    #[cfg(test)]
     pub(crate) fn read_value(&self) -> Result<Option<Vec<u8>>, RecordError> {
         let mut bytes = [0u8; 8 + VALUE_BYTES_MAX];
         self.region.read(self.offset + LENGTH_OFFSET, &mut bytes)?;
         self.decode_value(&bytes)
+    }
+
+    /// 2PL: the value and the key's write version, in one READ. The caller holds the key.
+    pub(crate) fn read_locked(&self) -> Result<(Option<Vec<u8>>, u64), RecordError> {
+        let mut bytes = [0u8; 16 + VALUE_BYTES_MAX];
+        self.region.read(self.offset + WRITE_VERSION_OFFSET, &mut bytes)?;
+        let (version, rest) = bytes.split_at(8);
+        let version = u64::from_ne_bytes(version.try_into().expect("an 8-byte prefix"));
+        let value: &[u8; 8 + VALUE_BYTES_MAX] = rest.try_into().expect("the length word and the value");
+        Ok((self.decode_value(value)?, version))
+    }
+
+    /// 2PL: installs `value` as the key's write `version` (the one read plus one), in one
+    /// ordered batch: the value, then the version. The caller holds the key exclusively.
+    pub(crate) fn install_locked(&self, version: u64, value: Option<&[u8]>) -> Result<(), RecordError> {
+        let mut bytes = [0u8; 8 + VALUE_BYTES_MAX];
+        let length = Self::encode_value(value, &mut bytes)?;
+        let version = version.to_ne_bytes();
+        self.region.execute(&mut [
+            Operation::Write { offset: self.offset + LENGTH_OFFSET, bytes: &bytes[..8 + length] },
+            Operation::Write { offset: self.offset + WRITE_VERSION_OFFSET, bytes: &version },
+        ])?;
+        Ok(())
     }
 
     fn decode_value(&self, bytes: &[u8; 8 + VALUE_BYTES_MAX]) -> Result<Option<Vec<u8>>, RecordError> {
@@ -144,11 +177,15 @@ impl<'a> RecordSlot<'a> {
     }
 
     /// OCC: the value and the version word it belongs to, read without a lock (see the
-    /// module doc). Waits while a writer holds the key.
-    pub(crate) fn read_consistent(&self) -> Result<(Option<Vec<u8>>, u64), RecordError> {
+    /// module doc). Waits while a writer holds the key, until `cancelled` is set (the
+    /// writer may be on a node that died).
+    pub(crate) fn read_consistent(&self, cancelled: &AtomicBool) -> Result<(Option<Vec<u8>>, u64), RecordError> {
         let mut backoff = Backoff::new();
         let mut value = [0u8; 8 + VALUE_BYTES_MAX];
         loop {
+            if cancelled.load(Ordering::Acquire) {
+                return Err(RecordError::Cancelled);
+            }
             let (mut before, mut after) = ([0u8; 8], [0u8; 8]);
             self.region.execute(&mut [
                 Operation::Read { offset: self.offset + LOCK_WORD_OFFSET, buffer: &mut before },
@@ -245,8 +282,10 @@ mod tests {
     use leasehold_fabric::shm::ShmFabric;
     use leasehold_fabric::tcp::TcpFabric;
     use leasehold_fabric::{Fabric, RegionId};
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
+
+    static NEVER: AtomicBool = AtomicBool::new(false);
 
     const REGION: RegionId = RegionId(7);
     const TOTAL: i64 = 1_000;
@@ -291,8 +330,15 @@ mod tests {
         assert_eq!(mine.read_value().expect("read"), None);
         let largest = vec![7u8; VALUE_BYTES_MAX];
         theirs.write_value(Some(&largest)).expect("write the largest value");
-        assert_eq!(mine.read_value().expect("read"), Some(largest));
+        assert_eq!(mine.read_value().expect("read"), Some(largest.clone()));
+        // 2PL's versioned read and install: the version travels with the value.
+        assert_eq!(mine.read_locked().expect("read").1, 0, "a fresh slot has had no install");
+        theirs.install_locked(1, Some(b"second")).expect("install");
+        assert_eq!(mine.read_locked().expect("read"), (Some(b"second".to_vec()), 1));
+        theirs.install_locked(2, Some(&largest)).expect("install");
         let too_large = vec![1u8; VALUE_BYTES_MAX + 1];
+        assert!(matches!(theirs.install_locked(3, Some(&too_large)), Err(RecordError::ValueTooLarge { .. })));
+        assert_eq!(mine.read_locked().expect("read").1, 2, "a refused install changes nothing");
         assert!(matches!(theirs.write_value(Some(&too_large)), Err(RecordError::ValueTooLarge { .. })));
         assert_eq!(mine.read_value().expect("read").map(|v| v.len()), Some(VALUE_BYTES_MAX), "nothing written");
         // An index past the region, as a peer might send it, is refused before any access.
@@ -421,7 +467,7 @@ mod tests {
     /// moved a unit. A read-only one validates both versions.
     fn occ_transfer(slots: &[RecordSlot<'_>; 2], write: bool) -> bool {
         loop {
-            let [(a, version_a), (b, version_b)] = slots.map(|slot| slot.read_consistent().expect("read"));
+            let [(a, version_a), (b, version_b)] = slots.map(|slot| slot.read_consistent(&NEVER).expect("read"));
             let (in_a, in_b) = (balance(a), balance(b));
             if !write {
                 let now = slots.map(|slot| slot.version_word().expect("load"));

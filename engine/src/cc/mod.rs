@@ -32,13 +32,10 @@
 //!   on. Durability, group commit, reply-after-durable and the ledger are the commit
 //!   thread's, unchanged.
 
-// The slot layout and one-sided protocol operations of the baselines across nodes; the
-// node wiring that will use them (dispatch over remote keys, durability of remote
-// writes, recovery of remote locks) is not built yet, so only its tests use them now.
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) mod fabric_records;
 pub(crate) mod keys;
 pub(crate) mod occ;
+pub(crate) mod over_fabric;
 pub(crate) mod twopl;
 
 use crate::config::ConcurrencyControl;
@@ -831,7 +828,7 @@ fn take(message: DriverMessage, batch: &mut Vec<Submission>) -> bool {
             false
         }
         DriverMessage::Stop => true,
-        DriverMessage::Peer { .. } | DriverMessage::Executed { .. } => {
+        DriverMessage::Peer { .. } | DriverMessage::Executed { .. } | DriverMessage::RanOverFabric { .. } => {
             unreachable!("a single node gets no cluster messages")
         }
     }

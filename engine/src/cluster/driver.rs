@@ -29,6 +29,8 @@
 //! continues from there. Frames carry the view's generation, so frames of an abandoned
 //! view are ignored.
 
+pub mod baseline;
+
 use super::forward::Forwards;
 use super::lease::{LeaseTable, LeaseTables, LeaseWord};
 use super::placement::{AccessCounts, LoadCounts, PlacementConfig};
@@ -231,6 +233,8 @@ pub struct DriverState {
     abandon_checked_at: Instant,
     /// Executor threads lost to abandoned plugin calls, since the node started.
     threads_written_off: u64,
+    /// Under `cc = "2pl" | "occ"`: the record regions and the protocol (see `baseline`).
+    baseline: Option<baseline::BaselineState>,
 }
 
 impl DriverState {
@@ -240,6 +244,7 @@ impl DriverState {
         incarnation: u32,
         durable_epoch: u64,
         placement: Option<PlacementConfig>,
+        baseline: Option<baseline::BaselineState>,
     ) -> DriverState {
         DriverState {
             slots: SlotStore::new(),
@@ -261,6 +266,7 @@ impl DriverState {
             pending_moves: BTreeMap::new(),
             abandon_checked_at: Instant::now(),
             threads_written_off: 0,
+            baseline,
         }
     }
 }
@@ -269,7 +275,8 @@ fn frame_epoch(frame: &Frame) -> Option<(u64, u64)> {
     match frame {
         Frame::Batch { generation, epoch, .. }
         | Frame::Handover { generation, epoch, .. }
-        | Frame::WriteBack { generation, epoch, .. } => Some((*generation, *epoch)),
+        | Frame::WriteBack { generation, epoch, .. }
+        | Frame::EpochDone { generation, epoch, .. } => Some((*generation, *epoch)),
         _ => None,
     }
 }
@@ -332,7 +339,7 @@ impl ClusterDriver {
             DriverMessage::Stop => {
                 self.state.stopping.get_or_insert_with(Instant::now);
             }
-            DriverMessage::Executed { .. } => {
+            DriverMessage::Executed { .. } | DriverMessage::RanOverFabric { .. } => {
                 // Only an abandoned epoch's executions arrive outside an epoch; they were
                 // waited for, so this is a late duplicate of nothing.
             }
@@ -341,10 +348,19 @@ impl ClusterDriver {
     }
 
     fn absorb_frame(&mut self, from: NodeId, frame: Frame) {
-        if let Frame::Resync { view, durable_epoch, answer_wanted } = frame {
-            self.observe_view(from, view, durable_epoch, answer_wanted);
-            return;
-        }
+        let frame = match frame {
+            Frame::Resync { view, durable_epoch, answer_wanted } => {
+                self.observe_view(from, view, durable_epoch, answer_wanted);
+                return;
+            }
+            Frame::Resolve { generation, keys } => {
+                self.answer_resolve(from, generation, keys);
+                return;
+            }
+            // An answer no epoch waits for: of an abandoned epoch.
+            Frame::Resolved { .. } => return,
+            frame => frame,
+        };
         match frame_epoch(&frame) {
             // While the nodes agree on a view, a peer that already agreed may start the
             // next epoch: keep its frames; the agreement drops those of other views.
@@ -464,6 +480,7 @@ impl ClusterDriver {
         // Forwards sent while the view was being agreed may have gone to a node that
         // refused or never saw them.
         self.forwards.fail_all(&Rejection::Retry("the cluster view changed while the request was forwarded".into()));
+        self.baseline_view_agreed(generation);
         TransactionStats::count(&self.cluster_stats.view_changes, 1);
         tracing::info!(node = self.node, view = ?self.state.views.view(), agreed_epoch, generation, "cluster view agreed");
         true
@@ -608,7 +625,19 @@ impl ClusterDriver {
         }
     }
 
+    /// Request-id keys leave memory once the epoch that wrote them is checkpointed.
+    fn forget_checkpointed_request_ids(&mut self) {
+        let checkpointed = self.stats.checkpointed_epoch.load(Ordering::Acquire);
+        while self.state.request_ids.front().is_some_and(|(written, _)| *written <= checkpointed) {
+            let (_, key) = self.state.request_ids.pop_front().expect("checked above");
+            self.state.slots.remove(&key);
+        }
+    }
+
     fn run_epoch(&mut self) -> Result<(), Interrupted> {
+        if self.state.baseline.is_some() {
+            return self.run_baseline_epoch();
+        }
         let closed_at = Instant::now();
         let me = self.node;
         let take = self.state.pending.len().min(self.epoch_transactions_max);
@@ -639,11 +668,7 @@ impl ClusterDriver {
         self.state.touched.clear();
         let counting = self.state.placement.is_some();
 
-        let checkpointed = self.stats.checkpointed_epoch.load(Ordering::Acquire);
-        while self.state.request_ids.front().is_some_and(|(written, _)| *written <= checkpointed) {
-            let (_, key) = self.state.request_ids.pop_front().expect("checked above");
-            self.state.slots.remove(&key);
-        }
+        self.forget_checkpointed_request_ids();
 
         // 1. Where each access goes.
         let table = self.leases.current();

@@ -22,6 +22,7 @@ pub mod forward;
 pub mod lease;
 pub mod placement;
 pub mod protocol;
+pub mod records;
 pub mod routing;
 pub mod transport;
 pub mod wire;

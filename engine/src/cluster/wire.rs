@@ -28,6 +28,15 @@ pub enum KeyWrite {
     Delete,
 }
 
+/// A value a baseline transaction (`cc = "2pl" | "occ"`) installed in the receiver's
+/// record slot `slot`, with its write version (the receiver logs the highest).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotWrite {
+    pub slot: u64,
+    pub version: u64,
+    pub value: Option<Vec<u8>>,
+}
+
 /// One message between nodes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
@@ -74,6 +83,16 @@ pub enum Frame {
     },
     /// The result of a [`Frame::Forward`], once durable on every node (or its refusal).
     ForwardReply { forward_id: u64, result: Result<Outcome, Rejection> },
+    /// Baselines: "give me the record slots of these keys you hold" (in the view
+    /// `generation`).
+    Resolve { generation: u64, keys: Vec<Vec<u8>> },
+    /// The answer to the sender's oldest unanswered [`Frame::Resolve`]: one slot number per
+    /// key, in order (`records::NO_SLOT`: the key cannot be held in a slot).
+    Resolved { generation: u64, slots: Vec<u64> },
+    /// Baselines: the sender's transactions of `epoch` all finished; these are the values
+    /// they installed in the receiver's record slots. The receiver logs them with its
+    /// record of `epoch`, and runs `epoch + 1` only once every peer's arrived.
+    EpochDone { generation: u64, epoch: u64, writes: Vec<SlotWrite> },
 }
 
 /// A malformed frame from a peer.
@@ -96,6 +115,9 @@ const KIND_DEPLOY: u8 = 6;
 const KIND_DEPLOY_ACK: u8 = 7;
 const KIND_FORWARD: u8 = 8;
 const KIND_FORWARD_REPLY: u8 = 9;
+const KIND_RESOLVE: u8 = 10;
+const KIND_RESOLVED: u8 = 11;
+const KIND_EPOCH_DONE: u8 = 12;
 
 fn put_u32(out: &mut Vec<u8>, value: u32) {
     out.extend_from_slice(&value.to_le_bytes());
@@ -226,6 +248,33 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
                     out.push(1);
                     encode_rejection(out, rejection);
                 }
+            }
+        }
+        Frame::Resolve { generation, keys } => {
+            out.push(KIND_RESOLVE);
+            put_u64(out, *generation);
+            put_u32(out, keys.len() as u32);
+            for key in keys {
+                put_bytes(out, key);
+            }
+        }
+        Frame::Resolved { generation, slots } => {
+            out.push(KIND_RESOLVED);
+            put_u64(out, *generation);
+            put_u32(out, slots.len() as u32);
+            for &slot in slots {
+                put_u64(out, slot);
+            }
+        }
+        Frame::EpochDone { generation, epoch, writes } => {
+            out.push(KIND_EPOCH_DONE);
+            put_u64(out, *generation);
+            put_u64(out, *epoch);
+            put_u32(out, writes.len() as u32);
+            for write in writes {
+                put_u64(out, write.slot);
+                put_u64(out, write.version);
+                put_optional(out, write.value.as_deref());
             }
         }
     }
@@ -440,6 +489,28 @@ pub fn decode(stream: &[u8]) -> Result<Option<(Frame, usize)>, WireError> {
             };
             Frame::ForwardReply { forward_id, result }
         }
+        KIND_RESOLVE => {
+            let generation = reader.u64("generation")?;
+            let count = reader.count(4, "keys")?;
+            let keys = (0..count).map(|_| reader.bytes("key")).collect::<Result<_, _>>()?;
+            Frame::Resolve { generation, keys }
+        }
+        KIND_RESOLVED => {
+            let generation = reader.u64("generation")?;
+            let count = reader.count(8, "slots")?;
+            let slots = (0..count).map(|_| reader.u64("slot")).collect::<Result<_, _>>()?;
+            Frame::Resolved { generation, slots }
+        }
+        KIND_EPOCH_DONE => {
+            let (generation, epoch) = (reader.u64("generation")?, reader.u64("epoch")?);
+            let count = reader.count(17, "slot writes")?;
+            let mut writes = Vec::with_capacity(count);
+            for _ in 0..count {
+                let (slot, version) = (reader.u64("slot")?, reader.u64("write version")?);
+                writes.push(SlotWrite { slot, version, value: reader.optional("written value")? });
+            }
+            Frame::EpochDone { generation, epoch, writes }
+        }
         other => return Err(WireError::UnknownKind(other)),
     };
     if !reader.bytes.is_empty() {
@@ -455,6 +526,17 @@ mod tests {
     fn samples() -> Vec<Frame> {
         vec![
             Frame::Resync { view: vec![3, 0, 7], durable_epoch: 42, answer_wanted: true },
+            Frame::Resolve { generation: 4, keys: vec![b"a".to_vec(), Vec::new()] },
+            Frame::Resolved { generation: 4, slots: vec![0, 17, u64::MAX] },
+            Frame::EpochDone {
+                generation: 4,
+                epoch: 9,
+                writes: vec![
+                    SlotWrite { slot: 3, version: 2, value: Some(b"v".to_vec()) },
+                    SlotWrite { slot: 8, version: 1, value: None },
+                ],
+            },
+            Frame::EpochDone { generation: 4, epoch: 10, writes: Vec::new() },
             Frame::Batch {
                 generation: 10,
                 epoch: 43,
@@ -552,14 +634,16 @@ mod tests {
 
     #[test]
     fn corrupt_frames_are_errors_not_panics() {
-        let mut stream = Vec::new();
-        encode(&samples()[1], &mut stream);
-        // Every truncation of the body under a matching length prefix is refused.
-        for cut in 5..stream.len() {
-            let mut corrupt = stream[..cut].to_vec();
-            let length = (cut - 4) as u32;
-            corrupt[..4].copy_from_slice(&length.to_le_bytes());
-            assert!(decode(&corrupt).is_err(), "cut at {cut} must be refused");
+        for frame in samples() {
+            let mut stream = Vec::new();
+            encode(&frame, &mut stream);
+            // Every truncation of the body under a matching length prefix is refused.
+            for cut in 5..stream.len() {
+                let mut corrupt = stream[..cut].to_vec();
+                let length = (cut - 4) as u32;
+                corrupt[..4].copy_from_slice(&length.to_le_bytes());
+                assert!(decode(&corrupt).is_err(), "{frame:?} cut at {cut} must be refused");
+            }
         }
         assert_eq!(decode(&[1, 0, 0, 0, 99]), Err(WireError::UnknownKind(99)));
         // A huge count in a short frame does not allocate: it is refused.

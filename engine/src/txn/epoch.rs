@@ -38,6 +38,12 @@ pub enum DriverMessage {
         transaction: u32,
         outcome: crate::model::Outcome,
     },
+    /// An executor ran a transaction of `epoch` under a baseline protocol on record
+    /// slots (cluster with `cc = "2pl" | "occ"` only).
+    RanOverFabric {
+        epoch: u64,
+        run: Box<crate::cluster::driver::baseline::BaselineRun>,
+    },
     /// Finish what was submitted before, then stop.
     Stop,
 }
@@ -72,7 +78,9 @@ impl EpochDriver {
                 Ok(DriverMessage::Submit(submission)) => batch.push(submission),
                 Ok(DriverMessage::SubmitMany(submissions)) => batch.extend(submissions),
                 Ok(DriverMessage::Stop) | Err(_) => stopping = true,
-                Ok(DriverMessage::Peer { .. } | DriverMessage::Executed { .. }) => {
+                Ok(
+                    DriverMessage::Peer { .. } | DriverMessage::Executed { .. } | DriverMessage::RanOverFabric { .. },
+                ) => {
                     unreachable!("a single node gets no cluster messages")
                 }
             }
@@ -90,7 +98,9 @@ impl EpochDriver {
                     DriverMessage::Submit(submission) => batch.push(submission),
                     DriverMessage::SubmitMany(submissions) => batch.extend(submissions),
                     DriverMessage::Stop => stopping = true,
-                    DriverMessage::Peer { .. } | DriverMessage::Executed { .. } => {
+                    DriverMessage::Peer { .. }
+                    | DriverMessage::Executed { .. }
+                    | DriverMessage::RanOverFabric { .. } => {
                         unreachable!("a single node gets no cluster messages")
                     }
                 }
