@@ -10,6 +10,11 @@ pub type NodeId = u16;
 /// A transaction's position in the global serial order: epochs first, then the node
 /// that sequenced it, then its sequence number within that node's epoch. Lexicographic
 /// order needs no central sequencer.
+///
+/// Under the baselines of a cluster (`cc = "2pl" | "occ"`) transactions of one epoch are
+/// ordered by their protocol, not by node: `sequence` is then the cluster-wide commit
+/// number in the epoch and `node` the node that ran the transaction, and the serial order
+/// is (`epoch`, `sequence`). On a single node both orders agree.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Timestamp {
     pub epoch: u64,

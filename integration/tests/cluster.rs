@@ -1,4 +1,5 @@
-//! Three engine processes as one cluster (shm, and again over tcp): banking transfers
+//! Three engine processes as one cluster (shm, and again over tcp), under leases and
+//! under the baselines (`--cc 2pl`, `--cc occ`): banking transfers
 //! from clients connected to different nodes, with accounts spread over all nodes by
 //! their home placement, one node SIGKILLed and restarted (or SIGSTOPped and resumed) in
 //! the middle of the load.
@@ -99,9 +100,9 @@ fn signal(pid: u32, name: &str) {
     assert!(status.map(|s| s.success()).unwrap_or(false), "kill -{name} {pid}");
 }
 
-fn fault_mid_load(fabric: &str, fault: Fault) {
+fn fault_mid_load(fabric: &str, fault: Fault, cc: &str) {
     let directory = tempfile::tempdir().expect("temporary directory");
-    let mut cluster = LocalCluster::start(directory.path(), NODES, fabric, &[]);
+    let mut cluster = LocalCluster::start(directory.path(), NODES, fabric, &["--cc", cc]);
     cluster.wait_until_synced(Duration::from_secs(60));
 
     // A plugin deployed on one node reaches every node.
@@ -207,6 +208,7 @@ fn fault_mid_load(fabric: &str, fault: Fault) {
         .map(|address| BlockingClient::connect(*address).expect("connect").status().expect("status"))
         .collect();
     for status in &statuses {
+        assert_eq!(status.cc, cc, "every node runs the requested concurrency control");
         assert!(status.cluster_synced, "{status:?}");
         assert_eq!(status.cluster_nodes, NODES);
         assert_eq!(status.fabric, fabric);
@@ -219,22 +221,42 @@ fn fault_mid_load(fabric: &str, fault: Fault) {
     let remote: u64 = statuses.iter().map(|s| s.remote_accesses).sum();
     assert!(remote > 0, "transactions borrowed keys from other nodes");
     println!(
-        "{fabric}, {fault:?}: {} transfers, {acknowledged} acknowledged before the end of the load, {unacknowledged} retried",
+        "{fabric}, {fault:?}, {cc}: {} transfers, {acknowledged} acknowledged before the end of the load, {unacknowledged} retried",
         all.len()
     );
 }
 
 #[test]
 fn three_nodes_over_shm_survive_a_sigkill_mid_load() {
-    fault_mid_load("shm", Fault::KillAndRestart);
+    fault_mid_load("shm", Fault::KillAndRestart, "lease");
 }
 
 #[test]
 fn three_nodes_over_tcp_survive_a_sigkill_mid_load() {
-    fault_mid_load("tcp", Fault::KillAndRestart);
+    fault_mid_load("tcp", Fault::KillAndRestart, "lease");
 }
 
 #[test]
 fn three_nodes_over_shm_continue_after_a_node_is_paused() {
-    fault_mid_load("shm", Fault::Pause);
+    fault_mid_load("shm", Fault::Pause, "lease");
+}
+
+#[test]
+fn three_nodes_under_two_phase_locking_over_shm_survive_a_sigkill_mid_load() {
+    fault_mid_load("shm", Fault::KillAndRestart, "2pl");
+}
+
+#[test]
+fn three_nodes_under_optimistic_concurrency_over_shm_survive_a_sigkill_mid_load() {
+    fault_mid_load("shm", Fault::KillAndRestart, "occ");
+}
+
+#[test]
+fn three_nodes_under_two_phase_locking_over_tcp_survive_a_sigkill_mid_load() {
+    fault_mid_load("tcp", Fault::KillAndRestart, "2pl");
+}
+
+#[test]
+fn three_nodes_under_optimistic_concurrency_over_shm_continue_after_a_node_is_paused() {
+    fault_mid_load("shm", Fault::Pause, "occ");
 }

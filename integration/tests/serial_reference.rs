@@ -6,10 +6,16 @@
 //! the plugin loaded from its built library). Then the same scripts are run one by one,
 //! in the engine's timestamp order, by a simple reference model. Every outcome and the
 //! final value of every key must be equal.
+//!
+//! The same property holds on three engine processes (shm fabric), with the scripts
+//! sent to all three nodes at once and the keys spread over them: under leases the
+//! serial order is the timestamp order (epoch, node, sequence); under the baselines of a
+//! cluster it is (epoch, commit number), see `model::Timestamp`.
 
 use leasehold_engine::config::{ConcurrencyControl, Config};
 use leasehold_engine::model::{AbortKind, Arguments, Invocation, Outcome, RequestId};
 use leasehold_engine::node::Node;
+use leasehold_integration::cluster::LocalCluster;
 use leasehold_integration::plugin_bytes;
 use leasehold_plugin_api::testkit::{Op, Program};
 use proptest::prelude::*;
@@ -132,6 +138,126 @@ fn check(cc: ConcurrencyControl, batches: Vec<Vec<Program>>) {
     }
     assert_eq!(handle.status().cc, cc.as_str(), "the node runs the requested concurrency control");
     node.shutdown().expect("clean shutdown");
+}
+
+/// The reference model's view of a client's result.
+fn expected_of(result: &leasehold_client::InvokeResult) -> Expected {
+    use leasehold_client::{AbortKind as Kind, InvokeResult};
+    match result {
+        InvokeResult::Committed { output, .. } => {
+            Expected::Committed(leasehold_sdk::decode(output).expect("testkit output decodes"))
+        }
+        InvokeResult::Aborted { kind, .. } => Expected::Aborted(match kind {
+            Kind::Logic => AbortKind::Logic,
+            Kind::UndeclaredAccess => AbortKind::UndeclaredAccess,
+            Kind::PluginPanic => AbortKind::PluginPanic,
+            other => panic!("no testkit program aborts with {other:?}"),
+        }),
+        InvokeResult::Rejected { kind, message } => {
+            panic!("a request was refused in a healthy cluster: {kind:?} {message}")
+        }
+    }
+}
+
+/// Every cell's value, read through `client`.
+fn cells_through(client: &leasehold_client::BlockingClient) -> HashMap<u8, i64> {
+    (0..CELLS)
+        .map(|cell| {
+            let value = client.read_key("testkit", "cells", &[cell]).expect("read a cell");
+            (cell, value.map_or(0, |bytes| i64::from_le_bytes(bytes.try_into().expect("8-byte value"))))
+        })
+        .collect()
+}
+
+/// Runs proptest `cases` of concurrent batches on a three-node cluster under `cc`, each
+/// case starting from the cells the previous one left.
+fn check_cluster(cc: &str, cases: u32) {
+    use leasehold_client::Invocation as ClientInvocation;
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let cluster = LocalCluster::start(directory.path(), 3, "shm", &["--cc", cc]);
+    cluster.wait_until_synced(std::time::Duration::from_secs(60));
+    let reader = cluster.connect(0).expect("connect");
+    reader.deploy_plugin(&plugin_bytes("testkit")).expect("deploy testkit");
+    let next_request = std::sync::atomic::AtomicU64::new(0);
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig { cases, ..ProptestConfig::default() });
+    let outcome = runner.run(&batches(), |batches| {
+        let mut state = cells_through(&reader);
+        let mut results = Vec::new();
+        for batch in batches {
+            // Each node gets a share of the batch, all in one message, all nodes at once.
+            let shares: Vec<Vec<(Program, Vec<u8>)>> = (0..3)
+                .map(|node| {
+                    batch
+                        .iter()
+                        .skip(node)
+                        .step_by(3)
+                        .map(|program| {
+                            let request = next_request.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            (program.clone(), format!("serial-{request}").into_bytes())
+                        })
+                        .collect()
+                })
+                .collect();
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = shares
+                    .into_iter()
+                    .enumerate()
+                    .map(|(node, share)| {
+                        let cluster = &cluster;
+                        scope.spawn(move || {
+                            let client = cluster.connect(node).expect("connect");
+                            let invocations = share
+                                .iter()
+                                .map(|(program, id)| {
+                                    ClientInvocation::encoded("testkit", "program", encode(program))
+                                        .with_request_id(id.clone())
+                                })
+                                .collect();
+                            let answers = client.invoke_many(invocations).expect("invoke");
+                            share.into_iter().map(|(program, _)| program).zip(answers).collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                for handle in handles {
+                    results.extend(handle.join().expect("client thread"));
+                }
+            });
+        }
+        let order = |result: &leasehold_client::InvokeResult| {
+            let timestamp = result.timestamp().expect("every request ran");
+            let node = if cc == "lease" { timestamp.node } else { 0 };
+            (timestamp.epoch, node, timestamp.sequence)
+        };
+        results.sort_by_key(|(_, result)| order(result));
+        let positions: Vec<_> = results.iter().map(|(_, result)| order(result)).collect();
+        let mut unique = positions.clone();
+        unique.dedup();
+        prop_assert_eq!(unique.len(), positions.len(), "positions in the serial order are unique");
+        for (program, result) in &results {
+            let expected = run_serially(program, &mut state);
+            prop_assert_eq!(expected_of(result), expected, "transaction at {:?} with {:?}", order(result), program);
+        }
+        prop_assert_eq!(cells_through(&reader), state, "final values of the cells");
+        Ok(())
+    });
+    if let Err(failure) = outcome {
+        panic!("{cc} on three nodes: {failure}");
+    }
+}
+
+#[test]
+fn three_nodes_under_leases_equal_serial_execution() {
+    check_cluster("lease", 8);
+}
+
+#[test]
+fn three_nodes_under_two_phase_locking_equal_serial_execution() {
+    check_cluster("2pl", 8);
+}
+
+#[test]
+fn three_nodes_under_optimistic_concurrency_equal_serial_execution() {
+    check_cluster("occ", 8);
 }
 
 fn batches() -> impl Strategy<Value = Vec<Vec<Program>>> {

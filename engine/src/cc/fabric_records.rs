@@ -74,6 +74,32 @@ pub enum RecordError {
     Cancelled,
 }
 
+/// The first slot index that holds a key: slot 0 of a region holds no key; its first word
+/// is the cluster's commit counter in node 0's region (see [`take_commit_number`]).
+pub(crate) const FIRST_KEY_SLOT: u64 = 1;
+
+/// Takes the next commit number of `epoch` from the commit counter (the first word of
+/// `region`, node 0's record region): the word holds the epoch in its high half and the
+/// numbers taken in that epoch in its low half, so the first transaction of an epoch
+/// starts it again at 1. A transaction takes its number while its protocol still orders
+/// it against every conflicting one, so (epoch, number) is a serial order of the cluster.
+pub(crate) fn take_commit_number(region: &dyn RemoteRegion, epoch: u64) -> Result<u32, RecordError> {
+    let epoch_field = epoch & 0xffff_ffff;
+    let mut seen = {
+        let mut word = [0u8; 8];
+        region.read(0, &mut word)?;
+        u64::from_ne_bytes(word)
+    };
+    loop {
+        let next = if seen >> 32 == epoch_field { seen + 1 } else { (epoch_field << 32) | 1 };
+        assert_ne!(next & 0xffff_ffff, 0, "more than 2^32 commits in one epoch");
+        match region.compare_and_swap(0, seen, next)? {
+            previous if previous == seen => return Ok((next & 0xffff_ffff) as u32),
+            previous => seen = previous,
+        }
+    }
+}
+
 /// One record slot of a region, addressed through a [`RemoteRegion`].
 #[derive(Clone, Copy)]
 pub(crate) struct RecordSlot<'a> {

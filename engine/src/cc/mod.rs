@@ -378,7 +378,7 @@ impl<T> Reorder<T> {
 }
 
 /// Gives the outcome its final timestamp: (record, node, position in the record).
-fn stamped(outcome: Outcome, stamp: Timestamp) -> Outcome {
+pub(crate) fn stamped(outcome: Outcome, stamp: Timestamp) -> Outcome {
     match outcome {
         Outcome::Committed { output, .. } => Outcome::Committed { timestamp: stamp, output },
         Outcome::Aborted { kind, message, .. } => Outcome::Aborted { timestamp: stamp, kind, message },

@@ -16,7 +16,7 @@
 //! once `cancelled` is set: the holder of the lock may be on a node that died, and the
 //! new view fences the old regions off anyway.
 
-use super::fabric_records::{RecordError, RecordSlot};
+use super::fabric_records::{take_commit_number, RecordError, RecordSlot};
 use super::twopl::{self, LockWords, NotTaken};
 use super::{occ, pause_before_retry};
 use crate::model::Outcome;
@@ -24,6 +24,7 @@ use crate::storage::Slot;
 use crate::txn::access::AccessMode;
 use crate::txn::executor::execute_unclaimed;
 use crate::txn::PreparedTransaction;
+use leasehold_fabric::RemoteRegion;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Which baseline protocol runs.
@@ -43,10 +44,12 @@ pub struct Installed {
     pub(crate) value: Option<Vec<u8>>,
 }
 
-/// How a transaction ended: its outcome, what it installed, and how many times it ran
+/// How a transaction ended: its outcome, its commit number in the epoch (see
+/// `fabric_records::take_commit_number`), what it installed, and how many times it ran
 /// again after a concurrency abort.
 pub struct Ran {
     pub(crate) outcome: Outcome,
+    pub(crate) commit_number: u32,
     pub(crate) installed: Vec<Installed>,
     pub(crate) retries: u64,
 }
@@ -96,22 +99,37 @@ impl LockWords for Guarded<'_> {
     }
 }
 
+/// Where a transaction takes its commit number: the commit counter's region (node 0's
+/// record region) and the epoch.
+pub(crate) struct CommitCounter<'a> {
+    pub(crate) region: &'a dyn RemoteRegion,
+    pub(crate) epoch: u64,
+}
+
+impl CommitCounter<'_> {
+    fn take(&self) -> Result<u32, RecordError> {
+        take_commit_number(self.region, self.epoch)
+    }
+}
+
 /// Runs `prepared` (whose slots point at `copies`, one private copy per declared key) on
 /// the keys' record `slots` until it has an outcome. A fabric failure or a cancellation
-/// ends it with an error and leaves nothing of it installed.
+/// ends it with an error; a failure while installing may leave part of its writes in
+/// the slots (see the note on fabric failures in `cluster::driver::baseline`).
 pub(crate) fn run(
     protocol: Protocol,
     prepared: &PreparedTransaction,
     copies: &[Slot],
     slots: &[RecordSlot<'_>],
     timestamp: u64,
+    counter: &CommitCounter<'_>,
     cancelled: &AtomicBool,
 ) -> Result<Ran, RecordError> {
     assert_eq!(copies.len(), slots.len(), "one private copy per record slot");
     assert_eq!(slots.len(), prepared.planned.accesses.len(), "one record slot per declared key");
     match protocol {
-        Protocol::TwoPhaseLocking => run_two_phase(prepared, copies, slots, timestamp, cancelled),
-        Protocol::Optimistic => run_optimistic(prepared, copies, slots, cancelled),
+        Protocol::TwoPhaseLocking => run_two_phase(prepared, copies, slots, timestamp, counter, cancelled),
+        Protocol::Optimistic => run_optimistic(prepared, copies, slots, counter, cancelled),
     }
 }
 
@@ -142,6 +160,7 @@ fn run_two_phase(
     copies: &[Slot],
     slots: &[RecordSlot<'_>],
     timestamp: u64,
+    counter: &CommitCounter<'_>,
     cancelled: &AtomicBool,
 ) -> Result<Ran, RecordError> {
     let guarded: Vec<Guarded<'_>> = slots.iter().map(|&slot| Guarded { slot, cancelled }).collect();
@@ -178,21 +197,22 @@ fn run_two_phase(
             pause_before_retry(retries);
             continue;
         }
-        let result = run_locked(prepared, copies, slots);
+        let result = run_locked(prepared, copies, slots, counter);
         for (words, mode) in guarded.iter().zip(&modes) {
             let _ = release(words, *mode, timestamp);
         }
-        let (outcome, installed) = result?;
-        return Ok(Ran { outcome, installed, retries });
+        let (outcome, commit_number, installed) = result?;
+        return Ok(Ran { outcome, commit_number, installed, retries });
     }
 }
 
-/// 2PL's part under every lock: read, run, install.
+/// 2PL's part under every lock: read, run, take the commit number, install.
 fn run_locked(
     prepared: &PreparedTransaction,
     copies: &[Slot],
     slots: &[RecordSlot<'_>],
-) -> Result<(Outcome, Vec<Installed>), RecordError> {
+    counter: &CommitCounter<'_>,
+) -> Result<(Outcome, u32, Vec<Installed>), RecordError> {
     let mut versions = Vec::with_capacity(slots.len());
     for (slot, copy) in slots.iter().zip(copies) {
         let (value, version) = slot.read_locked()?;
@@ -201,6 +221,7 @@ fn run_locked(
         versions.push(version);
     }
     let outcome = execute_unclaimed(prepared);
+    let commit_number = counter.take()?;
     let mut installed = Vec::new();
     if outcome.is_committed() {
         for (access, value) in written_values(prepared, copies) {
@@ -209,13 +230,14 @@ fn run_locked(
             installed.push(Installed { access, version, value });
         }
     }
-    Ok((outcome, installed))
+    Ok((outcome, commit_number, installed))
 }
 
 fn run_optimistic(
     prepared: &PreparedTransaction,
     copies: &[Slot],
     slots: &[RecordSlot<'_>],
+    counter: &CommitCounter<'_>,
     cancelled: &AtomicBool,
 ) -> Result<Ran, RecordError> {
     let writes: Vec<usize> =
@@ -260,6 +282,14 @@ fn run_optimistic(
             pause_before_retry(retries);
             continue;
         }
+        // Taken with the write set locked and before validation, as on a single node.
+        let commit_number = match counter.take() {
+            Ok(number) => number,
+            Err(error) => {
+                unlock(locked);
+                return Err(error);
+            }
+        };
         let mut read_set = Vec::with_capacity(slots.len());
         for index in (0..slots.len()).filter(|index| locking.binary_search(index).is_err()) {
             match slots[index].version_word() {
@@ -282,6 +312,6 @@ fn run_optimistic(
             slots[access].install(versions[access], value.as_deref())?;
             installed.push(Installed { access, version: versions[access] + 1, value });
         }
-        return Ok(Ran { outcome, installed, retries });
+        return Ok(Ran { outcome, commit_number, installed, retries });
     }
 }

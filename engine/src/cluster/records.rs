@@ -13,7 +13,7 @@
 //! old one is withdrawn: an execution of an abandoned view that still runs somewhere
 //! writes into memory nobody reads any more, and every lock it held is gone with it.
 
-use crate::cc::fabric_records::{RecordError, RecordSlot, RECORD_BYTES, VALUE_BYTES_MAX};
+use crate::cc::fabric_records::{RecordError, RecordSlot, FIRST_KEY_SLOT, RECORD_BYTES, VALUE_BYTES_MAX};
 use crate::model::NodeId;
 use crate::storage::{Storage, StorageError};
 use leasehold_fabric::{Fabric, FabricError, LocalRegion, RegionId, RemoteRegion};
@@ -79,7 +79,8 @@ impl RecordRegion {
 
     /// The storage key of slot `index`, if it was given out in this view.
     pub fn key_of(&self, index: u64) -> Option<&[u8]> {
-        self.keys.get(usize::try_from(index).ok()?).map(Vec::as_slice)
+        let position = index.checked_sub(FIRST_KEY_SLOT)?;
+        self.keys.get(usize::try_from(position).ok()?).map(Vec::as_slice)
     }
 
     pub fn resident_keys(&self) -> usize {
@@ -101,7 +102,7 @@ impl RecordRegion {
             let values = storage.read_values(&missing)?;
             for (key, value) in missing.into_iter().zip(values) {
                 let fits = value.as_ref().is_none_or(|value| value.len() <= VALUE_BYTES_MAX);
-                let index = self.keys.len() as u64;
+                let index = FIRST_KEY_SLOT + self.keys.len() as u64;
                 if !fits || index >= RECORD_SLOTS {
                     continue;
                 }

@@ -23,10 +23,21 @@
 //!    requests; the commit thread releases the replies once every node made the epoch
 //!    durable, as under leases. A crash rolls every node back to the epoch durable
 //!    everywhere, and every view gets fresh regions (see `cluster::records`).
+//!
+//! Within an epoch the protocol orders transactions; each takes a commit number from a
+//! counter in node 0's region while it still holds what orders it (as the single-node
+//! baselines reserve their sequence number), and clients see (epoch, commit number) as
+//! its timestamp: the serial order of the cluster.
+//!
+//! A fabric failure while a transaction runs (a peer that does not answer over tcp)
+//! refuses it with `Retry`. A failure in the middle of its installs can leave part of
+//! them in the slots without reporting them to their holders; the holders' logs stay
+//! consistent (only reported installs are logged), and the slots are replaced at the next
+//! view change, which a peer that stopped answering brings about when it restarts.
 
 use super::{frame_epoch, reject_all, ClusterDriver, Interrupted};
 use crate::cc::fabric_records::RecordSlot;
-use crate::cc::over_fabric::{self, Protocol, Ran};
+use crate::cc::over_fabric::{self, CommitCounter, Protocol, Ran};
 use crate::cc::twopl::{FIRST_TIMESTAMP, TIMESTAMP_MAX};
 use crate::cc::ConcurrencyStats;
 use crate::cluster::records::{PeerRecords, RecordRegion, NO_SLOT};
@@ -255,7 +266,7 @@ impl ClusterDriver {
             .collect();
         let cancelled = Arc::new(AtomicBool::new(false));
         let mut outcomes: Vec<Option<Result<Outcome, Rejection>>> = (0..runnable.len()).map(|_| None).collect();
-        let mut installs: Vec<Vec<(Placed, u64, Option<Vec<u8>>)>> = (0..runnable.len()).map(|_| Vec::new()).collect();
+        let mut installs: Vec<Vec<(NodeId, SlotWrite)>> = (0..runnable.len()).map(|_| Vec::new()).collect();
         let mut request_ids = Vec::with_capacity(runnable.len());
         let mut replies: Vec<Reply> = Vec::with_capacity(runnable.len());
         let mut in_flight = 0usize;
@@ -304,13 +315,17 @@ impl ClusterDriver {
                 planned: transaction,
                 timestamp: Timestamp { epoch, node: me, sequence: sequence as u32 },
             };
+            let counter_region = regions[0].clone().expect("node 0's region is open");
             let (protocol, cancelled, done) = (baseline.protocol, cancelled.clone(), self.loopback.clone());
             in_flight += 1;
             self.pool.spawn(move || {
                 let slots: Result<Vec<RecordSlot<'_>>, _> =
                     slot_regions.iter().map(|(region, index)| RecordSlot::at(region.as_ref(), *index)).collect();
+                let counter = CommitCounter { region: counter_region.as_ref(), epoch };
                 let result = slots
-                    .and_then(|slots| over_fabric::run(protocol, &prepared, &copies, &slots, timestamp, &cancelled))
+                    .and_then(|slots| {
+                        over_fabric::run(protocol, &prepared, &copies, &slots, timestamp, &counter, &cancelled)
+                    })
                     .map_err(|error| error.to_string());
                 // The copies outlive the run: `prepared` points into them.
                 drop(prepared);
@@ -350,9 +365,14 @@ impl ClusterDriver {
                             installs[index] = ran
                                 .installed
                                 .into_iter()
-                                .map(|installed| (placed[index][installed.access], installed.version, installed.value))
+                                .map(|installed| {
+                                    let Placed { holder, slot } = placed[index][installed.access];
+                                    (holder, SlotWrite { slot, version: installed.version, value: installed.value })
+                                })
                                 .collect();
-                            Ok(ran.outcome)
+                            // Clients see the serial order: (epoch, commit number).
+                            let stamp = Timestamp { epoch, node: me, sequence: ran.commit_number };
+                            Ok(crate::cc::stamped(ran.outcome, stamp))
                         }
                         Err(error) => {
                             tracing::warn!(%error, "a transaction could not run on the record slots");
@@ -380,8 +400,8 @@ impl ClusterDriver {
         // 4. Finish: what this node installed in each peer's slots goes to the peer.
         let mut outgoing: Vec<Vec<SlotWrite>> = (0..node_count).map(|_| Vec::new()).collect();
         for transaction_installs in &mut installs {
-            for (placed, version, value) in transaction_installs.drain(..) {
-                outgoing[usize::from(placed.holder)].push(SlotWrite { slot: placed.slot, version, value });
+            for (holder, write) in transaction_installs.drain(..) {
+                outgoing[usize::from(holder)].push(write);
             }
         }
         let own_writes = std::mem::take(&mut outgoing[usize::from(me)]);
@@ -511,8 +531,13 @@ impl ClusterDriver {
             }
         }
         let mut waiting: Vec<bool> = asked.iter().map(|keys| !keys.is_empty()).collect();
+        // Node 0's region holds the commit counter: every node opens it, and its answer
+        // (possibly to no keys at all) tells that it is registered.
+        if me != 0 && baseline.peers[0].is_none() {
+            waiting[0] = true;
+        }
         for (holder, keys) in asked.iter().enumerate() {
-            if !keys.is_empty() {
+            if waiting[holder] {
                 self.transport.send(holder as NodeId, &Frame::Resolve { generation, keys: keys.clone() });
             }
         }
