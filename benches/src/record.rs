@@ -79,9 +79,13 @@ pub struct NodeParameters {
     /// The fsync policy and executor threads of an embedded node; unknown for a remote one.
     pub fsync: Option<String>,
     pub executor_threads: Option<usize>,
-    /// The concurrency control of an embedded node (`lease`, `2pl`, `occ`); unknown for a
-    /// remote one.
+    /// The concurrency control (`lease`, `2pl`, `occ`), as the node (node 0 of a
+    /// cluster) reports it.
     pub cc: Option<String>,
+    /// Transactions the nodes' concurrency control aborted and ran again during the run
+    /// (2pl: died under wait-die; occ: a lock or the validation failed), summed over the
+    /// nodes; always 0 under leases.
+    pub concurrency_retries: Option<u64>,
 }
 
 /// One run, flat, as both JSON and CSV carry it.
@@ -130,6 +134,7 @@ pub struct RunRecord {
     pub key_groups: u64,
     pub route_by_lease_table: bool,
     pub request_ids_at_node: bool,
+    pub concurrency_retries: Option<u64>,
 }
 
 impl RunRecord {
@@ -184,6 +189,7 @@ impl RunRecord {
             key_groups: config.key_groups,
             route_by_lease_table: config.route_by_lease_table,
             request_ids_at_node: config.request_ids_at_node,
+            concurrency_retries: node.concurrency_retries,
         }
     }
 
@@ -229,6 +235,7 @@ impl RunRecord {
             ("key_groups", self.key_groups.to_string()),
             ("route_by_lease_table", self.route_by_lease_table.to_string()),
             ("request_ids_at_node", self.request_ids_at_node.to_string()),
+            ("concurrency_retries", optional(&self.concurrency_retries)),
         ]
     }
 
@@ -348,6 +355,7 @@ mod tests {
             fsync: Some("every-epoch".into()),
             executor_threads: Some(2),
             cc: Some("lease".into()),
+            concurrency_retries: Some(0),
         };
         let machine = Machine {
             cpu_model: Some("Intel Xeon, KVM".into()),
@@ -413,7 +421,11 @@ mod tests {
         assert_eq!(lines[0], record(0, None).csv_header());
         assert!(lines[1].starts_with("2025-11-29T23:30:00Z,social,10000,0,0,4,200,4,2,10,,1,embedded,every-epoch,2,"));
         assert!(lines[1].contains(",\"Intel Xeon, KVM\",2,1073741824,0.5,1.25,300,100,0,10,40.0,0.250000,1000,"));
-        assert!(lines[2].ends_with(",\"violated: user 3 holds \"\"x\"\", not y\",lease,1,false,false"), "{}", lines[2]);
+        assert!(
+            lines[2].ends_with(",\"violated: user 3 holds \"\"x\"\", not y\",lease,1,false,false,0"),
+            "{}",
+            lines[2]
+        );
         std::fs::write(&path, "a,b\n1,2\n").expect("overwrite");
         assert!(matches!(record(0, None).append_csv(&path), Err(RecordError::OtherColumns { .. })));
     }

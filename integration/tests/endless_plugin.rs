@@ -13,7 +13,8 @@
 //!   in place of the stuck one;
 //! * in a cluster the same holds, whether the spinning transaction holds a key of its own
 //!   node or one borrowed from a peer (which gets it back unchanged), and the epochs of
-//!   every node go on.
+//!   every node go on; and again under the baselines of a cluster, where the spinning
+//!   transaction holds (2PL) a lock in another node's record region.
 
 use leasehold_client::{AbortKind, BlockingClient, Invocation, InvokeResult, RejectionKind};
 use leasehold_integration::cluster::LocalCluster;
@@ -167,6 +168,20 @@ fn abandon_and_go_on(cc: &str) {
 
 #[test]
 fn in_a_cluster_an_endless_call_is_abandoned_on_its_node_and_every_node_goes_on() {
+    abandon_in_a_cluster("lease");
+}
+
+#[test]
+fn in_a_cluster_under_2pl_an_endless_call_is_abandoned_its_locks_released_and_every_node_goes_on() {
+    abandon_in_a_cluster("2pl");
+}
+
+#[test]
+fn in_a_cluster_under_occ_an_endless_call_is_abandoned_and_every_node_goes_on() {
+    abandon_in_a_cluster("occ");
+}
+
+fn abandon_in_a_cluster(cc: &str) {
     const NODES: u16 = 3;
     const ACCOUNTS: u64 = 6;
     let directory = tempfile::tempdir().expect("temporary directory");
@@ -174,7 +189,7 @@ fn in_a_cluster_an_endless_call_is_abandoned_on_its_node_and_every_node_goes_on(
         directory.path(),
         NODES,
         "shm",
-        &["--plugin-call-warn-ms", "200", "--plugin-call-abandon-ms", "1000"],
+        &["--plugin-call-warn-ms", "200", "--plugin-call-abandon-ms", "1000", "--cc", cc],
     );
     cluster.wait_until_synced(Duration::from_secs(60));
     let setup = cluster.connect(0).expect("connect to node 0");

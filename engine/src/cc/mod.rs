@@ -1,10 +1,13 @@
 //! The baseline concurrency controls (DESIGN §5): two-phase locking with wait-die
 //! ([`twopl`], `--cc 2pl`) and optimistic concurrency control ([`occ`], `--cc occ`), run
 //! over the same plugins, storage, commit thread and exactly-once ledger as the lease
-//! protocol, so that comparisons measure the protocol and nothing else. Single node only
-//! for now (a node with a cluster file refuses these modes).
+//! protocol, so that comparisons measure the protocol and nothing else.
 //!
-//! Threads, replacing the epoch driver and its executor pool:
+//! This module holds the single-node driver; in a cluster the cluster driver runs the
+//! same protocols on record slots in fabric memory ([`fabric_records`], [`over_fabric`],
+//! `cluster::driver::baseline`).
+//!
+//! Threads on a single node, replacing the epoch driver and its executor pool:
 //! * the dispatcher ([`BaselineDriver::run`], on the thread `Node::start` spawns for the
 //!   driver) takes whatever submissions are waiting, answers retries from the ledger
 //!   (`txn::epoch::admit`), makes the keys resident (one batched RocksDB read for the

@@ -22,10 +22,10 @@ use super::{occ, pause_before_retry};
 use crate::model::Outcome;
 use crate::storage::Slot;
 use crate::txn::access::AccessMode;
-use crate::txn::executor::execute_unclaimed;
+use crate::txn::executor::{execute, now_us, Claim};
 use crate::txn::PreparedTransaction;
 use leasehold_fabric::RemoteRegion;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Which baseline protocol runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,10 +112,35 @@ impl CommitCounter<'_> {
     }
 }
 
+/// How the driver watches a transaction's plugin calls, so that it can abandon one that
+/// does not return (`plugin_call_abandon_ms`): the claim the executor thread and the
+/// driver race for, and when the running call started (0: none running). The driver
+/// abandons only a call that is running, so under 2PL it knows the transaction holds
+/// every lock, and it releases them itself.
+pub(crate) struct CallWatch<'a> {
+    pub(crate) claim: Option<&'a Claim>,
+    pub(crate) started_us: &'a AtomicU64,
+}
+
+impl CallWatch<'_> {
+    /// Runs the plugin; `None` when the driver abandoned the call meanwhile.
+    fn execute(&self, prepared: &PreparedTransaction) -> Option<Outcome> {
+        if let Some(claim) = self.claim {
+            claim.rearm();
+        }
+        self.started_us.store(now_us(), Ordering::Release);
+        let outcome = execute(prepared, self.claim);
+        self.started_us.store(0, Ordering::Release);
+        outcome
+    }
+}
+
 /// Runs `prepared` (whose slots point at `copies`, one private copy per declared key) on
-/// the keys' record `slots` until it has an outcome. A fabric failure or a cancellation
-/// ends it with an error; a failure while installing may leave part of its writes in
-/// the slots (see the note on fabric failures in `cluster::driver::baseline`).
+/// the keys' record `slots` until it has an outcome (`None`: the driver abandoned its
+/// plugin call and answers for it). A fabric failure or a cancellation ends it with an
+/// error; a failure while installing may leave part of its writes in the slots (see the
+/// note on fabric failures in `cluster::driver::baseline`).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn run(
     protocol: Protocol,
     prepared: &PreparedTransaction,
@@ -123,13 +148,23 @@ pub(crate) fn run(
     slots: &[RecordSlot<'_>],
     timestamp: u64,
     counter: &CommitCounter<'_>,
+    call: &CallWatch<'_>,
     cancelled: &AtomicBool,
-) -> Result<Ran, RecordError> {
+) -> Result<Option<Ran>, RecordError> {
     assert_eq!(copies.len(), slots.len(), "one private copy per record slot");
     assert_eq!(slots.len(), prepared.planned.accesses.len(), "one record slot per declared key");
     match protocol {
-        Protocol::TwoPhaseLocking => run_two_phase(prepared, copies, slots, timestamp, counter, cancelled),
-        Protocol::Optimistic => run_optimistic(prepared, copies, slots, counter, cancelled),
+        Protocol::TwoPhaseLocking => run_two_phase(prepared, copies, slots, timestamp, counter, call, cancelled),
+        Protocol::Optimistic => run_optimistic(prepared, copies, slots, counter, call, cancelled),
+    }
+}
+
+/// Releases a 2PL lock taken in `mode` by the transaction with wait-die `timestamp` (also
+/// the driver's way to release the locks of a transaction whose call it abandoned).
+pub(crate) fn release_lock(slot: RecordSlot<'_>, mode: AccessMode, timestamp: u64) -> Result<(), RecordError> {
+    match mode {
+        AccessMode::Read => Ok(twopl::unlock_shared(&slot)?),
+        AccessMode::Write => Ok(twopl::unlock_exclusive(&slot, timestamp)?),
     }
 }
 
@@ -161,8 +196,9 @@ fn run_two_phase(
     slots: &[RecordSlot<'_>],
     timestamp: u64,
     counter: &CommitCounter<'_>,
+    call: &CallWatch<'_>,
     cancelled: &AtomicBool,
-) -> Result<Ran, RecordError> {
+) -> Result<Option<Ran>, RecordError> {
     let guarded: Vec<Guarded<'_>> = slots.iter().map(|&slot| Guarded { slot, cancelled }).collect();
     let modes: Vec<AccessMode> = modes(prepared).collect();
     let mut retries = 0u64;
@@ -197,12 +233,16 @@ fn run_two_phase(
             pause_before_retry(retries);
             continue;
         }
-        let result = run_locked(prepared, copies, slots, counter);
+        let result = run_locked(prepared, copies, slots, counter, call);
+        if let Ok(None) = result {
+            // Abandoned: the driver released the locks and answered.
+            return Ok(None);
+        }
         for (words, mode) in guarded.iter().zip(&modes) {
             let _ = release(words, *mode, timestamp);
         }
-        let (outcome, commit_number, installed) = result?;
-        return Ok(Ran { outcome, commit_number, installed, retries });
+        let (outcome, commit_number, installed) = result?.expect("not abandoned: checked above");
+        return Ok(Some(Ran { outcome, commit_number, installed, retries }));
     }
 }
 
@@ -212,7 +252,8 @@ fn run_locked(
     copies: &[Slot],
     slots: &[RecordSlot<'_>],
     counter: &CommitCounter<'_>,
-) -> Result<(Outcome, u32, Vec<Installed>), RecordError> {
+    call: &CallWatch<'_>,
+) -> Result<Option<(Outcome, u32, Vec<Installed>)>, RecordError> {
     let mut versions = Vec::with_capacity(slots.len());
     for (slot, copy) in slots.iter().zip(copies) {
         let (value, version) = slot.read_locked()?;
@@ -220,7 +261,7 @@ fn run_locked(
         unsafe { copy.set(value.as_deref()) };
         versions.push(version);
     }
-    let outcome = execute_unclaimed(prepared);
+    let Some(outcome) = call.execute(prepared) else { return Ok(None) };
     let commit_number = counter.take()?;
     let mut installed = Vec::new();
     if outcome.is_committed() {
@@ -230,7 +271,7 @@ fn run_locked(
             installed.push(Installed { access, version, value });
         }
     }
-    Ok((outcome, commit_number, installed))
+    Ok(Some((outcome, commit_number, installed)))
 }
 
 fn run_optimistic(
@@ -238,8 +279,9 @@ fn run_optimistic(
     copies: &[Slot],
     slots: &[RecordSlot<'_>],
     counter: &CommitCounter<'_>,
+    call: &CallWatch<'_>,
     cancelled: &AtomicBool,
-) -> Result<Ran, RecordError> {
+) -> Result<Option<Ran>, RecordError> {
     let writes: Vec<usize> =
         modes(prepared).enumerate().filter(|(_, mode)| *mode == AccessMode::Write).map(|(index, _)| index).collect();
     let mut versions = vec![0u64; slots.len()];
@@ -251,7 +293,7 @@ fn run_optimistic(
             unsafe { copy.set(value.as_deref()) };
             *version = read;
         }
-        let outcome = execute_unclaimed(prepared);
+        let Some(outcome) = call.execute(prepared) else { return Ok(None) };
         // An aborted run installs nothing, but its outcome rests on its reads as well:
         // they are validated all the same, with no write set locked.
         let locking: &[usize] = if outcome.is_committed() { &writes } else { &[] };
@@ -312,6 +354,6 @@ fn run_optimistic(
             slots[access].install(versions[access], value.as_deref())?;
             installed.push(Installed { access, version: versions[access] + 1, value });
         }
-        return Ok(Ran { outcome, commit_number, installed, retries });
+        return Ok(Some(Ran { outcome, commit_number, installed, retries }));
     }
 }

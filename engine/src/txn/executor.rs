@@ -82,6 +82,12 @@ impl Claim {
         self.0.compare_exchange(Claim::RUNNING, Claim::FINISHED, Ordering::AcqRel, Ordering::Relaxed).is_ok()
     }
 
+    /// Makes a claim the executor thread won usable for another run of the same
+    /// transaction (an OCC retry); a claim the driver won stays abandoned.
+    pub(crate) fn rearm(&self) {
+        let _ = self.0.compare_exchange(Claim::FINISHED, Claim::RUNNING, Ordering::AcqRel, Ordering::Relaxed);
+    }
+
     /// Whether the driver abandoned the transaction.
     pub(crate) fn is_abandoned(&self) -> bool {
         self.0.load(Ordering::Acquire) == Claim::ABANDONED

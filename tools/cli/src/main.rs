@@ -609,8 +609,18 @@ fn run_embedded(
         fsync: Some(node_config.fsync.as_str().to_string()),
         executor_threads: Some(node_config.executor_threads),
         cc: Some(node_config.cc.as_str().to_string()),
+        concurrency_retries: Some(status.concurrency_retries_total),
     };
     Ok((report?, parameters))
+}
+
+/// The concurrency retries the nodes at `addresses` reported so far, summed.
+fn concurrency_retries(addresses: &[SocketAddr]) -> Result<u64, Failure> {
+    let mut total = 0;
+    for address in addresses {
+        total += connect_to(*address, None, None)?.status()?.concurrency_retries_total;
+    }
+    Ok(total)
 }
 
 fn read_library(path: &Path) -> Result<Vec<u8>, Failure> {
@@ -641,8 +651,15 @@ fn bench(address: SocketAddr, token_file: Option<&Path>, arguments: BenchArgumen
         }
         connect_to(addresses[0], None, None)?.deploy_plugin(&library)?;
         let mode = if arguments.cluster_file.is_some() { "cluster" } else { "remote" };
-        let node = NodeParameters { mode, ..NodeParameters::default() };
-        (leasehold_bench::run::run_observed(&addresses, &config, &display)?, node)
+        let retries_before = concurrency_retries(&addresses)?;
+        let report = leasehold_bench::run::run_observed(&addresses, &config, &display)?;
+        let node = NodeParameters {
+            mode,
+            cc: Some(connect_to(addresses[0], None, None)?.status()?.cc),
+            concurrency_retries: Some(concurrency_retries(&addresses)?.saturating_sub(retries_before)),
+            ..NodeParameters::default()
+        };
+        (report, node)
     } else {
         let overrides = ConfigOverrides {
             config: arguments.node_config.clone(),

@@ -37,7 +37,7 @@
 
 use super::{frame_epoch, reject_all, ClusterDriver, Interrupted};
 use crate::cc::fabric_records::RecordSlot;
-use crate::cc::over_fabric::{self, CommitCounter, Protocol, Ran};
+use crate::cc::over_fabric::{self, CallWatch, CommitCounter, Protocol, Ran};
 use crate::cc::twopl::{FIRST_TIMESTAMP, TIMESTAMP_MAX};
 use crate::cc::ConcurrencyStats;
 use crate::cluster::records::{PeerRecords, RecordRegion, NO_SLOT};
@@ -45,12 +45,15 @@ use crate::cluster::wire::{Frame, SlotWrite};
 use crate::model::{NodeId, Outcome, Rejection, Timestamp};
 use crate::storage::slots::{Slot, SlotPointer};
 use crate::storage::{data_key_into, EpochRecord, REQUEST_ID_TABLE};
+use crate::txn::access::AccessMode;
 use crate::txn::commit::{CommitMessage, EpochCommit};
 use crate::txn::epoch::DriverMessage;
+use crate::txn::executor::{now_us, report_abandoned, Claim};
 use crate::txn::{PreparedTransaction, Reply, Submission, TransactionStats};
+use crossbeam_channel::RecvTimeoutError;
 use leasehold_fabric::{Fabric, RemoteRegion};
 use rustc_hash::{FxHashMap, FxHashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -97,9 +100,24 @@ struct Placed {
 }
 
 /// What an executor reports for one transaction: how it ran (or why it could not).
+/// `Ok(None)`: the driver abandoned its plugin call and answered for it already.
 pub struct BaselineRun {
     pub transaction: u32,
-    pub result: Result<Ran, String>,
+    pub result: Result<Option<Ran>, String>,
+}
+
+/// The plugin calls of one epoch, as the executors and the driver share them.
+struct EpochCalls {
+    claims: Vec<Claim>,
+    started_us: Vec<AtomicU64>,
+}
+
+/// What the driver needs to abandon a transaction's call: its plugin (to quarantine),
+/// and under 2PL its locks (slot and mode of every declared key) and wait-die timestamp.
+struct Watched {
+    plugin: Arc<crate::plugin::LoadedPlugin>,
+    locks: Vec<(Arc<dyn RemoteRegion>, u64, AccessMode)>,
+    timestamp: u64,
 }
 
 impl ClusterDriver {
@@ -265,6 +283,12 @@ impl ClusterDriver {
             })
             .collect();
         let cancelled = Arc::new(AtomicBool::new(false));
+        let calls = Arc::new(EpochCalls {
+            claims: (0..runnable.len()).map(|_| Claim::new()).collect(),
+            started_us: (0..runnable.len()).map(|_| AtomicU64::new(0)).collect(),
+        });
+        let abandonable = self.abandon_after.is_some();
+        let mut watched: Vec<Option<Watched>> = (0..runnable.len()).map(|_| None).collect();
         let mut outcomes: Vec<Option<Result<Outcome, Rejection>>> = (0..runnable.len()).map(|_| None).collect();
         let mut installs: Vec<Vec<(NodeId, SlotWrite)>> = (0..runnable.len()).map(|_| Vec::new()).collect();
         let mut request_ids = Vec::with_capacity(runnable.len());
@@ -309,6 +333,14 @@ impl ClusterDriver {
             baseline.next_counter += 1;
             let timestamp = FIRST_TIMESTAMP + counter * node_count as u64 + u64::from(me);
             assert!(timestamp <= TIMESTAMP_MAX, "wait-die timestamps ran out");
+            if abandonable {
+                let locks = slot_regions
+                    .iter()
+                    .zip(transaction.accesses.entries())
+                    .map(|((region, index), entry)| (region.clone(), *index, entry.mode))
+                    .collect();
+                watched[sequence] = Some(Watched { plugin: transaction.plugin.clone(), locks, timestamp });
+            }
             let copies: Vec<Slot> = storage_keys[sequence].iter().map(|(_, key)| Slot::detached(key, None)).collect();
             let prepared = PreparedTransaction {
                 slots: copies.iter().map(|copy| (u32::MAX, SlotPointer::to(copy))).collect(),
@@ -317,14 +349,19 @@ impl ClusterDriver {
             };
             let counter_region = regions[0].clone().expect("node 0's region is open");
             let (protocol, cancelled, done) = (baseline.protocol, cancelled.clone(), self.loopback.clone());
+            let calls = calls.clone();
             in_flight += 1;
             self.pool.spawn(move || {
                 let slots: Result<Vec<RecordSlot<'_>>, _> =
                     slot_regions.iter().map(|(region, index)| RecordSlot::at(region.as_ref(), *index)).collect();
                 let counter = CommitCounter { region: counter_region.as_ref(), epoch };
+                let call = CallWatch {
+                    claim: abandonable.then(|| &calls.claims[sequence]),
+                    started_us: &calls.started_us[sequence],
+                };
                 let result = slots
                     .and_then(|slots| {
-                        over_fabric::run(protocol, &prepared, &copies, &slots, timestamp, &counter, &cancelled)
+                        over_fabric::run(protocol, &prepared, &copies, &slots, timestamp, &counter, &call, &cancelled)
                     })
                     .map_err(|error| error.to_string());
                 // The copies outlive the run: `prepared` points into them.
@@ -346,21 +383,32 @@ impl ClusterDriver {
         }
         let mut retries = 0u64;
         while in_flight > 0 {
-            let message = match self.next_message() {
-                Ok(message) => message,
+            if abandonable {
+                self.abandon_overdue_runs(epoch, &calls, &watched, &mut outcomes, &mut in_flight);
+                if in_flight == 0 {
+                    break;
+                }
+            }
+            let message = match self.next_message_watching(in_flight) {
+                Ok(Some(message)) => message,
+                Ok(None) => continue,
                 Err(interrupted) => {
                     cancelled.store(true, Ordering::Release);
-                    self.wait_for_runs(epoch, in_flight);
+                    self.wait_for_runs(epoch, &calls, &watched, &mut outcomes, in_flight);
                     return Err(self.abandon_prepared(replies, interrupted));
                 }
             };
             match message {
                 DriverMessage::RanOverFabric { epoch: ran_epoch, run } if ran_epoch == epoch => {
-                    in_flight -= 1;
                     let BaselineRun { transaction, result } = *run;
+                    if let Ok(None) = result {
+                        continue; // Abandoned: counted when the driver abandoned it.
+                    }
+                    in_flight -= 1;
                     let index = transaction as usize;
                     outcomes[index] = Some(match result {
-                        Ok(ran) => {
+                        Ok(None) => unreachable!("handled above"),
+                        Ok(Some(ran)) => {
                             retries += ran.retries;
                             installs[index] = ran
                                 .installed
@@ -389,7 +437,7 @@ impl ClusterDriver {
             }
             if !self.state.synced {
                 cancelled.store(true, Ordering::Release);
-                self.wait_for_runs(epoch, in_flight);
+                self.wait_for_runs(epoch, &calls, &watched, &mut outcomes, in_flight);
                 return Err(self.abandon_prepared(replies, Interrupted::ViewChanged));
             }
         }
@@ -606,13 +654,83 @@ impl ClusterDriver {
     }
 
     /// Waits until the executors finished what they were given (they give up soon once
-    /// the epoch is cancelled).
-    fn wait_for_runs(&mut self, epoch: u64, mut in_flight: usize) {
+    /// the epoch is cancelled; a plugin call that does not return is abandoned).
+    fn wait_for_runs(
+        &mut self,
+        epoch: u64,
+        calls: &EpochCalls,
+        watched: &[Option<Watched>],
+        outcomes: &mut [Option<Result<Outcome, Rejection>>],
+        mut in_flight: usize,
+    ) {
         while in_flight > 0 {
-            match self.inbox.recv() {
-                Ok(DriverMessage::RanOverFabric { epoch: ran_epoch, .. }) if ran_epoch == epoch => in_flight -= 1,
-                Ok(other) => self.absorb(other),
-                Err(_) => return,
+            self.abandon_overdue_runs(epoch, calls, watched, outcomes, &mut in_flight);
+            if in_flight == 0 {
+                return;
+            }
+            let message = match self.abandon_after {
+                Some(limit) => match self.inbox.recv_timeout(super::abandon_check_period(limit)) {
+                    Ok(message) => message,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                },
+                None => match self.inbox.recv() {
+                    Ok(message) => message,
+                    Err(_) => return,
+                },
+            };
+            match message {
+                DriverMessage::RanOverFabric { epoch: ran_epoch, run } if ran_epoch == epoch => {
+                    if !matches!(run.result, Ok(None)) {
+                        in_flight -= 1;
+                    }
+                }
+                other => self.absorb(other),
+            }
+        }
+    }
+
+    /// Abandons the transactions whose plugin call has run longer than
+    /// `plugin_call_abandon_ms` (at most once per check period): the driver wins the
+    /// call's claim, releases the transaction's locks (2PL; under OCC a call holds none),
+    /// answers `plugin-timed-out` (quarantining the plugin) and replaces the executor
+    /// thread, which it never joins. The transaction installed nothing.
+    fn abandon_overdue_runs(
+        &mut self,
+        epoch: u64,
+        calls: &EpochCalls,
+        watched: &[Option<Watched>],
+        outcomes: &mut [Option<Result<Outcome, Rejection>>],
+        in_flight: &mut usize,
+    ) {
+        let Some(limit) = self.abandon_after else { return };
+        if self.state.abandon_checked_at.elapsed() < super::abandon_check_period(limit) {
+            return;
+        }
+        self.state.abandon_checked_at = Instant::now();
+        let (now, limit_us) = (now_us(), limit.as_micros() as u64);
+        let two_phase = self.state.baseline.as_ref().is_some_and(|b| b.protocol == Protocol::TwoPhaseLocking);
+        for (index, started) in calls.started_us.iter().enumerate() {
+            let started = started.load(Ordering::Acquire);
+            if started == 0 || now.saturating_sub(started) <= limit_us || !calls.claims[index].abandon() {
+                continue;
+            }
+            let Some(watch) = &watched[index] else { continue };
+            if two_phase {
+                for (region, slot, mode) in &watch.locks {
+                    let released = RecordSlot::at(region.as_ref(), *slot)
+                        .and_then(|slot| over_fabric::release_lock(slot, *mode, watch.timestamp));
+                    if let Err(error) = released {
+                        tracing::error!(%error, "cannot release a lock of an abandoned transaction");
+                    }
+                }
+            }
+            let stamp = Timestamp { epoch, node: self.node, sequence: 0 };
+            outcomes[index] = Some(Ok(report_abandoned(&watch.plugin, stamp, (now - started) / 1000)));
+            *in_flight -= 1;
+            self.state.threads_written_off += 1;
+            if let Err(error) = self.pool.write_off(1) {
+                tracing::error!(%error, "cannot start an executor thread to replace one lost to an abandoned call");
             }
         }
     }
