@@ -159,15 +159,6 @@ pub(crate) fn run(
     }
 }
 
-/// Releases a 2PL lock taken in `mode` by the transaction with wait-die `timestamp` (also
-/// the driver's way to release the locks of a transaction whose call it abandoned).
-pub(crate) fn release_lock(slot: RecordSlot<'_>, mode: AccessMode, timestamp: u64) -> Result<(), RecordError> {
-    match mode {
-        AccessMode::Read => Ok(twopl::unlock_shared(&slot)?),
-        AccessMode::Write => Ok(twopl::unlock_exclusive(&slot, timestamp)?),
-    }
-}
-
 fn modes(prepared: &PreparedTransaction) -> impl Iterator<Item = AccessMode> + '_ {
     prepared.planned.accesses.entries().iter().map(|entry| entry.mode)
 }
@@ -181,13 +172,6 @@ fn written_values(prepared: &PreparedTransaction, copies: &[Slot]) -> Vec<(usize
         // SAFETY: the run returned; only this thread uses its copies.
         .map(|(index, _)| (index, unsafe { copies[index].value() }.map(<[u8]>::to_vec)))
         .collect()
-}
-
-fn release(guarded: &Guarded<'_>, mode: AccessMode, timestamp: u64) -> Result<(), RecordError> {
-    match mode {
-        AccessMode::Read => twopl::unlock_shared(guarded),
-        AccessMode::Write => twopl::unlock_exclusive(guarded, timestamp),
-    }
 }
 
 fn run_two_phase(
@@ -224,7 +208,7 @@ fn run_two_phase(
             for (words, mode) in guarded.iter().zip(&modes).take(held) {
                 // A release that fails leaves the lock to the region, which the next view
                 // replaces; the first failure is the one reported.
-                let _ = release(words, *mode, timestamp);
+                let _ = twopl::release_held(words, *mode, timestamp);
             }
             if let Some(error) = failure {
                 return Err(error);
@@ -239,7 +223,7 @@ fn run_two_phase(
             return Ok(None);
         }
         for (words, mode) in guarded.iter().zip(&modes) {
-            let _ = release(words, *mode, timestamp);
+            let _ = twopl::release_held(words, *mode, timestamp);
         }
         let (outcome, commit_number, installed) = result?.expect("not abandoned: checked above");
         return Ok(Some(Ran { outcome, commit_number, installed, retries }));

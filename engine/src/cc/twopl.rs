@@ -299,13 +299,18 @@ fn unlock(attempt: &Attempt, held: usize) {
     }
 }
 
-/// Releases one lock taken in `mode` by the transaction with wait-die `timestamp` (also
-/// the watchdog's way to release the locks of an abandoned call).
+/// Releases one lock taken in `mode` by the transaction with wait-die `timestamp`, on any
+/// lock words (also the way to release the locks of an abandoned call).
+pub(crate) fn release_held<W: LockWords + ?Sized>(words: &W, mode: AccessMode, timestamp: u64) -> Result<(), W::Error> {
+    match mode {
+        AccessMode::Read => unlock_shared(words),
+        AccessMode::Write => unlock_exclusive(words, timestamp),
+    }
+}
+
+/// [`release_held`] on a single node's record, where releasing cannot fail.
 pub(crate) fn release(record: &KeyRecord, mode: AccessMode, timestamp: u64) {
-    let Ok(()) = match mode {
-        AccessMode::Read => unlock_shared(record),
-        AccessMode::Write => unlock_exclusive(record, timestamp),
-    };
+    let Ok(()) = release_held(record, mode, timestamp);
 }
 
 /// Runs one transaction to its outcome under 2PL and hands it to the sequencer (unless the

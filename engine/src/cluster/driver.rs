@@ -42,7 +42,7 @@ use crate::storage::slots::{Slot, SlotPointer};
 pub use crate::storage::REQUEST_ID_TABLE;
 use crate::storage::{data_key_into, is_request_id_key, EpochRecord, SlotStore, Storage};
 use crate::txn::access::AccessMode;
-use crate::txn::commit::{CommitMessage, EpochCommit};
+use crate::txn::commit::{hand_over_epoch, CommitMessage, EpochCommit};
 use crate::txn::epoch::DriverMessage;
 use crate::txn::executor::{execute, now_us, Claim};
 use crate::txn::tpg::GraphBuilder;
@@ -164,6 +164,9 @@ struct EpochWork {
     /// always 0 when calls are never abandoned.
     started_us: Vec<AtomicU64>,
 }
+
+/// The driver's inbox has no senders left (the node is shutting down).
+struct Closed;
 
 /// Why an epoch did not finish.
 enum Interrupted {
@@ -1183,29 +1186,13 @@ impl ClusterDriver {
                 shared.transactions.iter().map(|transaction| transaction.planned.request_id.clone()).collect()
             }
         };
-        let (mut committed, mut aborted) = (0u64, 0u64);
         let mut to_release = Vec::with_capacity(replies.len());
         for ((request_id, outcome), reply) in request_ids.into_iter().zip(outcomes).zip(replies) {
             let outcome = outcome.expect("every local transaction ran");
-            if outcome.is_committed() {
-                committed += 1;
-            } else {
-                aborted += 1;
-            }
             // A tracked outcome is already staged: its request-id key is a dirty slot.
             to_release.push((request_id, outcome, reply));
         }
-        TransactionStats::count(&self.stats.committed, committed);
-        TransactionStats::count(&self.stats.aborted, aborted);
-        TransactionStats::count(&self.stats.epochs, 1);
-        metrics::counter!(crate::metrics::COMMITTED_TOTAL).increment(committed);
-        metrics::counter!(crate::metrics::ABORTED_TOTAL).increment(aborted);
-        metrics::histogram!(crate::metrics::EPOCH_TRANSACTIONS).record((committed + aborted) as f64);
-        metrics::histogram!(crate::metrics::EPOCH_EXECUTION_SECONDS).record(closed_at.elapsed().as_secs_f64());
-        let commit = EpochCommit { record, replies: to_release, closed_at };
-        if self.commits.send(CommitMessage::Epoch(commit)).is_err() {
-            panic!("commit thread ended before the epoch driver");
-        }
+        hand_over_epoch(&self.stats, &self.commits, EpochCommit { record, replies: to_release, closed_at });
         Ok(())
     }
 
@@ -1262,21 +1249,29 @@ impl ClusterDriver {
     fn wait_for_executions(&mut self, work: &EpochWork, epoch: u64, mut in_flight: usize) {
         while in_flight > 0 {
             self.abandon_overdue(work, epoch);
-            let message = match self.abandon_after {
-                Some(limit) => match self.inbox.recv_timeout(abandon_check_period(limit)) {
-                    Ok(message) => message,
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => return,
-                },
-                None => match self.inbox.recv() {
-                    Ok(message) => message,
-                    Err(_) => return,
-                },
+            let message = match self.receive_while_draining() {
+                Ok(Some(message)) => message,
+                Ok(None) => continue,
+                Err(Closed) => return,
             };
             match message {
                 DriverMessage::Executed { .. } => in_flight -= 1,
                 other => self.absorb(other),
             }
+        }
+    }
+
+    /// The next message while an abandoned epoch's executions drain: at least every
+    /// check period when calls may be abandoned (`Ok(None)`: nothing arrived), so that the
+    /// caller can abandon overdue calls; a stopping node does not give up here.
+    fn receive_while_draining(&self) -> Result<Option<DriverMessage>, Closed> {
+        match self.abandon_after {
+            Some(limit) => match self.inbox.recv_timeout(abandon_check_period(limit)) {
+                Ok(message) => Ok(Some(message)),
+                Err(RecvTimeoutError::Timeout) => Ok(None),
+                Err(RecvTimeoutError::Disconnected) => Err(Closed),
+            },
+            None => self.inbox.recv().map(Some).map_err(|_| Closed),
         }
     }
 

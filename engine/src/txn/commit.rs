@@ -37,6 +37,24 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Counts an executed epoch's outcomes (status and metrics) and hands it to the commit
+/// thread: the last step of every driver's epoch (single node, cluster, cluster baselines).
+pub(crate) fn hand_over_epoch(stats: &TransactionStats, commits: &Sender<CommitMessage>, commit: EpochCommit) {
+    let committed = commit.replies.iter().filter(|(_, outcome, _)| outcome.is_committed()).count() as u64;
+    let aborted = commit.replies.len() as u64 - committed;
+    TransactionStats::count(&stats.committed, committed);
+    TransactionStats::count(&stats.aborted, aborted);
+    TransactionStats::count(&stats.epochs, 1);
+    metrics::counter!(crate::metrics::COMMITTED_TOTAL).increment(committed);
+    metrics::counter!(crate::metrics::ABORTED_TOTAL).increment(aborted);
+    metrics::histogram!(crate::metrics::EPOCH_TRANSACTIONS).record((committed + aborted) as f64);
+    metrics::histogram!(crate::metrics::EPOCH_EXECUTION_SECONDS).record(commit.closed_at.elapsed().as_secs_f64());
+    if commits.send(CommitMessage::Epoch(commit)).is_err() {
+        // The commit thread only exits after the driver; reaching this is a bug.
+        panic!("commit thread ended before the epoch driver");
+    }
+}
+
 /// One epoch, executed, waiting to become durable.
 pub struct EpochCommit {
     pub record: EpochRecord,

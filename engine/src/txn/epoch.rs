@@ -7,7 +7,7 @@
 //! therefore runs a lone request at once (latency), and a busy node runs large epochs
 //! (throughput). `epoch_linger_us` optionally waits a little for more requests.
 
-use super::commit::{CommitMessage, EpochCommit};
+use super::commit::{hand_over_epoch, CommitMessage, EpochCommit};
 use super::executor::Executor;
 use super::ledger::{Admission, Ledger};
 use super::tpg::GraphBuilder;
@@ -166,11 +166,9 @@ impl EpochDriver {
         });
         let (executed, outcomes) = self.executor.run(transactions, graph);
 
-        let (mut committed, mut aborted) = (0u64, 0u64);
         let mut dirty: Vec<&Slot> = Vec::new();
         for (transaction, outcome) in executed.transactions().iter().zip(&outcomes) {
             if outcome.is_committed() {
-                committed += 1;
                 for (entry, (_, slot)) in transaction.planned.accesses.entries().iter().zip(&transaction.slots) {
                     if entry.mode == super::access::AccessMode::Write {
                         // SAFETY: execution has finished; the driver is the only user.
@@ -180,8 +178,6 @@ impl EpochDriver {
                         }
                     }
                 }
-            } else {
-                aborted += 1;
             }
         }
         let to_release: Vec<_> = executed
@@ -202,19 +198,8 @@ impl EpochDriver {
                 record.stage_result(id, outcome, &mut scratch);
             }
         }
-        TransactionStats::count(&self.stats.committed, committed);
-        TransactionStats::count(&self.stats.aborted, aborted);
-        TransactionStats::count(&self.stats.epochs, 1);
         self.stats.resident_keys.store(self.slots.len() as u64, Ordering::Relaxed);
-        metrics::counter!(crate::metrics::COMMITTED_TOTAL).increment(committed);
-        metrics::counter!(crate::metrics::ABORTED_TOTAL).increment(aborted);
-        metrics::histogram!(crate::metrics::EPOCH_TRANSACTIONS).record((committed + aborted) as f64);
-        metrics::histogram!(crate::metrics::EPOCH_EXECUTION_SECONDS).record(closed_at.elapsed().as_secs_f64());
-        let commit = EpochCommit { record, replies: to_release, closed_at };
-        if self.commits.send(CommitMessage::Epoch(commit)).is_err() {
-            // The commit thread only exits after the driver; reaching this is a bug.
-            panic!("commit thread ended before the epoch driver");
-        }
+        hand_over_epoch(&self.stats, &self.commits, EpochCommit { record, replies: to_release, closed_at });
     }
 
     /// Gives each transaction its timestamp and makes its keys resident, loading the

@@ -46,11 +46,10 @@ use crate::model::{NodeId, Outcome, Rejection, Timestamp};
 use crate::storage::slots::{Slot, SlotPointer};
 use crate::storage::{data_key_into, EpochRecord, REQUEST_ID_TABLE};
 use crate::txn::access::AccessMode;
-use crate::txn::commit::{CommitMessage, EpochCommit};
+use crate::txn::commit::{hand_over_epoch, EpochCommit};
 use crate::txn::epoch::DriverMessage;
 use crate::txn::executor::{now_us, report_abandoned, Claim};
 use crate::txn::{PreparedTransaction, Reply, Submission, TransactionStats};
-use crossbeam_channel::RecvTimeoutError;
 use leasehold_fabric::{Fabric, RemoteRegion};
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -494,7 +493,6 @@ impl ClusterDriver {
                 None => tracing::error!(slot, "a peer reported a write to a record slot never given out"),
             }
         }
-        let (mut committed, mut aborted) = (0u64, 0u64);
         let mut to_release = Vec::with_capacity(replies.len());
         let mut encoded = Vec::new();
         for (((request_id, outcome), reply), id_slot) in
@@ -507,11 +505,6 @@ impl ClusterDriver {
                     continue;
                 }
             };
-            if outcome.is_committed() {
-                committed += 1;
-            } else {
-                aborted += 1;
-            }
             if let Some(pointer) = id_slot {
                 // SAFETY: id slots are the driver's alone between executions.
                 let slot = unsafe { pointer.get() };
@@ -531,17 +524,7 @@ impl ClusterDriver {
             }
             to_release.push((request_id, outcome, reply));
         }
-        TransactionStats::count(&self.stats.committed, committed);
-        TransactionStats::count(&self.stats.aborted, aborted);
-        TransactionStats::count(&self.stats.epochs, 1);
-        metrics::counter!(crate::metrics::COMMITTED_TOTAL).increment(committed);
-        metrics::counter!(crate::metrics::ABORTED_TOTAL).increment(aborted);
-        metrics::histogram!(crate::metrics::EPOCH_TRANSACTIONS).record((committed + aborted) as f64);
-        metrics::histogram!(crate::metrics::EPOCH_EXECUTION_SECONDS).record(closed_at.elapsed().as_secs_f64());
-        let commit = EpochCommit { record, replies: to_release, closed_at };
-        if self.commits.send(CommitMessage::Epoch(commit)).is_err() {
-            panic!("commit thread ended before the epoch driver");
-        }
+        hand_over_epoch(&self.stats, &self.commits, EpochCommit { record, replies: to_release, closed_at });
         Ok(())
     }
 
@@ -668,16 +651,10 @@ impl ClusterDriver {
             if in_flight == 0 {
                 return;
             }
-            let message = match self.abandon_after {
-                Some(limit) => match self.inbox.recv_timeout(super::abandon_check_period(limit)) {
-                    Ok(message) => message,
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => return,
-                },
-                None => match self.inbox.recv() {
-                    Ok(message) => message,
-                    Err(_) => return,
-                },
+            let message = match self.receive_while_draining() {
+                Ok(Some(message)) => message,
+                Ok(None) => continue,
+                Err(super::Closed) => return,
             };
             match message {
                 DriverMessage::RanOverFabric { epoch: ran_epoch, run } if ran_epoch == epoch => {
@@ -719,7 +696,7 @@ impl ClusterDriver {
             if two_phase {
                 for (region, slot, mode) in &watch.locks {
                     let released = RecordSlot::at(region.as_ref(), *slot)
-                        .and_then(|slot| over_fabric::release_lock(slot, *mode, watch.timestamp));
+                        .and_then(|slot| Ok(crate::cc::twopl::release_held(&slot, *mode, watch.timestamp)?));
                     if let Err(error) = released {
                         tracing::error!(%error, "cannot release a lock of an abandoned transaction");
                     }
