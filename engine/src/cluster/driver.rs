@@ -9,13 +9,18 @@
 //!    Only then is the epoch's order of operations on this node's keys known.
 //! 3. **Plan**: build the task precedence graph over the local transactions and the
 //!    virtual vertices, in timestamp order, on the keys this node holds.
-//! 4. **Execute**: a local transaction runs once its local predecessors finished and
-//!    every holder of its remote keys handed them over; a virtual vertex, once its local
-//!    predecessors finished, lends its keys: the holder pushes the values with the
-//!    handover (one ring WRITE instead of a READ round trip) and sets the lease word of
-//!    each written key to the borrower. The borrower runs the transaction on private
-//!    copies and writes the values back, which returns the lease; the holder checks the
-//!    lease word and the lease epoch first (fencing) and refuses anything else.
+//! 4. **Execute**: a local transaction runs once its predecessors finished (on its own
+//!    keys and on borrowed copies, which this node's transactions share in timestamp
+//!    order) and every holder of its remote keys handed them over. All of one peer's
+//!    transactions on keys held here are one virtual vertex (they are contiguous in
+//!    timestamp order, which orders by node before sequence), over the union of their
+//!    keys: once its predecessors finished, the holder lends the keys in one handover,
+//!    pushing the values (one ring WRITE instead of READ round trips) and setting the
+//!    lease word of each written key to the borrower. The borrower runs its transactions
+//!    on the copies and writes them all back after the last one, which returns the lease;
+//!    the holder checks the lease word and the lease epoch first (fencing) and refuses
+//!    anything else. So a hot key costs two messages per borrowing node and epoch, not
+//!    two per transaction that uses it.
 //! 5. **Commit**: dirty keys this node holds and the outcomes of the transactions it
 //!    sequenced go to the commit thread, which releases replies once every node made the
 //!    epoch durable.
@@ -141,11 +146,49 @@ enum Vertex {
     Virtual { from: NodeId, sequence: u32, keys: Vec<(SlotPointer, AccessMode)> },
 }
 
-/// The keys one local transaction borrows from one holder, as indexes into its access set
-/// (in the order of the batch entry sent to that holder).
-struct RemoteGroup {
-    holder: NodeId,
-    accesses: Vec<u32>,
+/// What this node borrows from one holder in an epoch. The holder lends the keys of all
+/// of this node's transactions at once (in its timestamp order they are one contiguous
+/// run, since timestamps order by node before sequence) and takes them back once they
+/// all finished: one handover and one write-back per holder and epoch, however many
+/// transactions use a hot key. Both sides list the keys the same way (`merge_key`).
+#[derive(Default)]
+struct Borrowing {
+    /// Every key once, in order of first use; written if any transaction writes it.
+    keys: Vec<(Vec<u8>, AccessMode)>,
+    positions: FxHashMap<Vec<u8>, u32>,
+    /// This node's transactions that borrow from the holder.
+    borrowers: Vec<u32>,
+    /// How many of them have not finished: the write-back goes when none is left.
+    unfinished: usize,
+    handed_over: bool,
+}
+
+/// Adds `mode` on a key at `position` of a merged key list, or a new key: a key is
+/// written if any transaction writes it. Returns the key's position.
+fn merge_key<K>(
+    keys: &mut Vec<(K, AccessMode)>,
+    position: Option<u32>,
+    key: impl FnOnce() -> K,
+    mode: AccessMode,
+) -> u32 {
+    match position {
+        Some(position) => {
+            if mode == AccessMode::Write {
+                keys[position as usize].1 = AccessMode::Write;
+            }
+            position
+        }
+        None => {
+            keys.push((key(), mode));
+            (keys.len() - 1) as u32
+        }
+    }
+}
+
+/// The graph's key number of borrowed copy `copy` (slot numbers of resident keys count
+/// up from 0, these down from below `u32::MAX`, which marks a borrowed slot).
+fn borrowed_key_number(copy: usize) -> u32 {
+    u32::MAX - 1 - u32::try_from(copy).expect("fewer borrowed keys than u32::MAX / 2")
 }
 
 /// What executor threads share during an epoch: the transactions and the private copies
@@ -676,7 +719,11 @@ impl ClusterDriver {
         // 1. Where each access goes.
         let table = self.leases.current();
         let mut outgoing: Vec<Vec<RemoteTransaction>> = (0..node_count).map(|_| Vec::new()).collect();
-        let mut groups: Vec<Vec<RemoteGroup>> = Vec::with_capacity(runnable.len());
+        // Per transaction: the holders it borrows from; per holder: what this node borrows.
+        let mut groups: Vec<Vec<NodeId>> = Vec::with_capacity(runnable.len());
+        let mut borrowing: Vec<Borrowing> = (0..node_count).map(|_| Borrowing::default()).collect();
+        // Per transaction, per access: the holder and position of its borrowed key.
+        let mut copy_positions: Vec<Vec<Option<(NodeId, u32)>>> = Vec::with_capacity(runnable.len());
         // Per transaction, per access: the storage key, whether it is held here, and the
         // mode. A tracked request has one more access after its declared ones: its
         // request-id key, which holds its outcome once it ran (exactly-once anywhere in the
@@ -686,7 +733,8 @@ impl ClusterDriver {
         for (sequence, submission) in runnable.iter().enumerate() {
             let transaction = &submission.transaction;
             let mut keys = Vec::with_capacity(transaction.accesses.len());
-            let mut transaction_groups: Vec<RemoteGroup> = Vec::new();
+            let mut transaction_groups: Vec<NodeId> = Vec::new();
+            let mut positions = Vec::with_capacity(transaction.accesses.len() + 1);
             let declared = transaction.accesses.entries().iter().map(|entry| {
                 let mut key = Vec::new();
                 let table_id = transaction.plugin.tables[entry.table as usize].table_id;
@@ -709,6 +757,7 @@ impl ClusterDriver {
                     if counting && is_declared && self.state.counts.record(&key, me, epoch) {
                         self.state.touched.push(key.clone());
                     }
+                    positions.push(None);
                 } else {
                     remote_accesses += u64::from(is_declared);
                     let batch = &mut outgoing[usize::from(holder)];
@@ -716,15 +765,31 @@ impl ClusterDriver {
                         batch.push(RemoteTransaction { sequence: sequence as u32, keys: Vec::new() });
                     }
                     batch.last_mut().expect("pushed above").keys.push((mode, key.clone()));
-                    match transaction_groups.iter_mut().find(|group| group.holder == holder) {
-                        Some(group) => group.accesses.push(index as u32),
-                        None => transaction_groups.push(RemoteGroup { holder, accesses: vec![index as u32] }),
+                    let lender = &mut borrowing[usize::from(holder)];
+                    let known = lender.positions.get(&key).copied();
+                    let position = merge_key(&mut lender.keys, known, || key.clone(), mode);
+                    if known.is_none() {
+                        lender.positions.insert(key.clone(), position);
                     }
+                    if !transaction_groups.contains(&holder) {
+                        transaction_groups.push(holder);
+                        lender.borrowers.push(sequence as u32);
+                        lender.unfinished += 1;
+                    }
+                    positions.push(Some((holder, position)));
                 }
                 keys.push((key, holder == me, mode));
             }
             storage_keys.push(keys);
             groups.push(transaction_groups);
+            copy_positions.push(positions);
+        }
+        // Where each holder's borrowed copies start in the epoch's list of copies.
+        let mut copy_base = Vec::with_capacity(node_count);
+        let mut copies_total = 0usize;
+        for lender in &borrowing {
+            copy_base.push(copies_total);
+            copies_total += lender.keys.len();
         }
         TransactionStats::count(&self.cluster_stats.local_accesses, local_accesses);
         TransactionStats::count(&self.cluster_stats.remote_accesses, remote_accesses);
@@ -864,84 +929,86 @@ impl ClusterDriver {
         let mut vertices: Vec<Vertex> = Vec::new();
         let mut vertex_keys: Vec<Vec<(u32, AccessMode)>> = Vec::new();
         let mut local_base = 0u32;
-        let mut virtual_index: Vec<FxHashMap<u32, u32>> = (0..node_count).map(|_| FxHashMap::default()).collect();
+        // Per borrowing node: its one virtual vertex here.
+        let mut virtual_vertex: Vec<Option<u32>> = vec![None; node_count];
         let mut local_slots = local_resolved.iter();
         let mut virtual_slots = virtual_resolved.iter();
         for node in 0..self.node_count {
             if node == me {
                 local_base = vertices.len() as u32;
                 for (sequence, transaction_keys) in storage_keys.iter().enumerate() {
+                    // Borrowed keys are in the graph too: this node's transactions that
+                    // share a borrowed copy run in timestamp order on it.
                     let keys = transaction_keys
                         .iter()
-                        .filter(|(_, local, _)| *local)
-                        .map(|(_, _, mode)| (local_slots.next().expect("one resolved slot per local key").0, *mode))
+                        .zip(&copy_positions[sequence])
+                        .map(|((_, local, mode), position)| match position {
+                            None => {
+                                debug_assert!(*local);
+                                (local_slots.next().expect("one resolved slot per local key").0, *mode)
+                            }
+                            Some((holder, position)) => {
+                                (borrowed_key_number(copy_base[usize::from(*holder)] + *position as usize), *mode)
+                            }
+                        })
                         .collect();
                     vertices.push(Vertex::Local { transaction: sequence as u32 });
                     vertex_keys.push(keys);
                 }
                 continue;
             }
-            for transaction in incoming[usize::from(node)].take().unwrap_or_default() {
-                let mut numbers = Vec::with_capacity(transaction.keys.len());
-                let mut keys = Vec::with_capacity(transaction.keys.len());
+            // One vertex for all of the node's transactions on keys held here, over the
+            // union of their keys (they are contiguous in timestamp order).
+            let transactions = incoming[usize::from(node)].take().unwrap_or_default();
+            if transactions.is_empty() {
+                continue;
+            }
+            let mut numbers: Vec<(u32, AccessMode)> = Vec::new();
+            let mut keys: Vec<(SlotPointer, AccessMode)> = Vec::new();
+            let mut positions: FxHashMap<u32, u32> = FxHashMap::default();
+            for transaction in &transactions {
                 for (mode, key) in &transaction.keys {
                     let (number, pointer) = *virtual_slots.next().expect("one resolved slot per virtual key");
-                    numbers.push((number, *mode));
-                    keys.push((pointer, *mode));
+                    let known = positions.get(&number).copied();
+                    let position = merge_key(&mut numbers, known, || number, *mode);
+                    merge_key(&mut keys, known, || pointer, *mode);
+                    if known.is_none() {
+                        positions.insert(number, position);
+                    }
                     if counting && !is_request_id_key(key) && self.state.counts.record(key, node, epoch) {
                         self.state.touched.push(key.clone());
                     }
                 }
-                virtual_index[usize::from(node)].insert(transaction.sequence, vertices.len() as u32);
-                vertices.push(Vertex::Virtual { from: node, sequence: transaction.sequence, keys });
-                vertex_keys.push(numbers);
             }
+            virtual_vertex[usize::from(node)] = Some(vertices.len() as u32);
+            vertices.push(Vertex::Virtual { from: node, sequence: 0, keys });
+            vertex_keys.push(numbers);
         }
         let graph = self.state.graph_builder.build(vertices.len(), |v| vertex_keys[v].iter().copied());
 
         // 5. Prepared transactions: local keys point into the store, borrowed keys to
-        // private copies.
-        let mut borrowed: Vec<Slot> = Vec::new();
-        for (keys, transaction_groups) in storage_keys.iter().zip(&groups) {
-            for group in transaction_groups {
-                for &access in &group.accesses {
-                    borrowed.push(Slot::detached(&keys[access as usize].0, None));
-                }
-            }
-        }
+        // copies shared by this node's transactions (one per borrowed key).
+        let borrowed: Vec<Slot> =
+            borrowing.iter().flat_map(|lender| lender.keys.iter().map(|(key, _)| Slot::detached(key, None))).collect();
         let mut transactions = Vec::with_capacity(runnable.len());
         let mut replies = Vec::with_capacity(runnable.len());
-        // Per transaction, per group: the first borrowed copy of the group.
-        let mut group_copies: Vec<Vec<usize>> = Vec::with_capacity(runnable.len());
         let mut id_slots: Vec<Option<SlotPointer>> = Vec::with_capacity(runnable.len());
-        let mut next_copy = 0usize;
         let mut local_slots = local_resolved.iter();
         for (sequence, submission) in runnable.into_iter().enumerate() {
             let Submission { transaction, reply } = submission;
-            let mut copy_of_access: Vec<Option<usize>> = vec![None; storage_keys[sequence].len()];
-            let mut firsts = Vec::with_capacity(groups[sequence].len());
-            for group in &groups[sequence] {
-                firsts.push(next_copy);
-                for &access in &group.accesses {
-                    copy_of_access[access as usize] = Some(next_copy);
-                    next_copy += 1;
-                }
-            }
-            let mut slots: Vec<(u32, SlotPointer)> = storage_keys[sequence]
+            let mut slots: Vec<(u32, SlotPointer)> = copy_positions[sequence]
                 .iter()
-                .zip(&copy_of_access)
-                .map(|((_, local, _), copy)| match copy {
-                    None => {
-                        debug_assert!(*local);
-                        *local_slots.next().expect("one resolved slot per local key")
+                .map(|position| match position {
+                    None => *local_slots.next().expect("one resolved slot per local key"),
+                    Some((holder, position)) => {
+                        let copy = &borrowed[copy_base[usize::from(*holder)] + *position as usize];
+                        (u32::MAX, SlotPointer::to(copy))
                     }
-                    Some(copy) => (u32::MAX, SlotPointer::to(&borrowed[*copy])),
                 })
                 .collect();
             // The request-id slot is not one of the declared accesses the plugin may use.
             let id_slot = transaction.request_id.is_tracked().then(|| slots.pop().expect("the id access is last").1);
             id_slots.push(id_slot);
-            group_copies.push(firsts);
             let timestamp = Timestamp { epoch, node: me, sequence: sequence as u32 };
             transactions.push(PreparedTransaction { planned: transaction, timestamp, slots });
             replies.push(reply);
@@ -1032,28 +1099,33 @@ impl ClusterDriver {
                     in_flight -= 1;
                     let committed = outcome.is_committed();
                     let prepared = &work.transactions[transaction as usize];
-                    for (group, &first) in groups[transaction as usize].iter().zip(&group_copies[transaction as usize])
-                    {
-                        let writes = group
-                            .accesses
+                    for &holder in &groups[transaction as usize] {
+                        let lender = &mut borrowing[usize::from(holder)];
+                        lender.unfinished -= 1;
+                        if lender.unfinished > 0 {
+                            continue;
+                        }
+                        // Every transaction that borrowed from the holder finished: the
+                        // copies hold what they committed (and their request ids'
+                        // outcomes, aborts included); the holder gets them all back.
+                        let base = copy_base[usize::from(holder)];
+                        let writes = lender
+                            .keys
                             .iter()
                             .enumerate()
-                            .map(|(offset, &access)| {
-                                let (_, _, mode) = storage_keys[transaction as usize][access as usize];
-                                let is_request_id = access as usize == prepared.planned.accesses.len();
-                                // The request id records every outcome, aborts included.
-                                if (!committed && !is_request_id) || mode == AccessMode::Read {
+                            .map(|(offset, (_, mode))| {
+                                if *mode == AccessMode::Read {
                                     return KeyWrite::Unchanged;
                                 }
-                                // SAFETY: the transaction finished; nothing else uses its copies.
-                                match unsafe { work.borrowed[first + offset].value() } {
+                                // SAFETY: every transaction using these copies finished.
+                                match unsafe { work.borrowed[base + offset].value() } {
                                     Some(value) => KeyWrite::Set(value.to_vec()),
                                     None => KeyWrite::Delete,
                                 }
                             })
                             .collect();
-                        let frame = Frame::WriteBack { generation, epoch, sequence: transaction, lease_epoch, writes };
-                        self.transport.send(group.holder, &frame);
+                        let frame = Frame::WriteBack { generation, epoch, sequence: 0, lease_epoch, writes };
+                        self.transport.send(holder, &frame);
                     }
                     let keys = &storage_keys[transaction as usize];
                     if committed {
@@ -1076,47 +1148,43 @@ impl ClusterDriver {
                 }
                 DriverMessage::Peer { from, frame } if frame_epoch(&frame) == Some((generation, epoch)) => {
                     match frame {
-                        Frame::Handover { sequence, values, .. } => {
-                            let Some(group_index) = groups.get(sequence as usize).and_then(|transaction_groups| {
-                                transaction_groups.iter().position(|g| g.holder == from)
-                            }) else {
-                                tracing::error!(
-                                    peer = from,
-                                    sequence,
-                                    "handover for a transaction that borrows nothing there"
-                                );
-                                continue;
-                            };
-                            let group = &groups[sequence as usize][group_index];
-                            if values.len() != group.accesses.len() {
-                                tracing::error!(peer = from, sequence, "handover with the wrong number of values");
+                        Frame::Handover { values, .. } => {
+                            let Some(lender) = borrowing.get_mut(usize::from(from)) else { continue };
+                            if lender.borrowers.is_empty() || lender.handed_over {
+                                tracing::error!(peer = from, "handover of keys this node did not ask for (again)");
                                 continue;
                             }
-                            let first = group_copies[sequence as usize][group_index];
+                            if values.len() != lender.keys.len() {
+                                tracing::error!(peer = from, "handover with the wrong number of values");
+                                continue;
+                            }
+                            lender.handed_over = true;
+                            let base = copy_base[usize::from(from)];
                             for (offset, value) in values.into_iter().enumerate() {
-                                // SAFETY: the transaction has not started: it waits for this.
-                                unsafe { work.borrowed[first + offset].set(value.as_deref()) };
+                                // SAFETY: no transaction that uses these copies has started:
+                                // each waits for this handover.
+                                unsafe { work.borrowed[base + offset].set(value.as_deref()) };
                             }
-                            let vertex = local_base + sequence;
-                            remaining[vertex as usize] -= 1;
-                            if remaining[vertex as usize] == 0 {
-                                ready.push(vertex);
+                            for &transaction in &lender.borrowers {
+                                let vertex = local_base + transaction;
+                                remaining[vertex as usize] -= 1;
+                                if remaining[vertex as usize] == 0 {
+                                    ready.push(vertex);
+                                }
                             }
                         }
-                        Frame::WriteBack { sequence, lease_epoch: offered, writes, .. } => {
-                            let Some(&vertex) = virtual_index[usize::from(from)].get(&sequence) else {
-                                tracing::error!(
-                                    peer = from,
-                                    sequence,
-                                    "write-back for a transaction not lent anything"
-                                );
+                        Frame::WriteBack { lease_epoch: offered, writes, .. } => {
+                            let Some(vertex) = virtual_vertex.get_mut(usize::from(from)).and_then(Option::take) else {
+                                tracing::error!(peer = from, "write-back from a node that was lent nothing (or again)");
                                 continue;
                             };
                             let Vertex::Virtual { keys, .. } = &vertices[vertex as usize] else {
                                 unreachable!("the virtual index holds virtual vertices only")
                             };
                             if writes.len() != keys.len() {
-                                tracing::error!(peer = from, sequence, "write-back with the wrong number of keys");
+                                // The keys stay lent: the peer broke the protocol, and only a
+                                // new view (a restart) takes them back.
+                                tracing::error!(peer = from, "write-back with the wrong number of keys");
                                 continue;
                             }
                             for ((pointer, mode), write) in keys.iter().zip(writes) {

@@ -59,10 +59,12 @@ pub enum Frame {
         moves: Vec<(Vec<u8>, u16)>,
         transfers: Vec<KeyValue>,
     },
-    /// The holder lends the keys of the receiver's transaction `sequence` (in the order of
-    /// the batch entry), with their values.
+    /// The holder lends every key the receiver's transactions of `epoch` use there, with
+    /// their values, in the order of first use in the receiver's batch (each key once).
+    /// `sequence` is 0: one handover per borrower and epoch.
     Handover { generation: u64, epoch: u64, sequence: u32, lease_epoch: u64, values: Vec<Option<Vec<u8>>> },
-    /// The borrower returns the keys of its transaction `sequence`, with what it wrote.
+    /// The borrower returns those keys once all of its transactions on them finished, with
+    /// what they wrote (`sequence` 0, as in the handover).
     WriteBack { generation: u64, epoch: u64, sequence: u32, lease_epoch: u64, writes: Vec<KeyWrite> },
     /// The sender made every epoch up to `epoch` durable.
     Durable { generation: u64, epoch: u64 },
