@@ -524,6 +524,29 @@ mod tests {
         lock_words_follow_wait_die(&views);
         concurrent_transfers(&views, false, operations);
         concurrent_transfers(&views, true, operations);
+        commit_numbers(&views);
+    }
+
+    /// Commit numbers of one epoch are unique and dense across both nodes' threads, and
+    /// start at 1 again in the next epoch.
+    fn commit_numbers(views: &[Arc<dyn RemoteRegion>; 2]) {
+        let per_thread = 500u32;
+        let taken: Vec<u32> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..4)
+                .map(|thread| {
+                    let view = views[thread % 2].as_ref();
+                    scope.spawn(move || {
+                        (0..per_thread).map(|_| take_commit_number(view, 7).expect("take")).collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            threads.into_iter().flat_map(|thread| thread.join().expect("thread")).collect()
+        });
+        let mut sorted = taken.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (1..=4 * per_thread).collect::<Vec<_>>(), "unique and dense");
+        assert_eq!(take_commit_number(views[1].as_ref(), 8).expect("take"), 1, "a new epoch starts at 1");
+        assert_eq!(take_commit_number(views[0].as_ref(), 8).expect("take"), 2);
     }
 
     #[test]

@@ -128,3 +128,47 @@ impl PeerRecords {
         Ok(PeerRecords { region: fabric.open_remote(peer, region_id(generation))?, slots: FxHashMap::default() })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::EpochRecord;
+    use leasehold_fabric::shm::ShmFabric;
+
+    /// Slots are given out once per key, from 1 (slot 0 holds no key), loaded with the
+    /// stored value; a value no slot can hold gets no slot; a slot number maps back to
+    /// its key; a new view's region starts empty.
+    #[test]
+    fn keys_get_slots_once_loaded_from_storage_and_map_back() {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let storage = Storage::open(&directory.path().join("db")).expect("open storage");
+        let mut record = EpochRecord::new(1);
+        record.stage_value(b"small", Some(b"value"));
+        record.stage_value(b"large", Some(&[7u8; VALUE_BYTES_MAX + 1]));
+        storage.checkpoint(&[record]).expect("store the keys");
+        let fabric = ShmFabric::open(directory.path().join("shm"), 0).expect("open shm");
+
+        let mut region = RecordRegion::register(fabric.as_ref(), 4, None).expect("register");
+        let keys: [&[u8]; 4] = [b"small", b"large", b"absent", b"small"];
+        let slots = region.resolve(keys.iter().copied(), &storage).expect("resolve");
+        assert_eq!(slots[1], NO_SLOT, "a value larger than a slot gets none");
+        let mut given = [slots[0], slots[2]];
+        given.sort_unstable();
+        assert_eq!(given, [FIRST_KEY_SLOT, FIRST_KEY_SLOT + 1], "slots are given out from 1, densely");
+        assert_eq!(slots[3], slots[0], "a key has one slot");
+        assert_eq!(region.resident_keys(), 2);
+        assert_eq!(region.key_of(0), None, "slot 0 holds no key");
+        assert_eq!(region.key_of(slots[0]), Some(&b"small"[..]));
+        assert_eq!(region.key_of(slots[2]), Some(&b"absent"[..]));
+        assert_eq!(region.key_of(FIRST_KEY_SLOT + 2), None);
+        let read = |index| RecordSlot::at(region.view(), index).and_then(|slot| slot.read_locked()).expect("read");
+        assert_eq!(read(slots[0]), (Some(b"value".to_vec()), 0));
+        assert_eq!(read(slots[2]), (None, 0));
+        // Resolving again reads nothing new and gives the same slots.
+        assert_eq!(region.resolve(keys.iter().copied(), &storage).expect("resolve"), slots);
+
+        let region = RecordRegion::register(fabric.as_ref(), 5, Some(region)).expect("the next view's region");
+        assert_eq!(region.resident_keys(), 0);
+        assert!(fabric.open_remote(0, region_id(4)).is_err(), "the old view's region is withdrawn");
+    }
+}
