@@ -174,6 +174,12 @@ impl BatchKeys {
     pub(crate) fn iter(&self) -> impl ExactSizeIterator<Item = &[u8]> + Clone {
         self.ranges.iter().map(|range| &self.bytes[range.clone()])
     }
+
+    /// The storage key of access number `index` of the batch (all transactions' accesses
+    /// in order).
+    pub(crate) fn key(&self, index: usize) -> &[u8] {
+        &self.bytes[self.ranges[index].clone()]
+    }
 }
 
 /// A planned transaction on its way to the epoch driver.

@@ -49,7 +49,7 @@ use crate::txn::access::AccessMode;
 use crate::txn::commit::{hand_over_epoch, EpochCommit};
 use crate::txn::epoch::DriverMessage;
 use crate::txn::executor::{now_us, report_abandoned, Claim};
-use crate::txn::{PreparedTransaction, Reply, Submission, TransactionStats};
+use crate::txn::{BatchKeys, PreparedTransaction, Reply, Submission, TransactionStats};
 use leasehold_fabric::{Fabric, RemoteRegion};
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -238,36 +238,17 @@ impl ClusterDriver {
             }
         };
 
-        // 2. Record slots of every declared key.
-        let mut storage_keys: Vec<Vec<(NodeId, Vec<u8>)>> = Vec::with_capacity(runnable.len());
-        let (mut local_accesses, mut remote_accesses) = (0u64, 0u64);
-        for submission in &runnable {
-            let transaction = &submission.transaction;
-            let keys: Vec<(NodeId, Vec<u8>)> = transaction
-                .accesses
-                .entries()
-                .iter()
-                .map(|entry| {
-                    let mut key = Vec::new();
-                    let table_id = transaction.plugin.tables[entry.table as usize].table_id;
-                    data_key_into(&mut key, table_id, transaction.accesses.key(entry));
-                    (table.holder(&key), key)
-                })
-                .collect();
-            for (holder, _) in &keys {
-                if *holder == me {
-                    local_accesses += 1;
-                } else {
-                    remote_accesses += 1;
-                }
-            }
-            storage_keys.push(keys);
-        }
+        // 2. Record slots of every declared key (the batch's keys in order: each
+        // transaction's accesses, one transaction after another).
+        let batch_keys = BatchKeys::of(&runnable);
+        let holders: Vec<NodeId> = batch_keys.iter().map(|key| table.holder(key)).collect();
+        let local_accesses = holders.iter().filter(|&&holder| holder == me).count() as u64;
+        let remote_accesses = holders.len() as u64 - local_accesses;
         TransactionStats::count(&self.cluster_stats.local_accesses, local_accesses);
         TransactionStats::count(&self.cluster_stats.remote_accesses, remote_accesses);
         metrics::counter!(crate::metrics::LOCAL_ACCESSES_TOTAL).increment(local_accesses);
         metrics::counter!(crate::metrics::REMOTE_ACCESSES_TOTAL).increment(remote_accesses);
-        let placed = match self.resolve_slots(&storage_keys, generation) {
+        let placed = match self.resolve_slots(&batch_keys, &holders, generation) {
             Ok(placed) => placed,
             Err(interrupted) => return Err(self.abandon(runnable, interrupted)),
         };
@@ -293,8 +274,14 @@ impl ClusterDriver {
         let mut request_ids = Vec::with_capacity(runnable.len());
         let mut replies: Vec<Reply> = Vec::with_capacity(runnable.len());
         let mut in_flight = 0usize;
+        // Per transaction: where its accesses start among the batch's keys.
+        let mut first_access: Vec<usize> = Vec::with_capacity(runnable.len());
+        let mut next_access = 0usize;
         for (sequence, submission) in runnable.into_iter().enumerate() {
             let Submission { transaction, reply } = submission;
+            let accesses = next_access..next_access + transaction.accesses.len();
+            next_access = accesses.end;
+            first_access.push(accesses.start);
             request_ids.push(transaction.request_id.clone());
             replies.push(reply);
             if let Some(pointer) = id_slots[sequence] {
@@ -309,7 +296,7 @@ impl ClusterDriver {
                     }
                 }
             }
-            let keys = &placed[sequence];
+            let keys = &placed[accesses.clone()];
             if let Some(unplaced) = keys.iter().position(|placed| placed.slot == NO_SLOT) {
                 let message = format!(
                     "key {} of the request cannot be held in a record slot under cc = 2pl/occ \
@@ -340,7 +327,7 @@ impl ClusterDriver {
                     .collect();
                 watched[sequence] = Some(Watched { plugin: transaction.plugin.clone(), locks, timestamp });
             }
-            let copies: Vec<Slot> = storage_keys[sequence].iter().map(|(_, key)| Slot::detached(key, None)).collect();
+            let copies: Vec<Slot> = accesses.map(|access| Slot::detached(batch_keys.key(access), None)).collect();
             let prepared = PreparedTransaction {
                 slots: copies.iter().map(|copy| (u32::MAX, SlotPointer::to(copy))).collect(),
                 planned: transaction,
@@ -413,7 +400,7 @@ impl ClusterDriver {
                                 .installed
                                 .into_iter()
                                 .map(|installed| {
-                                    let Placed { holder, slot } = placed[index][installed.access];
+                                    let Placed { holder, slot } = placed[first_access[index] + installed.access];
                                     (holder, SlotWrite { slot, version: installed.version, value: installed.value })
                                 })
                                 .collect();
@@ -528,20 +515,22 @@ impl ClusterDriver {
         Ok(())
     }
 
-    /// The holder and slot of every declared key, asking holders for slots not known
-    /// here yet (one `Resolve` per holder, answered in order).
+    /// The holder and slot of every key of the batch (`holders`: each key's holder),
+    /// asking holders for slots not known here yet (one `Resolve` per holder, answered in
+    /// order).
     fn resolve_slots(
         &mut self,
-        storage_keys: &[Vec<(NodeId, Vec<u8>)>],
+        batch_keys: &BatchKeys,
+        holders: &[NodeId],
         generation: u64,
-    ) -> Result<Vec<Vec<Placed>>, Interrupted> {
+    ) -> Result<Vec<Placed>, Interrupted> {
         let me = self.node;
         let node_count = usize::from(self.node_count);
         let baseline = self.state.baseline.as_mut().expect("a baseline epoch runs under a baseline");
         let Some(region) = baseline.region.as_mut() else {
             return Err(Interrupted::ViewChanged);
         };
-        let local = storage_keys.iter().flatten().filter(|(holder, _)| *holder == me).map(|(_, key)| key.as_slice());
+        let local = batch_keys.iter().zip(holders).filter(|(_, &holder)| holder == me).map(|(key, _)| key);
         let local_slots = match region.resolve(local, &self.storage) {
             Ok(slots) => slots,
             Err(error) => {
@@ -552,14 +541,19 @@ impl ClusterDriver {
         };
         self.stats.resident_keys.store(region.resident_keys() as u64, Ordering::Relaxed);
         let mut asked: Vec<Vec<Vec<u8>>> = (0..node_count).map(|_| Vec::new()).collect();
-        for (holder, key) in storage_keys.iter().flatten() {
-            if *holder == me {
+        for (key, &holder) in batch_keys.iter().zip(holders) {
+            if holder == me {
                 continue;
             }
-            let known = baseline.peers[usize::from(*holder)].as_ref().is_some_and(|peer| peer.slots.contains_key(key));
-            if !known && !asked[usize::from(*holder)].contains(key) {
-                asked[usize::from(*holder)].push(key.clone());
+            let known = baseline.peers[usize::from(holder)].as_ref().is_some_and(|peer| peer.slots.contains_key(key));
+            if !known {
+                asked[usize::from(holder)].push(key.to_vec());
             }
+        }
+        // Each key once (the answer is matched to the keys by position).
+        for keys in &mut asked {
+            keys.sort_unstable();
+            keys.dedup();
         }
         let mut waiting: Vec<bool> = asked.iter().map(|keys| !keys.is_empty()).collect();
         // Node 0's region holds the commit counter: every node opens it, and its answer
@@ -616,22 +610,19 @@ impl ClusterDriver {
         }
         let baseline = self.state.baseline.as_ref().expect("as above");
         let mut local_slots = local_slots.into_iter();
-        Ok(storage_keys
+        Ok(batch_keys
             .iter()
-            .map(|keys| {
-                keys.iter()
-                    .map(|(holder, key)| {
-                        let slot = if *holder == me {
-                            local_slots.next().expect("one slot per local key")
-                        } else {
-                            baseline.peers[usize::from(*holder)]
-                                .as_ref()
-                                .and_then(|peer| peer.slots.get(key).copied())
-                                .unwrap_or(NO_SLOT)
-                        };
-                        Placed { holder: *holder, slot }
-                    })
-                    .collect()
+            .zip(holders)
+            .map(|(key, &holder)| {
+                let slot = if holder == me {
+                    local_slots.next().expect("one slot per local key")
+                } else {
+                    baseline.peers[usize::from(holder)]
+                        .as_ref()
+                        .and_then(|peer| peer.slots.get(key).copied())
+                        .unwrap_or(NO_SLOT)
+                };
+                Placed { holder, slot }
             })
             .collect())
     }
