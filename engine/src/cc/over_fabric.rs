@@ -187,35 +187,16 @@ fn run_two_phase(
     let modes: Vec<AccessMode> = modes(prepared).collect();
     let mut retries = 0u64;
     loop {
-        // Every lock in access-set order.
-        let mut held = 0;
-        let mut failure = None;
-        for (words, mode) in guarded.iter().zip(&modes) {
-            let taken = match mode {
-                AccessMode::Read => twopl::lock_shared(words, timestamp),
-                AccessMode::Write => twopl::lock_exclusive(words, timestamp),
-            };
-            match taken {
-                Ok(()) => held += 1,
-                Err(NotTaken::Died) => break,
-                Err(NotTaken::Failed(error)) => {
-                    failure = Some(error);
-                    break;
-                }
+        // Every lock in access-set order. A release that fails leaves its lock to the
+        // region, which the next view replaces.
+        match twopl::lock_in_order(guarded.len(), |index| &guarded[index], |index| modes[index], timestamp) {
+            Ok(()) => {}
+            Err(NotTaken::Died) => {
+                retries += 1;
+                pause_before_retry(retries);
+                continue;
             }
-        }
-        if held < guarded.len() {
-            for (words, mode) in guarded.iter().zip(&modes).take(held) {
-                // A release that fails leaves the lock to the region, which the next view
-                // replaces; the first failure is the one reported.
-                let _ = twopl::release_held(words, *mode, timestamp);
-            }
-            if let Some(error) = failure {
-                return Err(error);
-            }
-            retries += 1;
-            pause_before_retry(retries);
-            continue;
+            Err(NotTaken::Failed(error)) => return Err(error),
         }
         let result = run_locked(prepared, copies, slots, counter, call);
         if let Ok(None) = result {

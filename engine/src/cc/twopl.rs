@@ -275,26 +275,34 @@ pub(crate) fn unlock_shared<W: LockWords + ?Sized>(words: &W) -> Result<(), W::E
     Ok(())
 }
 
-/// Takes every lock in access-set order; on death returns how many are held.
-fn lock_all(attempt: &Attempt) -> Result<(), usize> {
-    for (index, entry) in attempt.entries().iter().enumerate() {
-        let record = attempt.record(index);
-        let taken = match entry.mode {
-            AccessMode::Read => lock_shared(record, attempt.timestamp),
-            AccessMode::Write => lock_exclusive(record, attempt.timestamp),
+/// Takes the locks of keys `0..count` in that order (access-set order), exclusive for
+/// writes and shared for reads, on any lock words. If the transaction dies or an
+/// operation fails, it releases the locks it took and says why (a release that fails
+/// then is left to the caller's recovery: the first failure is the one reported).
+pub(crate) fn lock_in_order<'w, W: LockWords + 'w>(
+    count: usize,
+    words: impl Fn(usize) -> &'w W,
+    mode: impl Fn(usize) -> AccessMode,
+    timestamp: u64,
+) -> Result<(), NotTaken<W::Error>> {
+    for index in 0..count {
+        let taken = match mode(index) {
+            AccessMode::Read => lock_shared(words(index), timestamp),
+            AccessMode::Write => lock_exclusive(words(index), timestamp),
         };
-        match taken {
-            Ok(()) => {}
-            Err(NotTaken::Died) => return Err(index),
-            Err(NotTaken::Failed(never)) => match never {},
+        if let Err(not_taken) = taken {
+            for held in 0..index {
+                let _ = release_held(words(held), mode(held), timestamp);
+            }
+            return Err(not_taken);
         }
     }
     Ok(())
 }
 
-/// Releases the first `held` locks of the access set.
-fn unlock(attempt: &Attempt, held: usize) {
-    for (index, entry) in attempt.entries().iter().enumerate().take(held) {
+/// Releases every lock of the access set.
+fn unlock(attempt: &Attempt) {
+    for (index, entry) in attempt.entries().iter().enumerate() {
         release(attempt.record(index), entry.mode, attempt.timestamp);
     }
 }
@@ -317,8 +325,14 @@ pub(crate) fn release(record: &KeyRecord, mode: AccessMode, timestamp: u64) {
 /// watchdog abandoned its call, which releases its locks and answers for it).
 pub(crate) fn run(mut attempt: Attempt, context: &WorkerContext) -> AttemptEnd {
     loop {
-        if let Err(held) = lock_all(&attempt) {
-            unlock(&attempt, held);
+        let entries = attempt.entries();
+        let taken =
+            lock_in_order(entries.len(), |index| attempt.record(index), |index| entries[index].mode, attempt.timestamp);
+        if let Err(not_taken) = taken {
+            match not_taken {
+                NotTaken::Died => {}
+                NotTaken::Failed(never) => match never {},
+            }
             attempt.retries += 1;
             pause_before_retry(attempt.retries);
             continue;
@@ -331,7 +345,7 @@ pub(crate) fn run(mut attempt: Attempt, context: &WorkerContext) -> AttemptEnd {
         let writes = attempt.install_writes(&outcome);
         // Reserved with every lock held: see "When locks are released" above.
         let sequence = context.reserve_sequence();
-        unlock(&attempt, attempt.entries().len());
+        unlock(&attempt);
         context.hand_over(attempt.finish(sequence, outcome, writes));
         return AttemptEnd::HandedOver;
     }
