@@ -79,6 +79,19 @@ interface Leasehold {
   # Which node holds which keys now, and where to reach each node: what a client needs
   # to send each request straight to the node that holds its keys (see
   # `Invocation.redirectIfElsewhere`). A single node answers a table of one node.
+
+  openSession @7 () -> (result :OpenSessionResult);
+  # Opens a client session: the cheap way to make retries safe when a client sends many
+  # requests. The client numbers its requests 1, 2, 3, ... in `Invocation.session` and
+  # tells the node, with each request, the lowest number it has no answer for yet; the
+  # node keeps the outcomes of the session's requests until the client has acknowledged
+  # them that way, so a retry (same session and sequence) gets the first outcome and
+  # never runs twice, even across a restart of the node. Unlike `requestId`, a new
+  # request costs the node no lookup in its stored outcomes. The session is durable
+  # once this returns; it expires after being idle for the node's request id retention
+  # (`request_id_retention_hours`), after which its requests are refused with
+  # `unknownSession`. One session per client connection or thread is typical; its
+  # requests may be in flight concurrently and in any order.
 }
 
 struct Invocation {
@@ -114,6 +127,36 @@ struct Invocation {
   # `Result.redirected` instead of forwarding the request itself; nothing ran, so the
   # client may send it, under the same request id, to the node named there. Unset (the
   # default), the node forwards such a request and the client does not notice.
+
+  session @6 :SessionPosition;
+  # Instead of `requestId` (set at most one of them): where this request sits in a
+  # session opened with `Leasehold.openSession`. Unset means no session.
+}
+
+struct OpenSessionResult {
+  union {
+    session @0 :UInt64;
+    # The new session's number, never 0.
+
+    rejected @1 :Rejection;
+    # No session was opened (kind `tooManySessions`, `storage` or `shuttingDown`).
+  }
+}
+
+struct SessionPosition {
+  # A request's place in a client session (see `Leasehold.openSession`).
+
+  session @0 :UInt64;
+  # The session, as `openSession` returned it.
+
+  sequence @1 :UInt64;
+  # The request's number in the session, from 1, each number used for one request; a
+  # retry of the request sends the same number.
+
+  firstUnanswered @2 :UInt64;
+  # The lowest sequence number of the session whose answer the client does not have
+  # yet (at least 1, at most `sequence`). The node forgets the outcomes below it; a
+  # request numbered below it is refused with `sequenceAcknowledged`.
 }
 
 struct Timestamp {
@@ -296,6 +339,22 @@ enum RejectionKind {
   pluginQuarantined @13;
   # A call of the plugin ran so long that the node abandoned it; the plugin takes no calls
   # until a new version of it is deployed.
+
+  unknownSession @14;
+  # `Invocation.session` names a session this node does not have open: never opened
+  # here, or expired after being idle for the retention. Its unanswered requests may or
+  # may not have run; open a new session for new requests.
+
+  sequenceAcknowledged @15;
+  # The request's sequence number is below the session's first unanswered number that
+  # the client itself sent before: its outcome was forgotten as the client asked.
+
+  sessionFull @16;
+  # The session holds as many unacknowledged outcomes as the node allows: the client
+  # must send a higher `firstUnanswered` (it has the answers) before new requests.
+
+  tooManySessions @17;
+  # `openSession` only: as many sessions are open on this node as it allows.
 }
 
 struct InvokeManyResult {

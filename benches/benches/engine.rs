@@ -112,7 +112,7 @@ fn epoch_commit(c: &mut Criterion) {
                 key.extend_from_slice(&account.to_be_bytes());
                 record.stage_value(&key, Some(&1_000_000i64.to_le_bytes()));
             }
-            let id = RequestId(format!("bench-{number}-{sequence}").into_bytes().into());
+            let id = RequestId::Id(format!("bench-{number}-{sequence}").into_bytes().into());
             let timestamp = Timestamp { epoch: number, node: 0, sequence: sequence as u32 };
             record.stage_result(&id, &Outcome::Committed { timestamp, output: vec![0; 16] }, &mut scratch);
         }
@@ -153,7 +153,7 @@ fn in_process_transactions(c: &mut Criterion) {
         plugin: "banking".into(),
         workflow: workflow.into(),
         arguments: Arguments::Encoded(arguments),
-        request_id: RequestId(id.into()),
+        request_id: RequestId::from_bytes(id),
     };
     for first in (0..100_000u64).step_by(10_000) {
         let open = leasehold_sdk::encode(&Open { first, count: 10_000, balance: 1_000_000 }).expect("encode");

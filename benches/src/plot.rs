@@ -586,6 +586,7 @@ mod tests {
             key_groups: 1,
             route_by_lease_table: false,
             request_ids_at_node: false,
+            tracking: "sessions".into(),
             concurrency_retries: None,
         }
     }

@@ -135,6 +135,8 @@ pub struct RunRecord {
     pub route_by_lease_table: bool,
     pub request_ids_at_node: bool,
     pub concurrency_retries: Option<u64>,
+    /// `request-ids` or `sessions` (empty in files from before sessions: request ids).
+    pub tracking: String,
 }
 
 impl RunRecord {
@@ -190,6 +192,7 @@ impl RunRecord {
             route_by_lease_table: config.route_by_lease_table,
             request_ids_at_node: config.request_ids_at_node,
             concurrency_retries: node.concurrency_retries,
+            tracking: config.tracking.as_str().to_string(),
         }
     }
 
@@ -236,6 +239,7 @@ impl RunRecord {
             ("route_by_lease_table", self.route_by_lease_table.to_string()),
             ("request_ids_at_node", self.request_ids_at_node.to_string()),
             ("concurrency_retries", optional(&self.concurrency_retries)),
+            ("tracking", self.tracking.clone()),
         ]
     }
 
@@ -324,6 +328,7 @@ mod tests {
                 key_groups: 1,
                 route_by_lease_table: false,
                 request_ids_at_node: false,
+                tracking: crate::run::Tracking::Sessions,
                 workload: WorkloadKind::Social,
                 keys: 10_000,
                 initial_value: 0,

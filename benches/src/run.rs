@@ -20,7 +20,7 @@
 
 use crate::workload::{self, Generator, Journal, WorkloadKind};
 use hdrhistogram::Histogram;
-use leasehold_client::{Client, ClusterClient, Invocation, InvokeResult, RoutedInvocation};
+use leasehold_client::{Client, ClusterClient, Invocation, InvokeResult, RoutedInvocation, SessionNumbers};
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -63,6 +63,29 @@ pub struct BenchConfig {
     /// (`leasehold_keyspace::home_request_id_at`), so a request that runs where it was
     /// sent writes its record locally instead of borrowing it from the id's hash home.
     pub request_ids_at_node: bool,
+    /// How requests are made safe to retry. Sessions need one node reached directly: a
+    /// run against a cluster (or routed by lease table) uses request ids whatever this
+    /// says, and its report says so.
+    pub tracking: Tracking,
+}
+
+/// How the benchmark's requests are made safe to retry (exactly once).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Tracking {
+    /// A request id per request (`Invocation.requestId`).
+    RequestIds,
+    /// One client session per client connection (`openSession`).
+    Sessions,
+}
+
+impl Tracking {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tracking::RequestIds => "request-ids",
+            Tracking::Sessions => "sessions",
+        }
+    }
 }
 
 /// What a run measured.
@@ -231,6 +254,11 @@ pub fn run_observed(
 ) -> Result<BenchReport, BenchError> {
     assert!(!addresses.is_empty(), "a benchmark needs at least one node");
     let address = addresses[0];
+    let mut config = config.clone();
+    if addresses.len() > 1 || config.route_by_lease_table {
+        config.tracking = Tracking::RequestIds;
+    }
+    let config = &config;
     if config.load {
         observer.message(&format!("loading {} keys", config.keys));
         load(address, config)?;
@@ -347,13 +375,25 @@ fn run_client(
             generator = generator.request_ids_at(node, node_count);
         }
         let generator = Rc::new(RefCell::new(generator));
+        let session = match (&*connection, config.tracking) {
+            (Connection::Node(client), Tracking::Sessions) => {
+                Some(Rc::new(RefCell::new(SessionNumbers::new(client.open_session().await?))))
+            }
+            _ => None,
+        };
         let latency = Rc::new(RefCell::new(Histogram::<u64>::new(3).expect("valid histogram precision")));
         let tally = Rc::new(RefCell::new(Tally::default()));
         let effects = Rc::new(RefCell::new(Effects::default()));
         let mut slots = Vec::new();
         for slot in 0..config.pipeline {
-            let (connection, generator, latency, tally, effects) =
-                (connection.clone(), generator.clone(), latency.clone(), tally.clone(), effects.clone());
+            let (connection, generator, latency, tally, effects, session) = (
+                connection.clone(),
+                generator.clone(),
+                latency.clone(),
+                tally.clone(),
+                effects.clone(),
+                session.clone(),
+            );
             slots.push(async move {
                 tokio::time::sleep_until(start.into()).await;
                 let mut schedule =
@@ -367,10 +407,22 @@ fn run_client(
                     }
                     let invocations: Vec<_> = {
                         let mut generator = generator.borrow_mut();
-                        (0..config.batch).map(|_| generator.next_request()).collect()
+                        let requests = (0..config.batch).map(|_| generator.next_request());
+                        match &session {
+                            Some(numbers) => {
+                                let mut numbers = numbers.borrow_mut();
+                                requests.map(|request| numbers.place(request)).collect()
+                            }
+                            None => requests.collect(),
+                        }
                     };
                     let workflows: Vec<String> = invocations.iter().map(|i| i.workflow.clone()).collect();
+                    let positions: Vec<_> = invocations.iter().filter_map(|i| i.session).collect();
                     let results = connection.invoke_many(config.workload, invocations).await?;
+                    if let Some(numbers) = &session {
+                        let mut numbers = numbers.borrow_mut();
+                        positions.iter().for_each(|position| numbers.answered(position));
+                    }
                     let done = Instant::now();
                     finished.fetch_add(results.len() as u64, Ordering::Relaxed);
                     {

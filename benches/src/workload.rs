@@ -283,6 +283,7 @@ impl Generator {
             workflow: workflow.to_string(),
             arguments: Arguments::Encoded(arguments),
             request_id,
+            session: None,
         }
     }
 
@@ -424,6 +425,7 @@ pub fn load_invocations(kind: WorkloadKind, keys: u64, value: i64) -> Vec<Invoca
                 workflow: workflow.to_string(),
                 arguments: Arguments::Encoded(arguments.expect("load arguments encode")),
                 request_id: Vec::new(),
+                session: None,
             }
         })
         .collect()
@@ -435,6 +437,7 @@ fn invocation(kind: WorkloadKind, workflow: &str, arguments: Result<Vec<u8>, lea
         workflow: workflow.to_string(),
         arguments: Arguments::Encoded(arguments.expect("harness arguments encode")),
         request_id: Vec::new(),
+        session: None,
     }
 }
 
@@ -470,6 +473,7 @@ pub fn total_invocations(kind: WorkloadKind, keys: u64) -> Vec<Invocation> {
                 workflow: "total".to_string(),
                 arguments: Arguments::Encoded(arguments.expect("range arguments encode")),
                 request_id: Vec::new(),
+                session: None,
             }
         })
         .collect()

@@ -26,6 +26,7 @@ fn config(workload: WorkloadKind, theta: f64) -> BenchConfig {
         key_groups: 1,
         route_by_lease_table: false,
         request_ids_at_node: false,
+        tracking: leasehold_bench::run::Tracking::Sessions,
         workload,
         keys: ACCOUNTS,
         initial_value: INITIAL_BALANCE,

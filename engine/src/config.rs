@@ -98,8 +98,15 @@ pub struct Config {
     /// current and previous generations and an emptied spare (see `txn::ledger`).
     pub recent_results_max: usize,
     /// How long a request id's outcome is kept for retries (a retry after that may run
-    /// the request again).
+    /// the request again); also how long an idle client session stays open.
     pub request_id_retention_hours: u64,
+    /// Client sessions a single node keeps open at most (`openSession` is refused beyond,
+    /// once idle ones expired).
+    pub sessions_max: usize,
+    /// Unacknowledged outcomes one session may hold: a client's requests in flight plus
+    /// answers it has not acknowledged yet. Beyond, its new requests are refused until it
+    /// acknowledges.
+    pub session_outcomes_max: usize,
     /// A file holding the shared token clients must present (its contents, trimmed of
     /// surrounding whitespace). A file rather than a value keeps the secret out of `ps`,
     /// the environment and config files that get shared. None: any client is accepted.
@@ -167,6 +174,8 @@ impl Default for Config {
             key_bytes_max: 1024,
             recent_results_max: 1_000_000,
             request_id_retention_hours: 7 * 24,
+            sessions_max: 10_000,
+            session_outcomes_max: 65_536,
             auth_token_file: None,
             tls_certificate_file: None,
             tls_key_file: None,
@@ -257,6 +266,8 @@ impl Config {
             ("key_bytes_max", self.key_bytes_max),
             ("checkpoint_interval_ms", self.checkpoint_interval_ms as usize),
             ("request_id_retention_hours", self.request_id_retention_hours as usize),
+            ("sessions_max", self.sessions_max),
+            ("session_outcomes_max", self.session_outcomes_max),
             ("plugin_call_warn_ms", self.plugin_call_warn_ms as usize),
         ];
         for (name, value) in positive {

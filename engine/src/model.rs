@@ -31,14 +31,76 @@ impl fmt::Display for Timestamp {
 /// Longest request id a client may choose.
 pub const REQUEST_ID_BYTES_MAX: usize = 64;
 
-/// A client-chosen request id. Empty means "no exactly-once tracking".
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RequestId(pub Box<[u8]>);
+/// How a request is made safe to retry (exactly once).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub enum RequestId {
+    /// Not tracked: a retry may run the request again.
+    #[default]
+    Untracked,
+    /// A client-chosen id (at most [`REQUEST_ID_BYTES_MAX`] bytes, never empty). Its
+    /// outcome is kept for the configured retention, looked up by id.
+    Id(Box<[u8]>),
+    /// A position in a client session: the node keeps the session's outcomes until the
+    /// client acknowledges them, so a new request costs no lookup in storage.
+    Session(SessionPosition),
+}
 
 impl RequestId {
-    pub fn is_tracked(&self) -> bool {
-        !self.0.is_empty()
+    /// The id for `bytes`: untracked when empty.
+    pub fn from_bytes(bytes: impl Into<Box<[u8]>>) -> RequestId {
+        let bytes = bytes.into();
+        if bytes.is_empty() {
+            RequestId::Untracked
+        } else {
+            RequestId::Id(bytes)
+        }
     }
+
+    pub fn is_tracked(&self) -> bool {
+        !matches!(self, RequestId::Untracked)
+    }
+
+    /// The id's bytes: empty for an untracked request. A session position has none here:
+    /// a cluster turns it into an id first ([`RequestId::with_session_as_id`]).
+    pub fn id_bytes(&self) -> &[u8] {
+        match self {
+            RequestId::Untracked => &[],
+            RequestId::Id(bytes) => bytes,
+            RequestId::Session(_) => panic!("a session position has no id bytes; a cluster turns it into an id"),
+        }
+    }
+
+    /// A cluster keeps every outcome under an id, at the id's holder (so that a retry
+    /// through any node meets it): a session position becomes an id there. The id is
+    /// longer than any id a client may choose, so it never collides with one.
+    pub fn with_session_as_id(self) -> RequestId {
+        match self {
+            RequestId::Session(position) => {
+                let mut bytes = Vec::with_capacity(SESSION_ID_BYTES);
+                bytes.extend_from_slice(SESSION_ID_MARKER);
+                bytes.resize(REQUEST_ID_BYTES_MAX + 1, 0);
+                bytes.extend_from_slice(&position.session.to_be_bytes());
+                bytes.extend_from_slice(&position.sequence.to_be_bytes());
+                RequestId::Id(bytes.into())
+            }
+            other => other,
+        }
+    }
+}
+
+const SESSION_ID_MARKER: &[u8] = b"leasehold-session";
+const SESSION_ID_BYTES: usize = REQUEST_ID_BYTES_MAX + 1 + 16;
+
+/// Where a request sits in its client session (see `openSession` in `leasehold.capnp`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SessionPosition {
+    /// The session, as `openSession` returned it.
+    pub session: u64,
+    /// The request's number in the session, from 1; a retry reuses it.
+    pub sequence: u64,
+    /// The client has the outcome of every request of the session numbered below this
+    /// (its lowest unanswered sequence number): the node may forget those outcomes.
+    pub first_unanswered: u64,
 }
 
 /// Arguments as the client sent them.
@@ -152,6 +214,21 @@ pub enum Rejection {
     ShuttingDown,
     #[error("storage failed: {0}")]
     Storage(String),
+    /// The session is not open on this node: it was never opened here, or it expired
+    /// (idle longer than the retention). Its unanswered requests may or may not have run.
+    #[error("session {0} is not open on this node (never opened, or expired); open a new session")]
+    UnknownSession(u64),
+    /// The request's sequence number is below what the client itself acknowledged, so
+    /// its outcome is forgotten: a client bug.
+    #[error("session {session}: request {sequence} was acknowledged (first unanswered is {first_unanswered}); its outcome is forgotten")]
+    SequenceAcknowledged { session: u64, sequence: u64, first_unanswered: u64 },
+    /// The session holds too many unacknowledged outcomes: the client must advance its
+    /// first unanswered sequence number.
+    #[error("session {session} holds {held} unacknowledged outcomes, the most allowed; acknowledge answered requests")]
+    SessionFull { session: u64, held: usize },
+    /// Too many sessions are open on this node.
+    #[error("{0} sessions are open on this node, the most allowed; close idle clients or retry later")]
+    TooManySessions(usize),
     /// The cluster rolled back the request's epoch (a node restarted before the epoch was
     /// durable everywhere); nothing of it took effect and the client should retry.
     #[error("the cluster rolled back this request's epoch ({0}); nothing took effect, retry with the same id")]

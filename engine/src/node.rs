@@ -25,6 +25,7 @@ use crate::txn::commit::{Checkpointer, CommitCluster, Committer};
 use crate::txn::epoch::{DriverMessage, EpochDriver};
 use crate::txn::executor::Executor;
 use crate::txn::ledger::Ledger;
+use crate::txn::sessions::SessionLimits;
 use crate::txn::tpg::GraphBuilder;
 use crate::txn::{PlannedTransaction, Reply, ReplyBatch, Submission, TransactionBody, TransactionStats};
 use crossbeam_channel::Sender;
@@ -84,6 +85,9 @@ struct Shared {
     concurrency: Arc<ConcurrencyStats>,
     started: Instant,
     limits: AccessLimits,
+    /// For opening client sessions.
+    storage: Arc<Storage>,
+    ledger: Arc<Mutex<Ledger>>,
 }
 
 /// A running engine node. Stop it with [`Node::shutdown`] (dropping it does the same).
@@ -226,7 +230,20 @@ impl Node {
         let durable_epoch = storage.durable_epoch()?;
         let stats = Arc::new(TransactionStats::default());
         stats.durable_epoch.store(durable_epoch, Ordering::Relaxed);
-        let ledger = Arc::new(Mutex::new(Ledger::new(config.recent_results_max)));
+        let session_limits = SessionLimits {
+            sessions_max: config.sessions_max,
+            outcomes_per_session_max: config.session_outcomes_max,
+            idle_expiry_seconds: config.request_id_retention_hours.saturating_mul(3600),
+        };
+        let mut ledger = Ledger::new(config.recent_results_max, session_limits);
+        // A single node's sessions come back from storage (the log is folded by now); a
+        // cluster node keeps session outcomes under ids instead (see `plan_and_route`).
+        if spec.is_none() {
+            for stored in storage.stored_sessions()? {
+                ledger.sessions.restore(stored);
+            }
+        }
+        let ledger = Arc::new(Mutex::new(ledger));
         let (inbox, inbox_receiver) = crossbeam_channel::unbounded();
         // A few epochs may wait for the disk; beyond that the driver waits too, which
         // bounds memory when the disk is slower than execution.
@@ -390,7 +407,7 @@ impl Node {
         let committer = Committer {
             checkpoints,
             storage: storage.clone(),
-            ledger,
+            ledger: ledger.clone(),
             stats: stats.clone(),
             fsync: config.fsync,
             epochs: commit_receiver,
@@ -421,6 +438,8 @@ impl Node {
             concurrency,
             started: Instant::now(),
             limits,
+            storage: storage.clone(),
+            ledger: ledger.clone(),
         };
         let shared = Arc::new(shared);
         watch_plugin_calls(Arc::downgrade(&shared));
@@ -562,6 +581,32 @@ impl NodeHandle {
     /// Plans a workflow invocation and submits it to the next epoch (in a cluster,
     /// forwarding it when its keys are mostly held elsewhere). Refusals (unknown plugin
     /// or workflow, bad arguments, planner failure) come back at once.
+    /// Opens a client session (see `openSession` in `leasehold.capnp`): durable once this
+    /// returns. A single node keeps the session's outcomes in its ledger; a cluster keeps
+    /// them under ids (`RequestId::with_session_as_id`) and only hands out the number.
+    pub fn open_session(&self) -> Result<u64, Rejection> {
+        if !self.shared.accepting.load(Ordering::Acquire) {
+            return Err(Rejection::ShuttingDown);
+        }
+        let now_unix_seconds = crate::storage::unix_seconds_now();
+        let node_count = self.shared.cluster.as_ref().map_or(1, |cluster| cluster.spec.node_count());
+        let open = |storage: &Storage| {
+            storage
+                .open_session(self.shared.config.node_id, node_count, now_unix_seconds)
+                .map_err(|error| Rejection::Storage(error.to_string()))
+        };
+        if self.shared.cluster.is_some() {
+            return open(&self.shared.storage);
+        }
+        // The synced write happens outside the ledger's lock, which admission takes for
+        // every batch. Sessions opened at the same moment may each find the last place
+        // free, so `sessions_max` can be passed by the number of RPC threads.
+        self.shared.ledger.lock().sessions.has_room(now_unix_seconds)?;
+        let session = open(&self.shared.storage)?;
+        self.shared.ledger.lock().sessions.open(session, now_unix_seconds);
+        Ok(session)
+    }
+
     pub fn submit(&self, invocation: Invocation) -> Result<Pending<Completed>, Rejection> {
         match self.submit_or_redirect(invocation, false)? {
             Submitted::Running(pending) => Ok(pending),
@@ -626,7 +671,15 @@ impl NodeHandle {
 
     /// Plans a request and decides where it runs: here (returned planned, for the caller
     /// to submit), or forwarded to another node, or redirected to it.
-    fn plan_and_route(&self, invocation: Invocation, redirect_if_elsewhere: bool) -> Result<Routed, Rejection> {
+    fn plan_and_route(&self, mut invocation: Invocation, redirect_if_elsewhere: bool) -> Result<Routed, Rejection> {
+        if matches!(&invocation.request_id, RequestId::Id(bytes) if bytes.len() > REQUEST_ID_BYTES_MAX) {
+            return self.rejected(Rejection::RequestIdTooLong);
+        }
+        if self.shared.cluster.is_some() {
+            // A cluster keeps every outcome under an id at the id's holder, where a retry
+            // through any node finds it.
+            invocation.request_id = invocation.request_id.with_session_as_id();
+        }
         let (transaction, json) = match plan_invocation(&self.shared.registry, self.shared.limits, invocation) {
             Ok(planned) => planned,
             Err(rejection) => return self.rejected(rejection),
@@ -696,7 +749,7 @@ impl NodeHandle {
         if self.shared.config.cc != ConcurrencyControl::Lease {
             // The baselines run a request where its exactly-once record is: at its id's
             // holder (the benchmark's clients salt ids to the node they send to).
-            data_key_into(&mut storage_key, crate::storage::REQUEST_ID_TABLE, &transaction.request_id.0);
+            data_key_into(&mut storage_key, crate::storage::REQUEST_ID_TABLE, transaction.request_id.id_bytes());
             let holder = table.holder(&storage_key);
             return if holder == self.shared.config.node_id { Route::Here } else { Route::Forward(holder) };
         }
@@ -743,7 +796,7 @@ impl NodeHandle {
             generation: cluster.stats.generation.load(Ordering::Acquire),
             plugin: transaction.plugin.name().to_string(),
             workflow: transaction.plugin.workflows[workflow as usize].name.clone(),
-            request_id: transaction.request_id.0.into_vec(),
+            request_id: transaction.request_id.id_bytes().to_vec(),
             arguments,
         };
         cluster.transport.send(to, &frame);
@@ -766,12 +819,8 @@ impl NodeHandle {
         let mut accesses = AccessSet::new();
         accesses.push(table_number, key, AccessMode::Read);
         accesses.finish();
-        let transaction = PlannedTransaction {
-            plugin,
-            body: TransactionBody::ReadKey,
-            accesses,
-            request_id: RequestId(Box::default()),
-        };
+        let transaction =
+            PlannedTransaction { plugin, body: TransactionBody::ReadKey, accesses, request_id: RequestId::Untracked };
         Ok(Pending { receiver: self.enqueue(transaction)?, json: None, _result: PhantomData })
     }
 
@@ -821,8 +870,8 @@ impl NodeHandle {
     }
 }
 
-/// Plans a workflow invocation: checks its names and request id, converts JSON arguments
-/// and lets the plugin compute the access set. Returns the plugin and workflow number too
+/// Plans a workflow invocation: checks its names, converts JSON arguments and lets the
+/// plugin compute the access set. Returns the plugin and workflow number too
 /// when the output is to be converted to JSON.
 #[allow(clippy::type_complexity)]
 fn plan_invocation(
@@ -830,9 +879,6 @@ fn plan_invocation(
     limits: AccessLimits,
     invocation: Invocation,
 ) -> Result<(PlannedTransaction, Option<(Arc<LoadedPlugin>, u32)>), Rejection> {
-    if invocation.request_id.0.len() > REQUEST_ID_BYTES_MAX {
-        return Err(Rejection::RequestIdTooLong);
-    }
     let plugin = registry.get(&invocation.plugin).ok_or_else(|| Rejection::UnknownPlugin(invocation.plugin.clone()))?;
     if let Some(rejection) = plugin.quarantined() {
         return Err(rejection);

@@ -73,6 +73,7 @@ fn hot_banking_keeps_the_sum(cc: ConcurrencyControl) {
         key_groups: 1,
         route_by_lease_table: false,
         request_ids_at_node: false,
+        tracking: leasehold_bench::run::Tracking::Sessions,
     };
     let report = run::run(node.server.local_address(), &config, |_| {}).expect("benchmark run");
     let status = node.node.handle().status();

@@ -17,7 +17,7 @@ fn add_one(request: u32) -> Invocation {
         plugin: "testkit".into(),
         workflow: "program".into(),
         arguments: Arguments::Encoded(leasehold_sdk::encode(&program).expect("encode")),
-        request_id: RequestId(request.to_be_bytes().to_vec().into()),
+        request_id: RequestId::Id(request.to_be_bytes().to_vec().into()),
     }
 }
 

@@ -280,3 +280,32 @@ async fn fetch_table(address: &SocketAddr) -> leasehold_client::LeaseTable {
 fn storage_key_of(router: &ClusterClient, account: u64) -> Vec<u8> {
     router.storage_key("banking", "accounts", &leasehold_sdk::key_u64(account)).expect("the accounts table is known")
 }
+
+/// Client sessions in a cluster: the nodes keep a session's outcomes under ids at the
+/// ids' holders, so a retry of a session request through another node gets the first
+/// outcome, and session numbers from different nodes never collide.
+#[test]
+fn session_requests_run_once_in_a_cluster_whichever_node_a_retry_goes_through() {
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let (cluster, client) = banking_cluster(directory.path(), &[]);
+    let other = cluster.connect(2).expect("connect to node 2");
+    let session = client.open_session().expect("open a session on node 0");
+    let elsewhere = other.open_session().expect("open a session on node 2");
+    assert_ne!(session, elsewhere, "nodes hand out distinct session numbers");
+    let mut numbers = leasehold_client::SessionNumbers::new(session);
+    let deposits: Vec<Invocation> = (0..30)
+        .map(|account| {
+            let arguments = leasehold_sdk::encode(&Deposit { account, amount: 5 }).expect("encode");
+            numbers.place(Invocation::encoded("banking", "deposit", arguments))
+        })
+        .collect();
+    let first = client.invoke_many(deposits.clone()).expect("deposits through node 0");
+    assert!(first.iter().all(InvokeResult::is_committed), "{first:?}");
+    let retried = other.invoke_many(deposits).expect("the same requests through node 2");
+    assert_eq!(retried, first, "a retry through another node gets the first outcomes");
+    let balances = banking_balances(&other, ACCOUNTS);
+    for (account, balance) in balances.iter().enumerate() {
+        let expected = if account < 30 { INITIAL + 5 } else { INITIAL };
+        assert_eq!(*balance, expected, "account {account}: each deposit applied once");
+    }
+}

@@ -103,7 +103,7 @@ fn check(cc: ConcurrencyControl, batches: Vec<Vec<Program>>) {
                     plugin: "testkit".into(),
                     workflow: "program".into(),
                     arguments: Arguments::Encoded(encode(&program)),
-                    request_id: RequestId(request.to_be_bytes().to_vec().into()),
+                    request_id: RequestId::Id(request.to_be_bytes().to_vec().into()),
                 };
                 (program, handle.submit(invocation).expect("testkit programs are always planned"))
             })
@@ -303,7 +303,7 @@ fn final_state_survives_a_restart_under(cc: ConcurrencyControl) {
                 plugin: "testkit".into(),
                 workflow: "program".into(),
                 arguments: Arguments::Encoded(encode(&program)),
-                request_id: RequestId(vec![request].into()),
+                request_id: RequestId::Id(vec![request].into()),
             };
             let pending = node.handle().submit(invocation).expect("planned");
             runtime.block_on(pending.wait()).expect("completes");
@@ -326,7 +326,7 @@ fn final_state_survives_a_restart_under(cc: ConcurrencyControl) {
         plugin: "testkit".into(),
         workflow: "program".into(),
         arguments: Arguments::Encoded(encode(&program)),
-        request_id: RequestId(vec![0].into()),
+        request_id: RequestId::Id(vec![0].into()),
     };
     let completed = runtime.block_on(node.handle().submit(invocation).expect("planned").wait()).expect("completes");
     assert_eq!(

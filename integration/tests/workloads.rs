@@ -51,6 +51,7 @@ fn config(workload: WorkloadKind, keys: u64, initial_value: i64) -> BenchConfig 
         key_groups: 1,
         route_by_lease_table: false,
         request_ids_at_node: false,
+        tracking: leasehold_bench::run::Tracking::Sessions,
         workload,
         keys,
         initial_value,

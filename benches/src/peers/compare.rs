@@ -311,6 +311,7 @@ mod tests {
             key_groups: 1,
             route_by_lease_table: false,
             request_ids_at_node: false,
+            tracking: crate::run::Tracking::Sessions,
             workload: WorkloadKind::Banking,
             keys: 100,
             initial_value: 10,

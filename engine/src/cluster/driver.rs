@@ -743,7 +743,7 @@ impl ClusterDriver {
             });
             let request_id = transaction.request_id.is_tracked().then(|| {
                 let mut key = Vec::new();
-                data_key_into(&mut key, REQUEST_ID_TABLE, &transaction.request_id.0);
+                data_key_into(&mut key, REQUEST_ID_TABLE, transaction.request_id.id_bytes());
                 (key, AccessMode::Write)
             });
             let declared_count = transaction.accesses.len();

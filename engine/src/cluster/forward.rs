@@ -86,7 +86,7 @@ impl ForwardedRequest {
                     invocation: Invocation {
                         plugin,
                         workflow,
-                        request_id: RequestId(request_id.into_boxed_slice()),
+                        request_id: RequestId::from_bytes(request_id),
                         arguments: Arguments::Encoded(arguments),
                     },
                 })

@@ -287,25 +287,34 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
 /// A rejection as a code and its fields (two texts, two numbers; unused ones empty).
 fn encode_rejection(out: &mut Vec<u8>, rejection: &Rejection) {
     let none = String::new();
-    let (code, first, second, numbers): (u8, &String, &String, [u64; 2]) = match rejection {
-        Rejection::UnknownPlugin(plugin) => (0, plugin, &none, [0, 0]),
-        Rejection::UnknownWorkflow { plugin, workflow } => (1, plugin, workflow, [0, 0]),
-        Rejection::UnknownTable { plugin, table } => (2, plugin, table, [0, 0]),
-        Rejection::BadArguments(message) => (3, message, &none, [0, 0]),
-        Rejection::PlanFailed(message) => (4, message, &none, [0, 0]),
-        Rejection::RequestIdTooLong => (5, &none, &none, [0, 0]),
-        Rejection::AccessSetTooLarge { count, max } => (6, &none, &none, [*count as u64, *max as u64]),
-        Rejection::KeyTooLong { max } => (7, &none, &none, [*max as u64, 0]),
-        Rejection::ShuttingDown => (8, &none, &none, [0, 0]),
-        Rejection::Storage(message) => (9, message, &none, [0, 0]),
-        Rejection::Retry(message) => (10, message, &none, [0, 0]),
-        Rejection::PluginQuarantined { plugin, reason } => (11, plugin, reason, [0, 0]),
+    let (code, first, second, numbers): (u8, &String, &String, [u64; 3]) = match rejection {
+        Rejection::UnknownPlugin(plugin) => (0, plugin, &none, [0, 0, 0]),
+        Rejection::UnknownWorkflow { plugin, workflow } => (1, plugin, workflow, [0, 0, 0]),
+        Rejection::UnknownTable { plugin, table } => (2, plugin, table, [0, 0, 0]),
+        Rejection::BadArguments(message) => (3, message, &none, [0, 0, 0]),
+        Rejection::PlanFailed(message) => (4, message, &none, [0, 0, 0]),
+        Rejection::RequestIdTooLong => (5, &none, &none, [0, 0, 0]),
+        Rejection::AccessSetTooLarge { count, max } => (6, &none, &none, [*count as u64, *max as u64, 0]),
+        Rejection::KeyTooLong { max } => (7, &none, &none, [*max as u64, 0, 0]),
+        Rejection::ShuttingDown => (8, &none, &none, [0, 0, 0]),
+        Rejection::Storage(message) => (9, message, &none, [0, 0, 0]),
+        Rejection::Retry(message) => (10, message, &none, [0, 0, 0]),
+        Rejection::PluginQuarantined { plugin, reason } => (11, plugin, reason, [0, 0, 0]),
+        // Sessions reach a cluster as ids, so its nodes never send these; encoded all the
+        // same so that every rejection crosses the wire.
+        Rejection::UnknownSession(session) => (12, &none, &none, [*session, 0, 0]),
+        Rejection::SequenceAcknowledged { session, sequence, first_unanswered } => {
+            (13, &none, &none, [*session, *sequence, *first_unanswered])
+        }
+        Rejection::SessionFull { session, held } => (14, &none, &none, [*session, *held as u64, 0]),
+        Rejection::TooManySessions(count) => (15, &none, &none, [*count as u64, 0, 0]),
     };
     out.push(code);
     put_bytes(out, first.as_bytes());
     put_bytes(out, second.as_bytes());
     put_u64(out, numbers[0]);
     put_u64(out, numbers[1]);
+    put_u64(out, numbers[2]);
 }
 
 /// Reads fields from one frame's bytes.
@@ -357,7 +366,7 @@ impl<'a> Reader<'a> {
     fn rejection(&mut self) -> Result<Rejection, WireError> {
         let code = self.u8("rejection")?;
         let (first, second) = (self.text("rejection text")?, self.text("rejection text")?);
-        let numbers = [self.u64("rejection number")?, self.u64("rejection number")?];
+        let numbers = [self.u64("rejection number")?, self.u64("rejection number")?, self.u64("rejection number")?];
         let size = |number: u64| usize::try_from(number).map_err(|_| WireError::Invalid("rejection number"));
         Ok(match code {
             0 => Rejection::UnknownPlugin(first),
@@ -372,6 +381,14 @@ impl<'a> Reader<'a> {
             9 => Rejection::Storage(first),
             10 => Rejection::Retry(first),
             11 => Rejection::PluginQuarantined { plugin: first, reason: second },
+            12 => Rejection::UnknownSession(numbers[0]),
+            13 => Rejection::SequenceAcknowledged {
+                session: numbers[0],
+                sequence: numbers[1],
+                first_unanswered: numbers[2],
+            },
+            14 => Rejection::SessionFull { session: numbers[0], held: size(numbers[1])? },
+            15 => Rejection::TooManySessions(size(numbers[0])?),
             _ => return Err(WireError::Invalid("rejection")),
         })
     }
@@ -608,6 +625,10 @@ mod tests {
                 result: Err(Rejection::UnknownWorkflow { plugin: "p".into(), workflow: "w".into() }),
             },
             Frame::ForwardReply { forward_id: 11, result: Err(Rejection::AccessSetTooLarge { count: 9, max: 3 }) },
+            Frame::ForwardReply {
+                forward_id: 12,
+                result: Err(Rejection::SequenceAcknowledged { session: 4, sequence: 2, first_unanswered: 3 }),
+            },
         ]
     }
 

@@ -5,7 +5,7 @@
 
 use crate::model::{
     AbortKind, Arguments, Invocation, LeaseTableSnapshot, NodeStatus, Outcome, PluginInfo, Redirect, Rejection,
-    RequestId, Timestamp, REQUEST_ID_BYTES_MAX,
+    RequestId, SessionPosition, Timestamp, REQUEST_ID_BYTES_MAX,
 };
 use crate::node::Completed;
 use leasehold_schema::leasehold_capnp as wire;
@@ -53,6 +53,10 @@ fn rejection_kind(rejection: &Rejection) -> wire::RejectionKind {
         Rejection::Storage(_) => Kind::Storage,
         Rejection::Retry(_) => Kind::Retry,
         Rejection::PluginQuarantined { .. } => Kind::PluginQuarantined,
+        Rejection::UnknownSession(_) => Kind::UnknownSession,
+        Rejection::SequenceAcknowledged { .. } => Kind::SequenceAcknowledged,
+        Rejection::SessionFull { .. } => Kind::SessionFull,
+        Rejection::TooManySessions(_) => Kind::TooManySessions,
     }
 }
 
@@ -92,6 +96,22 @@ pub(super) fn read_invocation(request: wire::invocation::Reader<'_>) -> Result<I
     if request_id.len() > REQUEST_ID_BYTES_MAX {
         return Err(Rejection::RequestIdTooLong.into());
     }
+    let request_id = if request.has_session() {
+        let session = request.get_session().map_err(|error| Refusal::Malformed(format!("session: {error}")))?;
+        if !request_id.is_empty() {
+            return Err(Refusal::Malformed("a request carries a requestId or a session, not both".into()));
+        }
+        if session.get_sequence() == 0 || session.get_first_unanswered() == 0 {
+            return Err(Refusal::Malformed("session sequence numbers start at 1".into()));
+        }
+        RequestId::Session(SessionPosition {
+            session: session.get_session(),
+            sequence: session.get_sequence(),
+            first_unanswered: session.get_first_unanswered(),
+        })
+    } else {
+        RequestId::from_bytes(request_id)
+    };
     let plugin = read_text(request.get_plugin(), "plugin")?;
     let workflow = read_text(request.get_workflow(), "workflow")?;
     let arguments = match request.get_arguments().which() {
@@ -105,12 +125,7 @@ pub(super) fn read_invocation(request: wire::invocation::Reader<'_>) -> Result<I
             )));
         }
     };
-    Ok(Invocation {
-        plugin: plugin.to_owned(),
-        workflow: workflow.to_owned(),
-        arguments,
-        request_id: RequestId(request_id.into()),
-    })
+    Ok(Invocation { plugin: plugin.to_owned(), workflow: workflow.to_owned(), arguments, request_id })
 }
 
 fn write_timestamp(mut builder: wire::timestamp::Builder<'_>, timestamp: Timestamp) {
@@ -123,6 +138,17 @@ fn write_timestamp(mut builder: wire::timestamp::Builder<'_>, timestamp: Timesta
 pub(super) fn write_refusal(mut builder: wire::rejection::Builder<'_>, refusal: &Refusal) {
     builder.set_kind(refusal.kind());
     builder.set_message(refusal.to_string());
+}
+
+/// Writes the answer to `openSession`.
+pub(super) fn write_open_session_result(
+    mut builder: wire::open_session_result::Builder<'_>,
+    opened: &Result<u64, Refusal>,
+) {
+    match opened {
+        Ok(session) => builder.set_session(*session),
+        Err(refusal) => write_refusal(builder.init_rejected(), refusal),
+    }
 }
 
 /// Writes the result of one invocation.
@@ -284,7 +310,7 @@ mod tests {
         let invocation = read_invocation(reader).expect("well-formed invocation");
         assert_eq!(invocation.plugin, "banking");
         assert_eq!(invocation.workflow, "transfer");
-        assert_eq!(invocation.request_id, RequestId(b"id-1".to_vec().into()));
+        assert_eq!(invocation.request_id, RequestId::from_bytes(b"id-1".to_vec()));
         assert_eq!(invocation.arguments, Arguments::Json("{\"amount\":5}".into()));
     }
 

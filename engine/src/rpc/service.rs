@@ -282,6 +282,28 @@ impl leasehold::Server for LeaseholdService {
         Ok(())
     }
 
+    async fn open_session(
+        self: Rc<Self>,
+        _params: leasehold::OpenSessionParams,
+        mut results: leasehold::OpenSessionResults,
+    ) -> Result<(), capnp::Error> {
+        let opened = match self.calls.begin() {
+            Some(_call) => {
+                // Opening syncs a write to disk: off the RPC thread, which serves others.
+                let node = self.node.clone();
+                match tokio::task::spawn_blocking(move || node.open_session()).await {
+                    Ok(opened) => opened.map_err(Refusal::from),
+                    Err(error) => {
+                        Err(Refusal::Node(Rejection::Storage(format!("opening the session failed: {error}"))))
+                    }
+                }
+            }
+            None => Err(shutting_down(&self.node)),
+        };
+        convert::write_open_session_result(results.get().init_result(), &opened);
+        Ok(())
+    }
+
     async fn lease_table(
         self: Rc<Self>,
         _params: leasehold::LeaseTableParams,

@@ -1,8 +1,9 @@
-//! Byte encodings of what the node stores: integers and request outcomes. Decoders
-//! return `None` on malformed input instead of panicking, since bytes from disk are
-//! untrusted.
+//! Byte encodings of what the node stores: integers, request outcomes, epoch records
+//! and client sessions. Decoders return `None` on malformed input instead of panicking,
+//! since bytes from disk are untrusted.
 
-use crate::model::{AbortKind, NodeId, Outcome, Timestamp};
+use crate::model::{AbortKind, NodeId, Outcome, SessionPosition, Timestamp};
+use crate::txn::sessions::StoredSession;
 
 const TAG_COMMITTED: u8 = 0;
 const TAG_ABORTED: u8 = 1;
@@ -83,6 +84,7 @@ pub fn decode_stored_result(bytes: &[u8]) -> Option<Outcome> {
 const LOG_VALUE: u8 = 0;
 const LOG_DELETED: u8 = 1;
 const LOG_RESULT: u8 = 2;
+const LOG_SESSION_RESULT: u8 = 3;
 
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
@@ -105,11 +107,54 @@ pub fn encode_log_result(out: &mut Vec<u8>, id: &[u8], outcome: &[u8]) {
     put_bytes(out, outcome);
 }
 
+/// Appends the outcome (a stored result, see [`encode_stored_result_into`]) of a session
+/// request to an epoch record, with what the client acknowledged when it sent it.
+pub fn encode_log_session_result(out: &mut Vec<u8>, position: &SessionPosition, stored_result: &[u8]) {
+    out.push(LOG_SESSION_RESULT);
+    out.extend_from_slice(&position.session.to_be_bytes());
+    out.extend_from_slice(&position.sequence.to_be_bytes());
+    out.extend_from_slice(&position.first_unanswered.to_be_bytes());
+    put_bytes(out, stored_result);
+}
+
 /// One entry of an epoch record.
 #[derive(Debug, PartialEq, Eq)]
 pub enum LogEntry<'a> {
     Value { key: &'a [u8], value: Option<&'a [u8]> },
     Result { id: &'a [u8], outcome: &'a [u8] },
+    SessionResult { position: SessionPosition, stored_result: &'a [u8] },
+}
+
+/// Encodes a session as stored in the `sessions` family: when it was last used (first,
+/// as for stored results, so that one retention filter reads both), its first
+/// unanswered sequence number, then each kept outcome with its sequence number.
+pub fn encode_stored_session(session: &StoredSession) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&session.last_used_unix_seconds.to_be_bytes());
+    out.extend_from_slice(&session.first_unanswered.to_be_bytes());
+    let mut outcome = Vec::new();
+    for (sequence, kept) in &session.outcomes {
+        out.extend_from_slice(&sequence.to_be_bytes());
+        encode_outcome_into(&mut outcome, kept);
+        put_bytes(&mut out, &outcome);
+    }
+    out
+}
+
+/// Decodes a stored session (`session` is its key).
+pub fn decode_stored_session(session: u64, bytes: &[u8]) -> Option<StoredSession> {
+    let last_used_unix_seconds = decode_u64(bytes.get(0..8)?)?;
+    let first_unanswered = decode_u64(bytes.get(8..16)?)?;
+    let mut rest = &bytes[16..];
+    let mut outcomes = Vec::new();
+    while !rest.is_empty() {
+        let sequence = decode_u64(rest.get(0..8)?)?;
+        let length = u32::from_be_bytes(rest.get(8..12)?.try_into().ok()?) as usize;
+        let outcome = decode_outcome(rest.get(12..12usize.checked_add(length)?)?)?;
+        outcomes.push((sequence, outcome));
+        rest = &rest[12 + length..];
+    }
+    Some(StoredSession { session, first_unanswered, last_used_unix_seconds, outcomes })
 }
 
 /// Iterates over an epoch record; yields `None` once (and then stops) if it is corrupt.
@@ -137,6 +182,14 @@ impl<'a> LogEntries<'a> {
             LOG_VALUE => Some(LogEntry::Value { key: self.take_bytes()?, value: Some(self.take_bytes()?) }),
             LOG_DELETED => Some(LogEntry::Value { key: self.take_bytes()?, value: None }),
             LOG_RESULT => Some(LogEntry::Result { id: self.take_bytes()?, outcome: self.take_bytes()? }),
+            LOG_SESSION_RESULT => {
+                let session = decode_u64(self.rest.get(0..8)?)?;
+                let sequence = decode_u64(self.rest.get(8..16)?)?;
+                let first_unanswered = decode_u64(self.rest.get(16..24)?)?;
+                self.rest = &self.rest[24..];
+                let position = SessionPosition { session, sequence, first_unanswered };
+                Some(LogEntry::SessionResult { position, stored_result: self.take_bytes()? })
+            }
             _ => None,
         }
     }
@@ -276,7 +329,7 @@ mod fuzz {
     fn tagged(max: usize) -> impl Strategy<Value = Vec<u8>> {
         prop_oneof![
             bytes(max),
-            (0u8..4, bytes(max)).prop_map(|(tag, mut rest)| {
+            (0u8..5, bytes(max)).prop_map(|(tag, mut rest)| {
                 rest.insert(0, tag);
                 rest
             }),
@@ -287,12 +340,22 @@ mod fuzz {
     enum Entry {
         Value(Vec<u8>, Option<Vec<u8>>),
         Result(Vec<u8>, Vec<u8>),
+        SessionResult(SessionPosition, Vec<u8>),
+    }
+
+    fn position() -> impl Strategy<Value = SessionPosition> {
+        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(session, sequence, first_unanswered)| SessionPosition {
+            session,
+            sequence,
+            first_unanswered,
+        })
     }
 
     fn entry() -> impl Strategy<Value = Entry> {
         prop_oneof![
             (bytes(24), proptest::option::of(bytes(24))).prop_map(|(key, value)| Entry::Value(key, value)),
             (bytes(24), bytes(40)).prop_map(|(id, outcome)| Entry::Result(id, outcome)),
+            (position(), bytes(40)).prop_map(|(position, outcome)| Entry::SessionResult(position, outcome)),
         ]
     }
 
@@ -302,6 +365,7 @@ mod fuzz {
             match entry {
                 Entry::Value(key, value) => encode_log_value(&mut record, key, value.as_deref()),
                 Entry::Result(id, outcome) => encode_log_result(&mut record, id, outcome),
+                Entry::SessionResult(position, outcome) => encode_log_session_result(&mut record, position, outcome),
             }
         }
         record
@@ -357,6 +421,9 @@ mod fuzz {
             match entry {
                 LogEntry::Value { key, value } => encode_log_value(&mut encoded, key, *value),
                 LogEntry::Result { id, outcome } => encode_log_result(&mut encoded, id, outcome),
+                LogEntry::SessionResult { position, stored_result } => {
+                    encode_log_session_result(&mut encoded, position, stored_result)
+                }
             }
         }
         prop_assert!(record.starts_with(&encoded), "decoded entries are the record's beginning");
@@ -411,6 +478,26 @@ mod fuzz {
                 let mut encoded = Vec::new();
                 encode_stored_result_into(&mut encoded, &outcome, recorded_at.unwrap_or_default());
                 prop_assert_eq!(encoded, bytes);
+            }
+        }
+
+        #[test]
+        fn stored_sessions_round_trip(
+            session in any::<u64>(),
+            first_unanswered in any::<u64>(),
+            last_used_unix_seconds in any::<u64>(),
+            outcomes in proptest::collection::vec((any::<u64>(), outcome()), 0..6),
+        ) {
+            let stored = StoredSession { session, first_unanswered, last_used_unix_seconds, outcomes };
+            let encoded = encode_stored_session(&stored);
+            prop_assert_eq!(stored_result_recorded_at(&encoded), Some(last_used_unix_seconds));
+            prop_assert_eq!(decode_stored_session(session, &encoded), Some(stored));
+        }
+
+        #[test]
+        fn stored_sessions_decode_only_from_their_own_encoding(bytes in bytes(80)) {
+            if let Some(stored) = decode_stored_session(1, &bytes) {
+                prop_assert_eq!(encode_stored_session(&stored), bytes);
             }
         }
 

@@ -7,15 +7,18 @@
 //! * `data`: table id (u32, big-endian) followed by the key, to the value, as of the last
 //!   checkpoint;
 //! * `results`: request id to the encoded [`Outcome`], as of the last checkpoint;
+//! * `sessions`: client session number (u64, big-endian) to what the session keeps
+//!   ([`StoredSession`]: acknowledgement and unacknowledged outcomes), as of the last
+//!   checkpoint; a session is put here, synced, when it is opened;
 //! * `meta`: node metadata: the durable and checkpointed epochs, table id assignments;
 //! * `plugins`: plugin name to the library bytes of its deployed version.
 //!
 //! An epoch becomes durable as one put of its record into `log` (one `WriteBatch` with
 //! the epoch marker), so an epoch is either entirely on disk or not at all, and the
 //! commit path costs one memtable insert per epoch instead of one per changed key.
-//! Checkpoints fold the logged epochs into `data` and `results` (the newest value of each
-//! key once, in key order) and delete those log records in the same batch. Opening the
-//! database folds whatever the log still holds, so `data` and `results` are complete
+//! Checkpoints fold the logged epochs into `data`, `results` and `sessions` (the newest
+//! value of each key once, in key order) and delete those log records in the same batch.
+//! Opening the database folds whatever the log still holds, so the tables are complete
 //! before the node serves anything.
 
 pub mod codec;
@@ -23,6 +26,7 @@ pub(crate) mod key_index;
 pub mod slots;
 
 use crate::model::{Outcome, RequestId};
+use crate::txn::sessions::StoredSession;
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
 use std::path::{Path, PathBuf};
 
@@ -33,10 +37,12 @@ const CF_DATA: &str = "data";
 const CF_RESULTS: &str = "results";
 const CF_META: &str = "meta";
 const CF_PLUGINS: &str = "plugins";
+const CF_SESSIONS: &str = "sessions";
 
 const META_DURABLE_EPOCH: &[u8] = b"durable_epoch";
 const META_CHECKPOINT_EPOCH: &[u8] = b"checkpoint_epoch";
 const META_INCARNATION: &[u8] = b"incarnation";
+const META_SESSIONS_OPENED: &[u8] = b"sessions_opened";
 /// The table id of request-id keys: in a cluster, the outcome of every tracked request
 /// is stored like any other key at the request id's holder. Plugin tables never get id 0.
 pub const REQUEST_ID_TABLE: u32 = leasehold_keyspace::REQUEST_ID_TABLE_ID;
@@ -86,6 +92,8 @@ fn table_id_of(plugin: &str, table: &str) -> u32 {
 /// The node's RocksDB database.
 pub struct Storage {
     db: DB,
+    /// Serializes [`Storage::open_session`]'s read and increment of the session count.
+    session_count: parking_lot::Mutex<()>,
 }
 
 /// The changes of one epoch, made durable atomically by [`Storage::write_epoch`].
@@ -104,11 +112,15 @@ impl EpochRecord {
         codec::encode_log_value(&mut self.bytes, storage_key, value);
     }
 
-    /// Records a request's outcome, stamped with the current wall-clock second (results
-    /// are kept for the configured retention after it).
+    /// Records a tracked request's outcome, stamped with the current wall-clock second
+    /// (results are kept for the configured retention after it).
     pub fn stage_result(&mut self, id: &RequestId, outcome: &Outcome, scratch: &mut Vec<u8>) {
         codec::encode_stored_result_into(scratch, outcome, unix_seconds_now());
-        codec::encode_log_result(&mut self.bytes, &id.0, scratch);
+        match id {
+            RequestId::Untracked => panic!("only tracked requests have their outcome logged"),
+            RequestId::Id(bytes) => codec::encode_log_result(&mut self.bytes, bytes, scratch),
+            RequestId::Session(position) => codec::encode_log_session_result(&mut self.bytes, position, scratch),
+        }
     }
 
     /// Size of the encoded record.
@@ -195,12 +207,17 @@ impl Storage {
         let mut table_options = rocksdb::BlockBasedOptions::default();
         table_options.set_bloom_filter(10.0, false);
         data_options.set_block_based_table_factory(&table_options);
+        let retention_seconds = storage_options.result_retention.as_secs();
         // Every new request id is looked up before it runs and is almost never found: a
         // memtable bloom filter answers those misses without searching the skip list.
         data_options.set_memtable_whole_key_filtering(true);
         data_options.set_memtable_prefix_bloom_ratio(0.05);
+        let mut sessions_options = Options::default();
+        sessions_options
+            .set_compaction_filter("leasehold-session-retention", move |_level: u32, _key: &[u8], value: &[u8]| {
+                retention_decision(value, retention_seconds)
+            });
         let mut results_options = data_options.clone();
-        let retention_seconds = storage_options.result_retention.as_secs();
         // Expired outcomes are dropped as compaction passes over them.
         results_options
             .set_compaction_filter("leasehold-result-retention", move |_level: u32, _key: &[u8], value: &[u8]| {
@@ -224,17 +241,18 @@ impl Storage {
             ColumnFamilyDescriptor::new(CF_RESULTS, results_options),
             ColumnFamilyDescriptor::new(CF_META, Options::default()),
             ColumnFamilyDescriptor::new(CF_PLUGINS, Options::default()),
+            ColumnFamilyDescriptor::new(CF_SESSIONS, sessions_options),
         ];
         let db = DB::open_cf_descriptors(&options, path, families)
             .map_err(|source| StorageError::Open { path: path.into(), source })?;
-        let storage = Storage { db };
+        let storage = Storage { db, session_count: parking_lot::Mutex::new(()) };
         if storage_options.fold_log_on_open {
             storage.recover()?;
         }
         Ok(storage)
     }
 
-    /// Folds every epoch record still in the log into `data` and `results`.
+    /// Folds every epoch record still in the log into the tables.
     fn recover(&self) -> Result<(), StorageError> {
         let mut records = Vec::new();
         for entry in self.db.iterator_cf(self.cf(CF_LOG), rocksdb::IteratorMode::Start) {
@@ -360,7 +378,7 @@ impl Storage {
     /// Looks up the durable outcomes of several request ids at once.
     pub fn read_results(&self, ids: &[&RequestId]) -> Result<Vec<Option<Outcome>>, StorageError> {
         let cf = self.cf(CF_RESULTS);
-        let keys: Vec<&[u8]> = ids.iter().map(|id| &*id.0).collect();
+        let keys: Vec<&[u8]> = ids.iter().map(|id| id.id_bytes()).collect();
         self.db
             .batched_multi_get_cf(cf, &keys, false)
             .into_iter()
@@ -386,9 +404,9 @@ impl Storage {
         Ok(())
     }
 
-    /// Folds durable epoch records (in epoch order) into `data` and `results`, then marks
-    /// them checkpointed and deletes them from the log. Keys changed in several epochs
-    /// are written once, with their newest value, in key order.
+    /// Folds durable epoch records (in epoch order) into `data`, `results` and `sessions`,
+    /// then marks them checkpointed and deletes them from the log. Keys changed in several
+    /// epochs are written once, with their newest value, in key order.
     ///
     /// Nothing of a checkpoint goes through the write-ahead log: the log records are the
     /// checkpoint's write-ahead log. Until a memtable flush persists the fold, a crash
@@ -405,6 +423,7 @@ impl Storage {
         let Some(newest) = records.last() else { return Ok(()) };
         let mut values: rustc_hash::FxHashMap<&[u8], Option<&[u8]>> = rustc_hash::FxHashMap::default();
         let mut results: Vec<(&[u8], &[u8])> = Vec::new();
+        let mut session_results: Vec<(crate::model::SessionPosition, &[u8])> = Vec::new();
         for record in records {
             for entry in codec::LogEntries::new(&record.bytes) {
                 match entry.ok_or(StorageError::Corrupt { what: "epoch record" })? {
@@ -412,9 +431,13 @@ impl Storage {
                         values.insert(key, value);
                     }
                     codec::LogEntry::Result { id, outcome } => results.push((id, outcome)),
+                    codec::LogEntry::SessionResult { position, stored_result } => {
+                        session_results.push((position, stored_result))
+                    }
                 }
             }
         }
+        let sessions = self.fold_sessions(&session_results)?;
         let mut values: Vec<(&[u8], Option<&[u8]>)> = values.into_iter().collect();
         values.sort_unstable_by(|a, b| a.0.cmp(b.0));
         results.sort_unstable_by(|a, b| a.0.cmp(b.0));
@@ -438,11 +461,124 @@ impl Storage {
             }
             self.db.write_opt(batch, &unlogged)?;
         }
+        for chunk in sessions.chunks(CHUNK_ENTRIES) {
+            let mut batch = WriteBatch::default();
+            for session in chunk {
+                batch.put_cf(
+                    self.cf(CF_SESSIONS),
+                    session.session.to_be_bytes(),
+                    codec::encode_stored_session(session),
+                );
+            }
+            self.db.write_opt(batch, &unlogged)?;
+        }
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_META), META_CHECKPOINT_EPOCH, newest.epoch.to_be_bytes());
         batch.delete_range_cf(self.cf(CF_LOG), 0u64.to_be_bytes(), (newest.epoch + 1).to_be_bytes());
         self.db.write_opt(batch, &unlogged)?;
         Ok(())
+    }
+
+    /// The sessions that `session_results` (logged outcomes of session requests, in epoch
+    /// order) change, as stored after them: each session's newest acknowledgement and the
+    /// outcomes from it on. Outcomes the client acknowledged meanwhile are not even
+    /// decoded; with clients acknowledging as they go, that is most of them.
+    fn fold_sessions(
+        &self,
+        session_results: &[(crate::model::SessionPosition, &[u8])],
+    ) -> Result<Vec<StoredSession>, StorageError> {
+        if session_results.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Per session: the newest acknowledgement and last use among the records.
+        let mut touched: std::collections::BTreeMap<u64, (u64, u64)> = std::collections::BTreeMap::new();
+        for (position, stored_result) in session_results {
+            let recorded = codec::stored_result_recorded_at(stored_result)
+                .ok_or(StorageError::Corrupt { what: "session result" })?;
+            let acknowledged = position.first_unanswered.min(position.sequence);
+            let (first_unanswered, last_used) = touched.entry(position.session).or_insert((1, 0));
+            *first_unanswered = (*first_unanswered).max(acknowledged);
+            *last_used = (*last_used).max(recorded);
+        }
+        let keys: Vec<[u8; 8]> = touched.keys().map(|session| session.to_be_bytes()).collect();
+        let stored = self.db.batched_multi_get_cf(self.cf(CF_SESSIONS), &keys, true);
+        let mut sessions: rustc_hash::FxHashMap<u64, StoredSession> = rustc_hash::FxHashMap::default();
+        for ((&session, &(first_unanswered, last_used)), stored) in touched.iter().zip(stored) {
+            let mut folded = match stored? {
+                Some(bytes) => codec::decode_stored_session(session, &bytes)
+                    .ok_or(StorageError::Corrupt { what: "stored session" })?,
+                // Dropped by retention while the node still had it open: it lives on.
+                None => StoredSession { session, first_unanswered: 1, last_used_unix_seconds: 0, outcomes: Vec::new() },
+            };
+            folded.first_unanswered = folded.first_unanswered.max(first_unanswered);
+            folded.last_used_unix_seconds = folded.last_used_unix_seconds.max(last_used);
+            let first_unanswered = folded.first_unanswered;
+            folded.outcomes.retain(|(sequence, _)| *sequence >= first_unanswered);
+            sessions.insert(session, folded);
+        }
+        for (position, stored_result) in session_results {
+            let session = sessions.get_mut(&position.session).expect("every touched session was folded above");
+            if position.sequence < session.first_unanswered {
+                continue;
+            }
+            let outcome =
+                codec::decode_stored_result(stored_result).ok_or(StorageError::Corrupt { what: "session result" })?;
+            session.outcomes.push((position.sequence, outcome));
+        }
+        let mut sessions: Vec<StoredSession> = sessions.into_values().collect();
+        sessions.sort_unstable_by_key(|session| session.session);
+        for session in &mut sessions {
+            // A sequence number has one durable outcome; keep the newest should a record
+            // repeat it.
+            session.outcomes.reverse();
+            session.outcomes.sort_by_key(|(sequence, _)| *sequence);
+            session.outcomes.dedup_by_key(|(sequence, _)| *sequence);
+        }
+        Ok(sessions)
+    }
+
+    /// Opens a new client session, durably (synced), and returns its number: a count of
+    /// the sessions this node ever opened, times `node_count`, plus `node`, so that no two
+    /// nodes of a cluster and no two starts of a node give out the same number. Never 0.
+    pub fn open_session(&self, node: u16, node_count: u16, now_unix_seconds: u64) -> Result<u64, StorageError> {
+        let meta = self.cf(CF_META);
+        let _counting = self.session_count.lock();
+        let opened = match self.db.get_cf(meta, META_SESSIONS_OPENED)? {
+            None => 0,
+            Some(bytes) => codec::decode_u64(&bytes).ok_or(StorageError::Corrupt { what: "session count" })?,
+        };
+        let count = opened + 1;
+        let session = count
+            .checked_mul(u64::from(node_count.max(1)))
+            .and_then(|number| number.checked_add(u64::from(node)))
+            .ok_or(StorageError::Corrupt { what: "session count" })?;
+        let stored = StoredSession {
+            session,
+            first_unanswered: 1,
+            last_used_unix_seconds: now_unix_seconds,
+            outcomes: Vec::new(),
+        };
+        let mut batch = WriteBatch::default();
+        batch.put_cf(meta, META_SESSIONS_OPENED, count.to_be_bytes());
+        batch.put_cf(self.cf(CF_SESSIONS), session.to_be_bytes(), codec::encode_stored_session(&stored));
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        self.db.write_opt(batch, &options)?;
+        Ok(session)
+    }
+
+    /// Every stored session (after the log was folded: complete).
+    pub fn stored_sessions(&self) -> Result<Vec<StoredSession>, StorageError> {
+        let mut sessions = Vec::new();
+        for entry in self.db.iterator_cf(self.cf(CF_SESSIONS), rocksdb::IteratorMode::Start) {
+            let (key, bytes) = entry?;
+            let session = codec::decode_u64(&key).ok_or(StorageError::Corrupt { what: "session key" })?;
+            sessions.push(
+                codec::decode_stored_session(session, &bytes)
+                    .ok_or(StorageError::Corrupt { what: "stored session" })?,
+            );
+        }
+        Ok(sessions)
     }
 
     /// The id of table `table` of plugin `plugin`, assigned on first use and kept forever,
@@ -525,13 +661,13 @@ mod tests {
             let mut first = EpochRecord::new(1);
             first.stage_value(b"\0\0\0\x01a", Some(b"one"));
             first.stage_value(b"\0\0\0\x01b", Some(b"gone soon"));
-            first.stage_result(&RequestId(b"r1".to_vec().into()), &outcome(1), &mut Vec::new());
+            first.stage_result(&RequestId::Id(b"r1".to_vec().into()), &outcome(1), &mut Vec::new());
             storage.write_epoch(&first, true).expect("write epoch 1");
             storage.checkpoint(std::slice::from_ref(&first)).expect("checkpoint epoch 1");
             let mut second = EpochRecord::new(2);
             second.stage_value(b"\0\0\0\x01a", Some(b"two"));
             second.stage_value(b"\0\0\0\x01b", None);
-            second.stage_result(&RequestId(b"r2".to_vec().into()), &outcome(2), &mut Vec::new());
+            second.stage_result(&RequestId::Id(b"r2".to_vec().into()), &outcome(2), &mut Vec::new());
             // Epoch 2 is durable only in the log: the process "crashes" here.
             storage.write_epoch(&second, true).expect("write epoch 2");
         }
@@ -539,10 +675,50 @@ mod tests {
         assert_eq!(storage.durable_epoch().expect("durable epoch"), 2);
         let values = storage.read_values(&[b"\0\0\0\x01a", b"\0\0\0\x01b", b"\0\0\0\x01c"]).expect("read");
         assert_eq!(values, vec![Some(b"two".to_vec()), None, None]);
-        let (r1, r2, r3) =
-            (RequestId(b"r1".to_vec().into()), RequestId(b"r2".to_vec().into()), RequestId(b"r3".to_vec().into()));
+        let (r1, r2, r3) = (
+            RequestId::Id(b"r1".to_vec().into()),
+            RequestId::Id(b"r2".to_vec().into()),
+            RequestId::Id(b"r3".to_vec().into()),
+        );
         let results = storage.read_results(&[&r1, &r2, &r3]).expect("results");
         assert_eq!(results, vec![Some(outcome(1)), Some(outcome(2)), None]);
+    }
+
+    #[test]
+    fn sessions_fold_their_outcomes_and_acknowledgements_and_survive_reopening() {
+        use crate::model::SessionPosition;
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let at = |session, sequence, first_unanswered| {
+            RequestId::Session(SessionPosition { session, sequence, first_unanswered })
+        };
+        let (first, second);
+        {
+            let storage = Storage::open(directory.path()).expect("open");
+            // Node 1 of 3: numbers 1 * 3 + 1 and 2 * 3 + 1.
+            first = storage.open_session(1, 3, 10).expect("open a session");
+            second = storage.open_session(1, 3, 10).expect("open another");
+            assert_eq!((first, second), (4, 7));
+            let mut one = EpochRecord::new(1);
+            for sequence in 1..=3 {
+                one.stage_result(&at(first, sequence, 1), &outcome(sequence), &mut Vec::new());
+            }
+            storage.write_epoch(&one, true).expect("write epoch 1");
+            storage.checkpoint(std::slice::from_ref(&one)).expect("checkpoint epoch 1");
+            let mut two = EpochRecord::new(2);
+            // The client has the answers of 1 and 2 now.
+            two.stage_result(&at(first, 4, 3), &outcome(4), &mut Vec::new());
+            // Only in the log when the process "crashes".
+            storage.write_epoch(&two, true).expect("write epoch 2");
+        }
+        let storage = Storage::open(directory.path()).expect("reopen folds the log");
+        let mut stored = storage.stored_sessions().expect("stored sessions");
+        stored.sort_by_key(|session| session.session);
+        assert_eq!(stored.len(), 2);
+        assert_eq!((stored[0].session, stored[0].first_unanswered), (first, 3));
+        assert_eq!(stored[0].outcomes, vec![(3, outcome(3)), (4, outcome(4))]);
+        assert_eq!((stored[1].session, stored[1].first_unanswered, stored[1].outcomes.len()), (second, 1, 0));
+        assert!(stored[0].last_used_unix_seconds >= 10);
+        assert_eq!(storage.open_session(1, 3, 20).expect("numbers go on after a restart"), 10);
     }
 
     #[test]
@@ -558,7 +734,7 @@ mod tests {
         let directory = tempfile::tempdir().expect("temporary directory");
         let options = StorageOptions { result_retention: std::time::Duration::ZERO, ..Default::default() };
         let storage = Storage::open_with(directory.path(), options).expect("open");
-        let id = RequestId(b"old".to_vec().into());
+        let id = RequestId::Id(b"old".to_vec().into());
         let mut record = EpochRecord::new(1);
         record.stage_result(&id, &outcome(1), &mut Vec::new());
         storage.write_epoch(&record, false).expect("write");

@@ -235,8 +235,9 @@ impl EpochDriver {
     }
 }
 
-/// Answers retries of completed requests (from the ledger or the `results` column
-/// family), joins duplicates of running ones, and returns the submissions that must run.
+/// Answers retries of completed requests (from the ledger, its sessions or the `results`
+/// column family), joins duplicates of running ones, and returns the submissions that
+/// must run.
 /// A new id is started in the ledger as it is admitted (so that a duplicate in the same
 /// batch joins it); one found in storage after all is answered from there.
 pub(crate) fn admit(ledger_cell: &Mutex<Ledger>, storage: &Storage, batch: Vec<Submission>) -> Vec<Submission> {
@@ -244,6 +245,7 @@ pub(crate) fn admit(ledger_cell: &Mutex<Ledger>, storage: &Storage, batch: Vec<S
     // Tracked ids new to the ledger: they run unless storage knows their outcome.
     let mut started: Vec<Submission> = Vec::new();
     {
+        let now_unix_seconds = crate::storage::unix_seconds_now();
         let mut ledger = ledger_cell.lock();
         for submission in batch {
             if !submission.transaction.request_id.is_tracked() {
@@ -251,11 +253,16 @@ pub(crate) fn admit(ledger_cell: &Mutex<Ledger>, storage: &Storage, batch: Vec<S
                 continue;
             }
             let Submission { transaction, reply } = submission;
-            match ledger.admit(&transaction.request_id, reply) {
+            match ledger.admit(&transaction.request_id, reply, now_unix_seconds) {
                 // A retry of a completed request gets its durable outcome.
                 Admission::Done(outcome, reply) => reply.send(Ok(outcome)),
                 Admission::Joined => {}
                 Admission::Started(reply) => started.push(Submission { transaction, reply }),
+                // A session holds every outcome its client may ask for: nothing to look up.
+                Admission::New(reply) => runnable.push(Submission { transaction, reply }),
+                Admission::Refused(rejection, reply) => {
+                    reject(Submission { transaction, reply }, rejection);
+                }
             }
         }
     }

@@ -24,8 +24,9 @@
 //! ledger's lock. Those faults stalled every request for 130-170 ms at each turnover
 //! (every 2.5 s at 200k requests/s), the p99.9 latency of the node.
 
+use super::sessions::{SessionAdmission, SessionLimits, SessionTable};
 use super::Reply;
-use crate::model::{Outcome, RequestId};
+use crate::model::{Outcome, Rejection, RequestId};
 use rustc_hash::FxHashMap;
 use std::collections::hash_map::Entry as MapEntry;
 
@@ -43,6 +44,10 @@ pub enum Admission {
     /// Not in memory, and now started: look in storage ([`Ledger::found_in_storage`] if
     /// it is there), and run it if it is not.
     Started(Reply),
+    /// New in its session, and now started: run it (nothing to look up).
+    New(Reply),
+    /// Refused before it ran (a session request the session cannot take).
+    Refused(Rejection, Reply),
 }
 
 /// One generation of ids.
@@ -90,6 +95,8 @@ pub struct Ledger {
     recycler: Option<Recycler>,
     /// Turnovers that took the recycler's spare rather than allocating.
     spares_taken: u64,
+    /// Requests tracked by session rather than by id.
+    pub sessions: SessionTable,
 }
 
 /// Generations below this many ids are allocated and dropped in place: recycling them
@@ -98,7 +105,7 @@ const RECYCLED_IDS_MIN: usize = 10_000;
 
 impl Ledger {
     /// A ledger that keeps between `capacity / 2` and `capacity` done ids in memory.
-    pub fn new(capacity: usize) -> Ledger {
+    pub fn new(capacity: usize, session_limits: SessionLimits) -> Ledger {
         let recycler = (Self::half(capacity) >= RECYCLED_IDS_MIN).then(|| Recycler::start(capacity));
         Ledger {
             current: Self::fresh_generation(capacity),
@@ -107,6 +114,7 @@ impl Ledger {
             checkpointed_epoch: 0,
             recycler,
             spares_taken: 0,
+            sessions: SessionTable::new(session_limits),
         }
     }
 
@@ -128,7 +136,16 @@ impl Ledger {
     /// What the ledger knows of an arriving request; an id it does not know is started
     /// (pending) at once, so that a duplicate later in the same batch joins it. One probe
     /// of each generation: the admission of every new id pays for no more.
-    pub fn admit(&mut self, id: &RequestId, reply: Reply) -> Admission {
+    pub fn admit(&mut self, id: &RequestId, reply: Reply, now_unix_seconds: u64) -> Admission {
+        if let RequestId::Session(position) = id {
+            return match self.sessions.admit(position, reply, now_unix_seconds) {
+                SessionAdmission::Done(outcome, reply) => Admission::Done(outcome, reply),
+                SessionAdmission::Joined => Admission::Joined,
+                SessionAdmission::New(reply) => Admission::New(reply),
+                SessionAdmission::Refused(rejection, reply) => Admission::Refused(rejection, reply),
+            };
+        }
+        assert!(id.is_tracked(), "only tracked requests are admitted");
         let vacant = match self.current.entries.entry(id.clone()) {
             MapEntry::Occupied(occupied) => return Self::answer(occupied.into_mut(), reply),
             MapEntry::Vacant(vacant) => vacant,
@@ -168,6 +185,9 @@ impl Ledger {
     /// Completes a running id with its durable outcome, logged in `epoch`; returns the
     /// replies that waited.
     pub fn complete(&mut self, id: &RequestId, outcome: &Outcome, epoch: u64) -> Vec<Reply> {
+        if let RequestId::Session(position) = id {
+            return self.sessions.complete(position, outcome);
+        }
         let waiters = match self.current.complete(id, outcome, epoch) {
             Some(waiters) => waiters,
             None => self.previous.complete(id, outcome, epoch).expect("completed a request id that was not running"),
@@ -185,6 +205,9 @@ impl Ledger {
     /// Forgets a running id whose transaction could not be made durable; returns the
     /// replies that waited.
     pub fn abandon(&mut self, id: &RequestId) -> Vec<Reply> {
+        if let RequestId::Session(position) = id {
+            return self.sessions.abandon(position);
+        }
         for generation in [&mut self.current, &mut self.previous] {
             if let Some(Entry::Pending(_)) = generation.entries.get(id) {
                 generation.pending -= 1;
@@ -264,7 +287,7 @@ impl Recycler {
         let mut generation = Ledger::fresh_generation(capacity);
         let ids = generation.entries.capacity();
         for number in 0..ids as u64 {
-            generation.entries.insert(RequestId(number.to_le_bytes().into()), Entry::Pending(Vec::new()));
+            generation.entries.insert(RequestId::Id(number.to_le_bytes().into()), Entry::Pending(Vec::new()));
         }
         generation.entries.clear();
         generation
@@ -289,7 +312,7 @@ mod tests {
         fn start(&mut self, id: RequestId) {
             let (reply, _) = crate::txn::Reply::one();
             assert!(
-                matches!(self.admit(&id, reply), Admission::Started(_)),
+                matches!(self.admit(&id, reply, 0), Admission::Started(_)),
                 "a request id started while the ledger knew it"
             );
         }
@@ -300,8 +323,11 @@ mod tests {
     }
     use crate::model::Timestamp;
 
+    const SESSION_LIMITS: SessionLimits =
+        SessionLimits { sessions_max: 1, outcomes_per_session_max: 1, idle_expiry_seconds: 1 };
+
     fn id(n: u8) -> RequestId {
-        RequestId(vec![n].into())
+        RequestId::Id(vec![n].into())
     }
 
     fn outcome(n: u8) -> Outcome {
@@ -310,17 +336,17 @@ mod tests {
 
     #[test]
     fn retries_join_then_get_the_first_outcome() {
-        let mut ledger = Ledger::new(10);
+        let mut ledger = Ledger::new(10, SESSION_LIMITS);
         let (first, _first_rx) = crate::txn::Reply::one();
-        let Admission::Started(_) = ledger.admit(&id(1), first) else { panic!("a new id must be started") };
+        let Admission::Started(_) = ledger.admit(&id(1), first, 0) else { panic!("a new id must be started") };
         let (retry, mut retry_rx) = crate::txn::Reply::one();
-        assert!(matches!(ledger.admit(&id(1), retry), Admission::Joined));
+        assert!(matches!(ledger.admit(&id(1), retry, 0), Admission::Joined));
         for waiter in ledger.complete(&id(1), &outcome(1), 1) {
             waiter.send(Ok(outcome(1)));
         }
         assert_eq!(retry_rx.try_recv().ok().and_then(Result::ok), Some(outcome(1)));
         let (late, _) = crate::txn::Reply::one();
-        match ledger.admit(&id(1), late) {
+        match ledger.admit(&id(1), late, 0) {
             Admission::Done(found, _) => assert_eq!(found, outcome(1)),
             _ => panic!("completed id must be done"),
         }
@@ -328,7 +354,7 @@ mod tests {
 
     #[test]
     fn outcomes_are_kept_until_their_epoch_is_checkpointed() {
-        let mut ledger = Ledger::new(1);
+        let mut ledger = Ledger::new(1, SESSION_LIMITS);
         for n in 1..4 {
             ledger.start(id(n));
             ledger.complete(&id(n), &outcome(n), u64::from(n));
@@ -337,9 +363,9 @@ mod tests {
         ledger.checkpointed(2);
         assert_eq!(ledger.len(), 2, "the oldest generation, checkpointed, went");
         let (reply, _) = crate::txn::Reply::one();
-        assert!(matches!(ledger.admit(&id(1), reply), Admission::Started(_)));
+        assert!(matches!(ledger.admit(&id(1), reply, 0), Admission::Started(_)));
         let (reply, _) = crate::txn::Reply::one();
-        assert!(matches!(ledger.admit(&id(3), reply), Admission::Done(..)));
+        assert!(matches!(ledger.admit(&id(3), reply, 0), Admission::Done(..)));
     }
 
     /// Each turnover takes the recycler's spare: the generation retired before, emptied,
@@ -347,7 +373,7 @@ mod tests {
     #[test]
     fn turnovers_reuse_emptied_generations() {
         let capacity = 20_000;
-        let mut ledger = Ledger::new(capacity);
+        let mut ledger = Ledger::new(capacity, SESSION_LIMITS);
         let mut n = 0u64;
         for turnover in 1..=4u64 {
             // Wait for the recycler's spare (it empties the generation retired last time).
@@ -358,7 +384,7 @@ mod tests {
             }
             let taken = ledger.spares_taken;
             while ledger.spares_taken == taken {
-                let id = RequestId(n.to_be_bytes().to_vec().into());
+                let id = RequestId::Id(n.to_be_bytes().to_vec().into());
                 ledger.start(id.clone());
                 let _ = ledger.complete(&id, &outcome(1), n);
                 ledger.checkpointed(n);
@@ -370,8 +396,8 @@ mod tests {
             assert_eq!((ledger.current.done, ledger.current.pending, ledger.current.newest_epoch), (0, 0, 0));
             // What the previous generation holds is still answered.
             let (reply, _) = crate::txn::Reply::one();
-            let newest = RequestId((n - 1).to_be_bytes().to_vec().into());
-            assert!(matches!(ledger.admit(&newest, reply), Admission::Done(..)));
+            let newest = RequestId::Id((n - 1).to_be_bytes().to_vec().into());
+            assert!(matches!(ledger.admit(&newest, reply, 0), Admission::Done(..)));
         }
     }
 
@@ -381,11 +407,11 @@ mod tests {
     #[test]
     fn filling_and_turning_over_never_grows_a_map() {
         let capacity = 20_000;
-        let mut ledger = Ledger::new(capacity);
+        let mut ledger = Ledger::new(capacity, SESSION_LIMITS);
         let map_capacity = ledger.current.entries.capacity();
         assert!(map_capacity >= capacity / 2 + capacity / 8, "{map_capacity}");
         for n in 0..(5 * capacity as u64) {
-            let id = RequestId(n.to_be_bytes().to_vec().into());
+            let id = RequestId::Id(n.to_be_bytes().to_vec().into());
             ledger.start(id.clone());
             assert_eq!(ledger.current.entries.capacity(), map_capacity, "the current map never grew");
             let _ = ledger.complete(&id, &outcome(1), n / 100);
@@ -394,31 +420,31 @@ mod tests {
                 assert!((capacity / 2..=capacity).contains(&ledger.len()), "{} ids at {n}", ledger.len());
             }
         }
-        let newest = RequestId((5 * capacity as u64 - 1).to_be_bytes().to_vec().into());
+        let newest = RequestId::Id((5 * capacity as u64 - 1).to_be_bytes().to_vec().into());
         let (reply, _) = crate::txn::Reply::one();
-        assert!(matches!(ledger.admit(&newest, reply), Admission::Done(..)));
-        let oldest = RequestId(0u64.to_be_bytes().to_vec().into());
+        assert!(matches!(ledger.admit(&newest, reply, 0), Admission::Done(..)));
+        let oldest = RequestId::Id(0u64.to_be_bytes().to_vec().into());
         let (reply, _) = crate::txn::Reply::one();
-        assert!(matches!(ledger.admit(&oldest, reply), Admission::Started(_)));
+        assert!(matches!(ledger.admit(&oldest, reply, 0), Admission::Started(_)));
     }
 
     #[test]
     fn old_outcomes_are_evicted_but_running_ids_are_not() {
-        let mut ledger = Ledger::new(2);
+        let mut ledger = Ledger::new(2, SESSION_LIMITS);
         ledger.start(id(9));
         for n in 0..5 {
             let (reply, _) = crate::txn::Reply::one();
-            assert!(matches!(ledger.admit(&id(n), reply), Admission::Started(_)));
+            assert!(matches!(ledger.admit(&id(n), reply, 0), Admission::Started(_)));
             assert!(ledger.found_in_storage(&id(n), outcome(n)).is_empty());
         }
         // Generations of one done id each: the newest survives, the running id moved
         // along with every retirement.
         assert_eq!(ledger.len(), 2, "the newest done id and the running one");
         let (reply, _) = crate::txn::Reply::one();
-        assert!(matches!(ledger.admit(&id(4), reply), Admission::Done(..)));
+        assert!(matches!(ledger.admit(&id(4), reply, 0), Admission::Done(..)));
         let (reply, _) = crate::txn::Reply::one();
-        assert!(matches!(ledger.admit(&id(0), reply), Admission::Started(_)));
+        assert!(matches!(ledger.admit(&id(0), reply, 0), Admission::Started(_)));
         let (reply, _) = crate::txn::Reply::one();
-        assert!(matches!(ledger.admit(&id(9), reply), Admission::Joined));
+        assert!(matches!(ledger.admit(&id(9), reply, 0), Admission::Joined));
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! The path of a request: an RPC thread plans it (the plugin computes its access set)
 //! and hands it to the [`epoch`] driver. The driver gathers requests into an epoch,
-//! answers retries from the [`ledger`], gives each new transaction its timestamp, makes
+//! answers retries from the [`ledger`] (and its client [`sessions`]), gives each new transaction its timestamp, makes
 //! its keys resident, builds the [`tpg`] and lets the [`executor`] run it. The epoch's
 //! changes go to the [`commit`] thread as one RocksDB write batch; replies are released
 //! only once that batch is durable.
@@ -12,6 +12,7 @@ pub(crate) mod commit;
 pub(crate) mod epoch;
 pub(crate) mod executor;
 pub(crate) mod ledger;
+pub mod sessions;
 pub mod tpg;
 
 use crate::model::{Outcome, Rejection, RequestId, Timestamp};

@@ -142,6 +142,16 @@ struct LoadArguments {
     /// i mod N (with --cluster-file, client i also talks to node i mod N).
     #[arg(long, default_value_t = 1)]
     key_groups: u64,
+    /// How requests are made safe to retry: one client session per connection, or a
+    /// request id per request. A cluster run uses request ids either way.
+    #[arg(long, value_enum, default_value = "sessions")]
+    tracking: TrackingFlag,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TrackingFlag {
+    Sessions,
+    RequestIds,
 }
 
 impl LoadArguments {
@@ -175,6 +185,10 @@ impl LoadArguments {
             load,
             route_by_lease_table: false,
             request_ids_at_node: false,
+            tracking: match self.tracking {
+                TrackingFlag::Sessions => leasehold_bench::run::Tracking::Sessions,
+                TrackingFlag::RequestIds => leasehold_bench::run::Tracking::RequestIds,
+            },
         }
     }
 }

@@ -80,6 +80,11 @@ impl BlockingClient {
         self.run(self.client.invoke_many(invocations))
     }
 
+    /// See [`Client::open_session`].
+    pub fn open_session(&self) -> Result<u64, ClientError> {
+        self.run(self.client.open_session())
+    }
+
     /// See [`Client::read_key`].
     pub fn read_key(&self, plugin: &str, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
         self.run(self.client.read_key(plugin, table, key))

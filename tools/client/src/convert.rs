@@ -33,6 +33,12 @@ pub(crate) fn write_invocation(
     if !invocation.request_id.is_empty() {
         builder.set_request_id(&invocation.request_id);
     }
+    if let Some(position) = &invocation.session {
+        let mut session = builder.reborrow().init_session();
+        session.set_session(position.session);
+        session.set_sequence(position.sequence);
+        session.set_first_unanswered(position.first_unanswered);
+    }
     let mut arguments = builder.init_arguments();
     match &invocation.arguments {
         Arguments::Encoded(bytes) => arguments.set_encoded(bytes),
@@ -83,6 +89,10 @@ pub(crate) fn rejection_kind(kind: Result<wire::RejectionKind, capnp::NotInSchem
         Ok(Wire::TooManyInvocations) => RejectionKind::TooManyInvocations,
         Ok(Wire::Retry) => RejectionKind::Retry,
         Ok(Wire::PluginQuarantined) => RejectionKind::PluginQuarantined,
+        Ok(Wire::UnknownSession) => RejectionKind::UnknownSession,
+        Ok(Wire::SequenceAcknowledged) => RejectionKind::SequenceAcknowledged,
+        Ok(Wire::SessionFull) => RejectionKind::SessionFull,
+        Ok(Wire::TooManySessions) => RejectionKind::TooManySessions,
         Err(capnp::NotInSchema(ordinal)) => RejectionKind::Unrecognized(ordinal),
     }
 }

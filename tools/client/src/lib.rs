@@ -13,6 +13,10 @@
 //! the node that holds its keys, by a lease table it caches and refreshes when a node
 //! redirects it.
 //!
+//! Retries are safe (exactly once) for requests with a request id or, more cheaply for a
+//! client that sends many, in a client session ([`Client::open_session`],
+//! [`SessionNumbers`]).
+//!
 //! The client has its own plain types ([`Invocation`], [`InvokeResult`], ...) and does
 //! not depend on the engine.
 //!
@@ -25,22 +29,26 @@ mod blocking;
 mod convert;
 mod error;
 mod routing;
+mod session;
 mod tls;
 mod types;
 
 pub use blocking::BlockingClient;
 pub use error::ClientError;
 pub use routing::{ClusterClient, RoutedInvocation};
+pub use session::SessionNumbers;
 pub use tls::TlsSettings;
 pub use types::{
     AbortKind, Arguments, Invocation, InvokeResult, LeaseTable, NodeStatus, PluginInfo, RejectionKind, RoutingKey,
-    TableInfo, Timestamp,
+    SessionPosition, TableInfo, Timestamp,
 };
 
 use capnp::message::ReaderOptions;
 use capnp_rpc::rpc_twoparty_capnp::Side;
 use capnp_rpc::{twoparty, Disconnector, RpcSystem};
-use leasehold_schema::leasehold_capnp::{deploy_result, gate, invoke_many_result, leasehold, read_result};
+use leasehold_schema::leasehold_capnp::{
+    deploy_result, gate, invoke_many_result, leasehold, open_session_result, read_result,
+};
 use std::fmt;
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
@@ -231,6 +239,19 @@ impl Client {
             Ok(read_result::Absent(())) => Ok(None),
             Ok(read_result::Rejected(rejection)) => Err(convert::rejected(rejection)),
             Err(member) => Err(convert::unknown_member("a read result", member)),
+        }
+    }
+
+    /// Opens a client session on the node: number its requests with a
+    /// [`SessionNumbers`] to make their retries safe without request ids. The session is
+    /// durable once this returns.
+    pub async fn open_session(&self) -> Result<u64, ClientError> {
+        let response = self.leasehold.open_session_request().send().promise.await?;
+        let result = response.get().and_then(|results| results.get_result()).map_err(ClientError::protocol)?;
+        match result.which() {
+            Ok(open_session_result::Session(session)) => Ok(session),
+            Ok(open_session_result::Rejected(rejection)) => Err(convert::rejected(rejection)),
+            Err(member) => Err(convert::unknown_member("a session result", member)),
         }
     }
 

@@ -41,6 +41,20 @@ pub struct Invocation {
     /// result and never runs twice. At most 64 bytes; empty means untracked.
     pub request_id: Vec<u8>,
     pub arguments: Arguments,
+    /// Instead of `request_id`: the request's place in a client session, which makes
+    /// retries safe more cheaply (see [`crate::SessionNumbers`]).
+    pub session: Option<SessionPosition>,
+}
+
+/// A request's place in a client session (see `openSession` in `leasehold.capnp`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SessionPosition {
+    /// The session, as [`crate::Client::open_session`] returned it.
+    pub session: u64,
+    /// The request's number in the session, from 1; a retry sends the same number.
+    pub sequence: u64,
+    /// The lowest number of the session whose answer the client does not have yet.
+    pub first_unanswered: u64,
 }
 
 impl Invocation {
@@ -51,6 +65,7 @@ impl Invocation {
             workflow: workflow.into(),
             request_id: Vec::new(),
             arguments: Arguments::Json(arguments.into()),
+            session: None,
         }
     }
 
@@ -61,6 +76,7 @@ impl Invocation {
             workflow: workflow.into(),
             request_id: Vec::new(),
             arguments: Arguments::Encoded(arguments),
+            session: None,
         }
     }
 
@@ -122,6 +138,14 @@ pub enum RejectionKind {
     /// The plugin is quarantined after a call of it was abandoned; it takes no calls until
     /// a new version is deployed.
     PluginQuarantined,
+    /// The session is not open on the node (never opened there, or expired).
+    UnknownSession,
+    /// The request's number is below what the client acknowledged in its session.
+    SequenceAcknowledged,
+    /// The session holds as many unacknowledged outcomes as the node allows.
+    SessionFull,
+    /// `openSession`: the node has as many sessions open as it allows.
+    TooManySessions,
     /// A kind added to the schema after this client was built (its ordinal).
     Unrecognized(u16),
 }
@@ -143,6 +167,10 @@ impl fmt::Display for RejectionKind {
             RejectionKind::TooManyInvocations => "too-many-invocations",
             RejectionKind::Retry => "retry",
             RejectionKind::PluginQuarantined => "plugin-quarantined",
+            RejectionKind::UnknownSession => "unknown-session",
+            RejectionKind::SequenceAcknowledged => "sequence-acknowledged",
+            RejectionKind::SessionFull => "session-full",
+            RejectionKind::TooManySessions => "too-many-sessions",
             RejectionKind::Unrecognized(ordinal) => return write!(f, "rejection-kind-{ordinal}"),
         };
         f.write_str(name)

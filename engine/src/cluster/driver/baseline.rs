@@ -199,7 +199,7 @@ impl ClusterDriver {
                 continue;
             }
             let mut key = Vec::new();
-            data_key_into(&mut key, REQUEST_ID_TABLE, &request_id.0);
+            data_key_into(&mut key, REQUEST_ID_TABLE, request_id.id_bytes());
             let holder = table.holder(&key);
             if holder != me {
                 let message = format!("request id held by node {holder}: send the request there (it forwards)");
