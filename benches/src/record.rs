@@ -427,7 +427,7 @@ mod tests {
         assert!(lines[1].starts_with("2025-11-29T23:30:00Z,social,10000,0,0,4,200,4,2,10,,1,embedded,every-epoch,2,"));
         assert!(lines[1].contains(",\"Intel Xeon, KVM\",2,1073741824,0.5,1.25,300,100,0,10,40.0,0.250000,1000,"));
         assert!(
-            lines[2].ends_with(",\"violated: user 3 holds \"\"x\"\", not y\",lease,1,false,false,0"),
+            lines[2].ends_with(",\"violated: user 3 holds \"\"x\"\", not y\",lease,1,false,false,0,sessions"),
             "{}",
             lines[2]
         );
