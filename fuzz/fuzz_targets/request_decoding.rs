@@ -5,7 +5,7 @@
 
 #![no_main]
 
-use leasehold_engine::model::{Arguments, REQUEST_ID_BYTES_MAX};
+use leasehold_engine::model::{Arguments, RequestId, REQUEST_ID_BYTES_MAX};
 use libfuzzer_sys::fuzz_target;
 
 /// A small message limit, so that the fuzzer also reaches the size refusals.
@@ -16,7 +16,16 @@ fuzz_target!(|data: &[u8]| {
     for invocation in invocations {
         match invocation {
             Ok(invocation) => {
-                assert!(invocation.request_id.0.len() <= REQUEST_ID_BYTES_MAX, "an over-long request id was accepted");
+                match &invocation.request_id {
+                    RequestId::Untracked => {}
+                    RequestId::Id(bytes) => {
+                        assert!(!bytes.is_empty(), "an empty request id is untracked");
+                        assert!(bytes.len() <= REQUEST_ID_BYTES_MAX, "an over-long request id was accepted");
+                    }
+                    RequestId::Session(position) => {
+                        assert!(position.sequence >= 1 && position.first_unanswered >= 1, "session numbers start at 1")
+                    }
+                }
                 let argument_bytes = match &invocation.arguments {
                     Arguments::Encoded(bytes) => bytes.len(),
                     Arguments::Json(text) => text.len(),
