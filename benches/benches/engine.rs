@@ -1,7 +1,9 @@
 //! Criterion micro benchmarks of the engine's hot paths, without the network:
 //! resolving an epoch's keys to resident slots, building the task precedence graph,
-//! planning through a real plugin, making an epoch durable and checkpointing it, and
-//! whole transactions through an in-process node.
+//! one plugin call through the C ABI, executing an epoch on the executor pool (dispatch
+//! by the graph, host callbacks, write buffering), making an epoch durable and
+//! checkpointing it, and whole transactions through an in-process node. The fabric's
+//! one-sided operations per backend are measured in `engine/fabric/benches`.
 //!
 //! Run with `cargo bench -p leasehold-bench --bench engine` (after building the
 //! workspace, which builds the banking plugin's library).
@@ -10,12 +12,16 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use leasehold_engine::config::Config;
 use leasehold_engine::model::{Arguments, Invocation, Outcome, RequestId, Timestamp};
 use leasehold_engine::node::Node;
+use leasehold_engine::plugin::{AccessLimits, LoadedPlugin, PluginRegistry};
 use leasehold_engine::storage::slots::SlotStore;
 use leasehold_engine::storage::{data_key_into, EpochRecord, Storage};
 use leasehold_engine::txn::access::AccessMode;
+use leasehold_engine::txn::executor::Executor;
 use leasehold_engine::txn::tpg::GraphBuilder;
+use leasehold_engine::txn::{PlannedTransaction, PreparedTransaction, TransactionBody};
 use leasehold_plugin_api::banking::{Open, Transfer};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 fn banking_library() -> Vec<u8> {
     // Benchmarks run from target/release/deps, next to the workspace's libraries.
@@ -93,6 +99,102 @@ fn task_precedence_graph(c: &mut Criterion) {
             })
         });
     }
+    group.finish();
+}
+
+/// Banking deployed in a registry of its own (no node around it): what the plugin and
+/// executor benchmarks call into.
+fn banking_plugin(directory: &std::path::Path) -> Arc<LoadedPlugin> {
+    let storage = Arc::new(Storage::open(&directory.join("rocksdb")).expect("open storage"));
+    let registry = PluginRegistry::open(directory.join("plugins"), storage).expect("open registry");
+    registry.deploy(&banking_library()).expect("deploy banking");
+    registry.get("banking").expect("banking is deployed")
+}
+
+const LIMITS: AccessLimits = AccessLimits { keys_max: 200_000, key_bytes_max: 1024 };
+
+/// One plugin call through the C ABI: banking plans a transfer (decodes its arguments,
+/// declares two keys through the host's callback).
+fn plugin_call(c: &mut Criterion) {
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let plugin = banking_plugin(directory.path());
+    let workflow = plugin.workflow_named("transfer").expect("banking has transfer");
+    let arguments = leasehold_sdk::encode(&Transfer { from: 1, to: 2, amount: 3 }).expect("encode");
+    let mut group = c.benchmark_group("plugin");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("plan-one-transfer", |b| b.iter(|| plugin.plan(workflow, &arguments, LIMITS).expect("plan")));
+    group.finish();
+}
+
+/// The execution phase of one epoch: 5,000 planned transfers over 100,000 resident
+/// accounts, dispatched by their precedence graph to the executor pool (two threads, as
+/// the node's default), each running banking's functions against the slots.
+fn executor_dispatch(c: &mut Criterion) {
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let plugin = banking_plugin(directory.path());
+    let transfer = plugin.workflow_named("transfer").expect("banking has transfer");
+    let open = plugin.workflow_named("open").expect("banking has open");
+    let mut executor = Executor::new(2, None).expect("executor threads");
+    let mut slots = SlotStore::new();
+    let mut graph_builder = GraphBuilder::new();
+    let mut sequence = 0u32;
+    // Plans `body` and gives it its slots (new keys start absent) and the next timestamp.
+    let mut prepare = |slots: &mut SlotStore, workflow: u32, arguments: Vec<u8>| {
+        let accesses = plugin.plan(workflow, &arguments, LIMITS).expect("plan");
+        let transaction_slots = accesses
+            .entries()
+            .iter()
+            .map(|entry| {
+                let mut storage_key = Vec::new();
+                data_key_into(&mut storage_key, plugin.tables[entry.table as usize].table_id, accesses.key(entry));
+                slots.lookup(&storage_key).unwrap_or_else(|| slots.insert(&storage_key, None))
+            })
+            .collect();
+        sequence += 1;
+        let planned = PlannedTransaction {
+            plugin: plugin.clone(),
+            body: TransactionBody::Workflow { workflow, arguments },
+            accesses,
+            request_id: RequestId::Untracked,
+        };
+        PreparedTransaction { planned, timestamp: Timestamp { epoch: 1, node: 0, sequence }, slots: transaction_slots }
+    };
+    let mut run = |executor: &mut Executor, transactions: Vec<PreparedTransaction>| {
+        let graph = graph_builder.build(transactions.len(), |t| {
+            let transaction = &transactions[t];
+            transaction.planned.accesses.entries().iter().zip(&transaction.slots).map(|(e, s)| (s.0, e.mode))
+        });
+        executor.run(transactions, graph).1
+    };
+    let opening: Vec<_> = (0..10u64)
+        .map(|block| {
+            let arguments = leasehold_sdk::encode(&Open { first: block * 10_000, count: 10_000, balance: 1_000_000 });
+            prepare(&mut slots, open, arguments.expect("encode"))
+        })
+        .collect();
+    assert!(run(&mut executor, opening).iter().all(Outcome::is_committed), "accounts open");
+    let epoch = transfers(5_000, 100_000);
+    let mut group = c.benchmark_group("executor");
+    group.throughput(Throughput::Elements(epoch.len() as u64));
+    group.sample_size(30);
+    group.bench_function("run-epoch-of-5000-transfers-2-threads", |b| {
+        b.iter_batched(
+            || {
+                epoch
+                    .iter()
+                    .map(|&(from, to)| {
+                        let arguments = leasehold_sdk::encode(&Transfer { from, to, amount: 1 }).expect("encode");
+                        prepare(&mut slots, transfer, arguments)
+                    })
+                    .collect::<Vec<_>>()
+            },
+            |transactions| {
+                let outcomes = run(&mut executor, transactions);
+                assert!(outcomes.iter().all(Outcome::is_committed), "transfers commit");
+            },
+            BatchSize::LargeInput,
+        )
+    });
     group.finish();
 }
 
@@ -186,5 +288,13 @@ fn in_process_transactions(c: &mut Criterion) {
     node.shutdown().expect("shutdown");
 }
 
-criterion_group!(benches, resident_keys, task_precedence_graph, epoch_commit, in_process_transactions);
+criterion_group!(
+    benches,
+    resident_keys,
+    task_precedence_graph,
+    plugin_call,
+    executor_dispatch,
+    epoch_commit,
+    in_process_transactions
+);
 criterion_main!(benches);

@@ -31,7 +31,7 @@
 //! The partition test needs root and `ip netns` (see `leasehold_integration::netns`);
 //! elsewhere it prints "skipped: <reason>".
 
-use leasehold_client::{BlockingClient, Invocation, InvokeResult, NodeStatus, RejectionKind};
+use leasehold_client::{BlockingClient, Invocation, InvokeResult, NodeStatus, RejectionKind, SessionPosition};
 use leasehold_integration::cluster::LocalCluster;
 use leasehold_integration::history::{
     check, Anomaly, AnomalyKind, Key, Operation, Outcome, Report, Transaction, Value,
@@ -90,7 +90,9 @@ enum Request {
 }
 
 impl Request {
-    fn invocation(&self, request_id: &str) -> Invocation {
+    /// The request's invocation, tracked under `request_id`, or at `session`'s place for
+    /// the history's `sequence`-th request of the client when the client has a session.
+    fn invocation(&self, request_id: &str, session: Option<u64>, sequence: u64) -> Invocation {
         let invocation = match self {
             Request::List(transaction) => Invocation::encoded(
                 "testkit",
@@ -104,7 +106,15 @@ impl Request {
                 Invocation::encoded("testkit", "program", leasehold_sdk::encode(&program).expect("encode a program"))
             }
         };
-        invocation.with_request_id(request_id.as_bytes().to_vec())
+        match session {
+            // The client never acknowledges: it re-sends acknowledged requests and expects
+            // their first outcome, so the node must keep every outcome of the session.
+            Some(session) => Invocation {
+                session: Some(SessionPosition { session, sequence: sequence + 1, first_unanswered: 1 }),
+                ..invocation
+            },
+            None => invocation.with_request_id(request_id.as_bytes().to_vec()),
+        }
     }
 
     /// The operations of the request: its writes always, its reads when `output` (the
@@ -241,6 +251,8 @@ struct Plan {
     pause: Duration,
     clients: u64,
     seed: u64,
+    /// Track requests by client session (one per client) instead of request ids.
+    sessions: bool,
 }
 
 impl Plan {
@@ -252,6 +264,7 @@ impl Plan {
             pause: Duration::from_millis(environment("LEASEHOLD_HISTORY_PAUSE_MS").unwrap_or(PAUSE_MS)),
             clients,
             seed: environment("LEASEHOLD_HISTORY_SEED").unwrap_or(0),
+            sessions: false,
         }
     }
 
@@ -319,7 +332,8 @@ fn signal(pid: u32, name: &str) {
 /// One transaction as a client saw it.
 struct Recorded {
     transaction: Transaction,
-    request: Request,
+    /// As sent (re-sends send it again unchanged).
+    invocation: Invocation,
     result: Option<InvokeResult>,
     /// Sent more than once: a connection broke under it, or it was refused with `retry`.
     retried: bool,
@@ -430,6 +444,10 @@ fn run_client(
         enter_namespace(&namespace).expect("enter the home node's namespace");
     }
     let home = (client % addresses.len() as u64) as usize;
+    let session = plan.sessions.then(|| {
+        let node = BlockingClient::connect(addresses[home]).expect("connect to open a session");
+        node.open_session().expect("open a session")
+    });
     let mut link = Link::new(addresses, home);
     let mut generator = Generator::new(client, plan.seed, transactions);
     let mut recorded: Vec<Recorded> = Vec::new();
@@ -442,7 +460,7 @@ fn run_client(
         link.go_home();
         let request = generator.next();
         let request_id = format!("h{client}-{sequence}");
-        let invocation = request.invocation(&request_id);
+        let invocation = request.invocation(&request_id, session, sequence);
         let invoked_at = nanos_since(start);
         let (result, retried) = link.invoke_until_answered(&invocation);
         let completed_at = result.as_ref().map(|_| nanos_since(start));
@@ -466,8 +484,7 @@ fn run_client(
             // not run again.
             if let Some(index) = last_acknowledged_list {
                 let earlier: &Recorded = &recorded[index];
-                let invocation = earlier.request.invocation(&earlier.transaction.request_id);
-                let (again, _) = link.invoke_until_answered(&invocation);
+                let (again, _) = link.invoke_until_answered(&earlier.invocation);
                 assert_eq!(
                     again, earlier.result,
                     "{} answered again with its first outcome",
@@ -479,7 +496,7 @@ fn run_client(
         if result.is_some() && request.is_list() {
             last_acknowledged_list = Some(recorded.len());
         }
-        recorded.push(Recorded { transaction, request, result, retried });
+        recorded.push(Recorded { transaction, invocation, result, retried });
     }
     ClientRun {
         recorded,
@@ -598,8 +615,7 @@ fn record_history(engines: &mut Engines, plan: &Plan, context: &str) -> Run {
     for (index, entry) in recorded.iter().enumerate() {
         if entry.result.is_some() && (entry.retried || index % 20 == 0) {
             let node = (entry.transaction.client as usize + 1) % nodes;
-            let invocation = entry.request.invocation(&entry.transaction.request_id);
-            let (again, _) = links[node].invoke_until_answered(&invocation);
+            let (again, _) = links[node].invoke_until_answered(&entry.invocation);
             assert_eq!(
                 again, entry.result,
                 "{context}: {} answered again through node {node}",
@@ -623,7 +639,7 @@ fn record_history(engines: &mut Engines, plan: &Plan, context: &str) -> Run {
             let final_lists =
                 Request::List(ListTransaction { ops: keys.iter().map(|key| ListOp::Read(*key)).collect() });
             let invoked_at = nanos_since(start);
-            let (lists, _) = link.invoke_until_answered(&final_lists.invocation(&request_id));
+            let (lists, _) = link.invoke_until_answered(&final_lists.invocation(&request_id, None, 0));
             let Some(InvokeResult::Committed { output, .. }) = &lists else {
                 panic!("{context}: the final read through node {node} must commit: {lists:?}")
             };
@@ -1127,6 +1143,29 @@ fn plant_intermediate_read(run: &Run) -> Planted {
         expected: "G1b naming the reader",
         caught_by: naming(&[AnomalyKind::G1b], reader),
     }
+}
+
+/// The same single-engine history with each client's requests tracked by a client
+/// session instead of request ids: retries after the crashes, and the re-sends of
+/// acknowledged requests, must get their first outcomes from the sessions the engine
+/// restored.
+#[test]
+fn a_crashed_and_restarted_engine_keeps_a_clean_history_with_client_sessions() {
+    let plan = Plan { sessions: true, ..Plan::from_environment(Fault::Kill, CLIENTS) };
+    let context = format!("one engine, client sessions, SIGKILL x{}, seed {}", plan.faults, plan.seed);
+    let start = || {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let engines = Engines::Single(EngineProcess::start(&directory.path().join("node"), &[]));
+        (directory, engines)
+    };
+    let (_directory, _engines, run) = record_meeting_the_fault(start, &plan, &context);
+    let Verified { report, committed_appends, in_flight, .. } = verify(&run, &plan, &context);
+    println!(
+        "history ({context}): {report}{committed_appends} committed appends each exactly once in the final lists; \
+         {in_flight} requests in flight at the first crash and {} in all retried in their sessions; {} acknowledged \
+         requests re-sent and answered with their first outcome",
+        run.retried, run.resent_acknowledged
+    );
 }
 
 #[test]

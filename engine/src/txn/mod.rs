@@ -10,7 +10,7 @@
 pub mod access;
 pub(crate) mod commit;
 pub(crate) mod epoch;
-pub(crate) mod executor;
+pub mod executor;
 pub(crate) mod ledger;
 pub mod sessions;
 pub mod tpg;
