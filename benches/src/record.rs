@@ -262,29 +262,39 @@ impl RunRecord {
     /// Appends the record as one CSV row to `path`, with the header first when the file is
     /// new or empty.
     pub fn append_csv(&self, path: &Path) -> Result<(), RecordError> {
-        let failed = |source| RecordError::Write { path: path.display().to_string(), source };
-        let existing = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(error) => return Err(failed(error)),
-        };
-        let header = self.csv_header();
-        let mut text = String::new();
-        match existing.lines().next() {
-            None => text += &format!("{header}\n"),
-            Some(first) if first == header => {}
-            Some(_) => return Err(RecordError::OtherColumns { path: path.display().to_string() }),
-        }
-        if !existing.is_empty() && !existing.ends_with('\n') {
-            text.insert(0, '\n');
-        }
-        text += &format!("{}\n", self.csv_row());
-        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(failed)?;
-        file.write_all(text.as_bytes()).map_err(failed)
+        append_csv_rows(path, &self.columns().iter().map(|(name, _)| *name).collect::<Vec<_>>(), &[self.columns()])
     }
 }
 
 /// A CSV field (RFC 4180): quoted when it holds a comma, a quote or a line break.
+/// Appends `rows` (each the columns named in `header`, in order) to the CSV file at
+/// `path`, writing the header first when the file is new or empty; a file with another
+/// header is refused rather than mixed.
+pub fn append_csv_rows(path: &Path, header: &[&str], rows: &[Vec<(&str, String)>]) -> Result<(), RecordError> {
+    let failed = |source| RecordError::Write { path: path.display().to_string(), source };
+    let existing = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(error) => return Err(failed(error)),
+    };
+    let header = header.join(",");
+    let mut text = String::new();
+    match existing.lines().next() {
+        None => text += &format!("{header}\n"),
+        Some(first) if first == header => {}
+        Some(_) => return Err(RecordError::OtherColumns { path: path.display().to_string() }),
+    }
+    if !existing.is_empty() && !existing.ends_with('\n') {
+        text.insert(0, '\n');
+    }
+    for row in rows {
+        let fields: Vec<String> = row.iter().map(|(_, value)| csv_field(value)).collect();
+        text += &format!("{}\n", fields.join(","));
+    }
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(failed)?;
+    file.write_all(text.as_bytes()).map_err(failed)
+}
+
 pub fn csv_field(value: &str) -> String {
     if value.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", value.replace('"', "\"\""))

@@ -170,6 +170,72 @@ impl Comparison {
         }
     }
 
+    /// One CSV row per system that produced a report, under [`Comparison::CSV_COLUMNS`]:
+    /// what `leasehold plot` draws (`--series system`, x e.g. `clients` or `theta`).
+    pub fn csv_rows(&self) -> Vec<Vec<(&'static str, String)>> {
+        let c = &self.config;
+        let durability = match self.durability {
+            Durability::Fsync => "fsync",
+            Durability::Async => "async",
+        };
+        let load = self.machine.load_average_before.map(|load| format!("{:.2}", load[0])).unwrap_or_default();
+        let row = |system: &str, throughput: f64, latency: &crate::run::Latency, invariant: &str| {
+            let values = [
+                system.to_string(),
+                c.workload.plugin().to_string(),
+                durability.to_string(),
+                c.theta.to_string(),
+                c.clients.to_string(),
+                c.batch.to_string(),
+                c.pipeline.to_string(),
+                c.rate.map(|rate| rate.to_string()).unwrap_or_default(),
+                c.duration.as_secs_f64().to_string(),
+                format!("{throughput:.1}"),
+                latency.p50_us.to_string(),
+                latency.p99_us.to_string(),
+                latency.p999_us.to_string(),
+                invariant.to_string(),
+                self.machine.cores.to_string(),
+                load.clone(),
+                crate::record::utc_timestamp(crate::record::unix_seconds_now()),
+            ];
+            Self::CSV_COLUMNS.iter().copied().zip(values).collect::<Vec<_>>()
+        };
+        let mut rows = Vec::new();
+        if let Some(Outcome::Report(report)) = &self.leasehold {
+            let invariant = verdict(report.sum_expected, report.sum_found);
+            rows.push(row("leasehold", report.throughput_per_second, &report.latency, invariant));
+        }
+        for peer in [&self.redis, &self.postgres] {
+            if let Some(Outcome::Report(report)) = peer {
+                let invariant = verdict(report.sum_expected, report.sum_found);
+                let system = report.system.split_whitespace().next().unwrap_or("peer");
+                rows.push(row(system, report.throughput_per_second, &report.latency, invariant));
+            }
+        }
+        rows
+    }
+
+    pub const CSV_COLUMNS: [&'static str; 17] = [
+        "system",
+        "workload",
+        "durability",
+        "theta",
+        "clients",
+        "batch",
+        "pipeline",
+        "rate",
+        "duration_seconds",
+        crate::plot::THROUGHPUT_COLUMN,
+        "latency_p50_us",
+        "latency_p99_us",
+        "latency_p999_us",
+        "invariant",
+        "cores",
+        "load_average_before",
+        "recorded_at",
+    ];
+
     /// Whether a system failed or broke the invariant (the command then exits non-zero).
     pub fn failed(&self) -> bool {
         let leasehold_failed = match &self.leasehold {
@@ -369,6 +435,32 @@ mod tests {
         let table = comparison.table();
         assert!(table.contains("postgresql failed: not installed"), "{table}");
         assert!(table.contains("redis 7.0.0"), "{table}");
+    }
+
+    #[test]
+    fn csv_rows_are_what_plot_reads_one_per_system_that_ran() {
+        let comparison = Comparison::new(
+            Durability::Fsync,
+            config(),
+            Some([1.5, 1.0, 0.5]),
+            None,
+            Some(Outcome::Report(peer(100.0, 4000, 1000))),
+            Some(Outcome::Failed("not installed".into())),
+        );
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let path = directory.path().join("compare.csv");
+        for _ in 0..2 {
+            crate::record::append_csv_rows(&path, &Comparison::CSV_COLUMNS, &comparison.csv_rows()).expect("append");
+        }
+        let table = crate::plot::parse_csv(&std::fs::read_to_string(&path).expect("read back")).expect("parse");
+        assert_eq!(table.rows.len(), 2, "one row per run of the one system that reported");
+        let column = |name: &str| table.column(name).expect("a column plot needs");
+        let row = &table.rows[0].1;
+        assert_eq!(row[column("system")], "redis");
+        assert_eq!(row[column(crate::plot::THROUGHPUT_COLUMN)], "100.0");
+        assert_eq!(row[column("latency_p99_us")], "4000");
+        assert_eq!(row[column("clients")], "2");
+        assert_eq!((row[column("durability")].as_str(), row[column("invariant")].as_str()), ("fsync", "holds"));
     }
 
     #[test]

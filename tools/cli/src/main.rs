@@ -271,6 +271,10 @@ struct CompareArguments {
     /// it can.
     #[arg(long)]
     rate: Option<f64>,
+    /// Also append one row per system to this CSV file (what `leasehold plot --series
+    /// system` draws, e.g. against `--x clients` over runs with different --clients).
+    #[arg(long)]
+    output_csv: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -757,6 +761,10 @@ fn compare(arguments: CompareArguments) -> Result<(), Failure> {
         println!("{}", serde_json::to_string_pretty(&comparison)?);
     } else {
         print!("{}", comparison.table());
+    }
+    if let Some(path) = &arguments.output_csv {
+        leasehold_bench::record::append_csv_rows(path, &Comparison::CSV_COLUMNS, &comparison.csv_rows())
+            .map_err(|error| format!("cannot write {}: {error}", path.display()))?;
     }
     if comparison.failed() {
         return Err("a system failed or broke the invariant (see above)".to_string().into());
