@@ -350,8 +350,9 @@ enum RejectionKind {
   # the client itself sent before: its outcome was forgotten as the client asked.
 
   sessionFull @16;
-  # The session holds as many unacknowledged outcomes as the node allows: the client
-  # must send a higher `firstUnanswered` (it has the answers) before new requests.
+  # The session (or all sessions of the node together) holds as many unacknowledged
+  # outcomes as the node allows: the client must send a higher `firstUnanswered` (it has
+  # the answers) before new requests.
 
   tooManySessions @17;
   # `openSession` only: as many sessions are open on this node as it allows.

@@ -107,6 +107,10 @@ pub struct Config {
     /// answers it has not acknowledged yet. Beyond, its new requests are refused until it
     /// acknowledges.
     pub session_outcomes_max: usize,
+    /// Unacknowledged outcomes all sessions together may hold: with `sessions_max` and
+    /// `session_outcomes_max`, what bounds the memory sessions take whatever clients do
+    /// (an outcome is its output plus about 100 bytes).
+    pub session_outcomes_total_max: usize,
     /// A file holding the shared token clients must present (its contents, trimmed of
     /// surrounding whitespace). A file rather than a value keeps the secret out of `ps`,
     /// the environment and config files that get shared. None: any client is accepted.
@@ -176,6 +180,7 @@ impl Default for Config {
             request_id_retention_hours: 7 * 24,
             sessions_max: 10_000,
             session_outcomes_max: 65_536,
+            session_outcomes_total_max: 4_000_000,
             auth_token_file: None,
             tls_certificate_file: None,
             tls_key_file: None,
@@ -268,6 +273,7 @@ impl Config {
             ("request_id_retention_hours", self.request_id_retention_hours as usize),
             ("sessions_max", self.sessions_max),
             ("session_outcomes_max", self.session_outcomes_max),
+            ("session_outcomes_total_max", self.session_outcomes_total_max),
             ("plugin_call_warn_ms", self.plugin_call_warn_ms as usize),
         ];
         for (name, value) in positive {

@@ -222,9 +222,12 @@ pub enum Rejection {
     /// its outcome is forgotten: a client bug.
     #[error("session {session}: request {sequence} was acknowledged (first unanswered is {first_unanswered}); its outcome is forgotten")]
     SequenceAcknowledged { session: u64, sequence: u64, first_unanswered: u64 },
-    /// The session holds too many unacknowledged outcomes: the client must advance its
-    /// first unanswered sequence number.
-    #[error("session {session} holds {held} unacknowledged outcomes, the most allowed; acknowledge answered requests")]
+    /// The session (or all sessions together) hold too many unacknowledged outcomes: the
+    /// client must advance its first unanswered sequence number.
+    #[error(
+        "session {session} cannot hold more unacknowledged outcomes (it holds {held}; the node limits them per session \
+         and over all sessions); acknowledge answered requests"
+    )]
     SessionFull { session: u64, held: usize },
     /// Too many sessions are open on this node.
     #[error("{0} sessions are open on this node, the most allowed; close idle clients or retry later")]

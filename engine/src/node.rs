@@ -233,6 +233,7 @@ impl Node {
         let session_limits = SessionLimits {
             sessions_max: config.sessions_max,
             outcomes_per_session_max: config.session_outcomes_max,
+            outcomes_total_max: config.session_outcomes_total_max,
             idle_expiry_seconds: config.request_id_retention_hours.saturating_mul(3600),
         };
         let mut ledger = Ledger::new(config.recent_results_max, session_limits);

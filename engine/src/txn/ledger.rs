@@ -324,7 +324,7 @@ mod tests {
     use crate::model::Timestamp;
 
     const SESSION_LIMITS: SessionLimits =
-        SessionLimits { sessions_max: 1, outcomes_per_session_max: 1, idle_expiry_seconds: 1 };
+        SessionLimits { sessions_max: 1, outcomes_per_session_max: 1, outcomes_total_max: 1, idle_expiry_seconds: 1 };
 
     fn id(n: u8) -> RequestId {
         RequestId::Id(vec![n].into())

@@ -8,8 +8,9 @@
 //!   holds every outcome the client may still ask for, in memory and, after a restart,
 //!   from the `sessions` column family;
 //! - memory stays bounded by what clients have in flight: acknowledged outcomes are
-//!   dropped as soon as a request says so, and a session holds at most
-//!   `outcomes_per_session_max` of them.
+//!   dropped as soon as a request says so, a session holds at most
+//!   `outcomes_per_session_max` of them and all sessions together at most
+//!   `outcomes_total_max`.
 //!
 //! This is the design of RIFL (Lee et al., SOSP 2015) and of Raft's client sessions. Why
 //! not request ids alone: an id the node has not seen in memory must be looked up in
@@ -89,6 +90,8 @@ pub struct StoredSession {
 pub struct SessionLimits {
     pub sessions_max: usize,
     pub outcomes_per_session_max: usize,
+    /// Over all sessions: what bounds the table's memory whatever the clients do.
+    pub outcomes_total_max: usize,
     pub idle_expiry_seconds: u64,
 }
 
@@ -98,6 +101,8 @@ pub struct SessionTable {
     limits: SessionLimits,
     /// When admission next drops idle sessions.
     next_expiry_unix_seconds: u64,
+    /// Entries (running and done) of all sessions together.
+    entries_total: usize,
 }
 
 /// How often admission looks for idle sessions.
@@ -105,7 +110,7 @@ const EXPIRY_INTERVAL_SECONDS: u64 = 60;
 
 impl SessionTable {
     pub fn new(limits: SessionLimits) -> SessionTable {
-        SessionTable { sessions: FxHashMap::default(), limits, next_expiry_unix_seconds: 0 }
+        SessionTable { sessions: FxHashMap::default(), limits, next_expiry_unix_seconds: 0, entries_total: 0 }
     }
 
     pub fn len(&self) -> usize {
@@ -141,7 +146,10 @@ impl SessionTable {
                 session.entries.insert(sequence, Entry::Done(outcome));
             }
         }
-        self.sessions.insert(stored.session, session);
+        self.entries_total += session.entries.len();
+        if let Some(replaced) = self.sessions.insert(stored.session, session) {
+            self.entries_total -= replaced.entries.len();
+        }
     }
 
     /// What to do with an arriving request of a session. A new request is started
@@ -164,7 +172,9 @@ impl SessionTable {
             return SessionAdmission::Refused(rejection, reply);
         }
         // A request never acknowledges itself: its own answer is still to come.
+        let held = session.entries.len();
         session.acknowledge(position.first_unanswered.min(position.sequence));
+        self.entries_total -= held - session.entries.len();
         if let Some(entry) = session.entries.get_mut(&position.sequence) {
             return match entry {
                 Entry::Done(outcome) => SessionAdmission::Done(outcome.clone(), reply),
@@ -174,11 +184,14 @@ impl SessionTable {
                 }
             };
         }
-        if session.entries.len() >= self.limits.outcomes_per_session_max {
+        if session.entries.len() >= self.limits.outcomes_per_session_max
+            || self.entries_total >= self.limits.outcomes_total_max
+        {
             let rejection = Rejection::SessionFull { session: position.session, held: session.entries.len() };
             return SessionAdmission::Refused(rejection, reply);
         }
         session.entries.insert(position.sequence, Entry::Pending(Vec::new()));
+        self.entries_total += 1;
         SessionAdmission::New(reply)
     }
 
@@ -194,6 +207,7 @@ impl SessionTable {
         };
         if acknowledged {
             session.entries.remove(&position.sequence);
+            self.entries_total -= 1;
         }
         waiters
     }
@@ -204,7 +218,10 @@ impl SessionTable {
         let Some(session) = self.sessions.get_mut(&position.session) else { return Vec::new() };
         match session.entries.get(&position.sequence) {
             Some(Entry::Pending(_)) => match session.entries.remove(&position.sequence) {
-                Some(Entry::Pending(waiters)) => waiters,
+                Some(Entry::Pending(waiters)) => {
+                    self.entries_total -= 1;
+                    waiters
+                }
                 _ => unreachable!("the entry was pending just above"),
             },
             _ => Vec::new(),
@@ -216,10 +233,16 @@ impl SessionTable {
     pub fn expire_idle(&mut self, now_unix_seconds: u64) -> usize {
         let before = self.sessions.len();
         let expiry = self.limits.idle_expiry_seconds;
+        let mut entries_dropped = 0;
         self.sessions.retain(|_, session| {
-            now_unix_seconds.saturating_sub(session.last_used_unix_seconds) <= expiry
-                || session.entries.values().any(|entry| matches!(entry, Entry::Pending(_)))
+            let kept = now_unix_seconds.saturating_sub(session.last_used_unix_seconds) <= expiry
+                || session.entries.values().any(|entry| matches!(entry, Entry::Pending(_)));
+            if !kept {
+                entries_dropped += session.entries.len();
+            }
+            kept
         });
+        self.entries_total -= entries_dropped;
         before - self.sessions.len()
     }
 }
@@ -230,7 +253,7 @@ mod tests {
     use crate::model::Timestamp;
 
     fn limits() -> SessionLimits {
-        SessionLimits { sessions_max: 4, outcomes_per_session_max: 8, idle_expiry_seconds: 100 }
+        SessionLimits { sessions_max: 4, outcomes_per_session_max: 8, outcomes_total_max: 12, idle_expiry_seconds: 100 }
     }
 
     fn position(session: u64, sequence: u64, first_unanswered: u64) -> SessionPosition {
@@ -314,6 +337,34 @@ mod tests {
         }
         // Acknowledging makes room.
         admit_new(&mut table, position(1, 9, 5));
+    }
+
+    #[test]
+    fn all_sessions_together_hold_a_bounded_number_of_outcomes() {
+        let mut table = SessionTable::new(limits());
+        table.open(1, 0);
+        table.open(2, 0);
+        for sequence in 1..=8 {
+            admit_new(&mut table, position(1, sequence, 1));
+        }
+        for sequence in 1..=4 {
+            admit_new(&mut table, position(2, sequence, 1));
+        }
+        // Session 2 holds only 4 of its 8, but the node holds 12 of 12.
+        assert!(matches!(
+            table.admit(&position(2, 5, 1), reply(), 0),
+            SessionAdmission::Refused(Rejection::SessionFull { session: 2, held: 4 }, _)
+        ));
+        for sequence in 1..=8 {
+            table.complete(&position(1, sequence, 1), &outcome(sequence as u8));
+        }
+        // Session 1 acknowledging its answers makes room for session 2.
+        admit_new(&mut table, position(1, 9, 9));
+        admit_new(&mut table, position(2, 5, 1));
+        assert_eq!(table.entries_total, 6, "1 of session 1 and 5 of session 2");
+        assert_eq!(table.abandon(&position(2, 5, 1)).len(), 0);
+        assert_eq!(table.expire_idle(1_000), 0, "sessions with running requests stay");
+        assert_eq!(table.entries_total, 5);
     }
 
     #[test]
