@@ -579,9 +579,6 @@ impl NodeHandle {
         }
     }
 
-    /// Plans a workflow invocation and submits it to the next epoch (in a cluster,
-    /// forwarding it when its keys are mostly held elsewhere). Refusals (unknown plugin
-    /// or workflow, bad arguments, planner failure) come back at once.
     /// Opens a client session (see `openSession` in `leasehold.capnp`): durable once this
     /// returns. A single node keeps the session's outcomes in its ledger; a cluster keeps
     /// them under ids (`RequestId::with_session_as_id`) and only hands out the number.
@@ -608,6 +605,9 @@ impl NodeHandle {
         Ok(session)
     }
 
+    /// Plans a workflow invocation and submits it to the next epoch (in a cluster,
+    /// forwarding it when its keys are mostly held elsewhere). Refusals (unknown plugin
+    /// or workflow, bad arguments, planner failure) come back at once.
     pub fn submit(&self, invocation: Invocation) -> Result<Pending<Completed>, Rejection> {
         match self.submit_or_redirect(invocation, false)? {
             Submitted::Running(pending) => Ok(pending),

@@ -174,16 +174,12 @@ impl Comparison {
     /// what `leasehold plot` draws (`--series system`, x e.g. `clients` or `theta`).
     pub fn csv_rows(&self) -> Vec<Vec<(&'static str, String)>> {
         let c = &self.config;
-        let durability = match self.durability {
-            Durability::Fsync => "fsync",
-            Durability::Async => "async",
-        };
         let load = self.machine.load_average_before.map(|load| format!("{:.2}", load[0])).unwrap_or_default();
         let row = |system: &str, throughput: f64, latency: &crate::run::Latency, invariant: &str| {
             let values = [
                 system.to_string(),
                 c.workload.plugin().to_string(),
-                durability.to_string(),
+                self.durability.as_str().to_string(),
                 c.theta.to_string(),
                 c.clients.to_string(),
                 c.batch.to_string(),

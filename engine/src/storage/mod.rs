@@ -281,9 +281,14 @@ impl Storage {
 
     /// The newest epoch whose batch is on disk (0 when none).
     pub fn durable_epoch(&self) -> Result<u64, StorageError> {
-        match self.db.get_cf(self.cf(CF_META), META_DURABLE_EPOCH)? {
+        self.meta_number(META_DURABLE_EPOCH, "durable epoch")
+    }
+
+    /// A number kept under `key` in `meta` (0 when absent); `what` names it when corrupt.
+    fn meta_number(&self, key: &[u8], what: &'static str) -> Result<u64, StorageError> {
+        match self.db.get_cf(self.cf(CF_META), key)? {
             None => Ok(0),
-            Some(bytes) => codec::decode_u64(&bytes).ok_or(StorageError::Corrupt { what: "durable epoch" }),
+            Some(bytes) => codec::decode_u64(&bytes).ok_or(StorageError::Corrupt { what }),
         }
     }
 
@@ -291,10 +296,7 @@ impl Storage {
     /// incarnation, which tells its peers that it restarted.
     pub fn next_incarnation(&self) -> Result<u32, StorageError> {
         let meta = self.cf(CF_META);
-        let current = match self.db.get_cf(meta, META_INCARNATION)? {
-            None => 0,
-            Some(bytes) => codec::decode_u64(&bytes).ok_or(StorageError::Corrupt { what: "incarnation" })?,
-        };
+        let current = self.meta_number(META_INCARNATION, "incarnation")?;
         let next = u32::try_from(current + 1).map_err(|_| StorageError::Corrupt { what: "incarnation" })?;
         let mut options = WriteOptions::default();
         options.set_sync(true);
@@ -304,10 +306,7 @@ impl Storage {
 
     /// The newest epoch folded into the tables (0 when none).
     pub fn checkpoint_epoch(&self) -> Result<u64, StorageError> {
-        match self.db.get_cf(self.cf(CF_META), META_CHECKPOINT_EPOCH)? {
-            None => Ok(0),
-            Some(bytes) => codec::decode_u64(&bytes).ok_or(StorageError::Corrupt { what: "checkpoint epoch" }),
-        }
+        self.meta_number(META_CHECKPOINT_EPOCH, "checkpoint epoch")
     }
 
     /// Undoes every logged epoch after `agreed` (a cluster agreed that they were not
@@ -509,7 +508,8 @@ impl Storage {
         }
         let keys: Vec<[u8; 8]> = touched.keys().map(|session| session.to_be_bytes()).collect();
         let stored = self.db.batched_multi_get_cf(self.cf(CF_SESSIONS), &keys, true);
-        let mut sessions: rustc_hash::FxHashMap<u64, StoredSession> = rustc_hash::FxHashMap::default();
+        // In session order, as the checkpoint writes them.
+        let mut sessions: std::collections::BTreeMap<u64, StoredSession> = std::collections::BTreeMap::new();
         for ((&session, &(first_unanswered, last_used)), stored) in touched.iter().zip(stored) {
             let mut folded = match stored? {
                 Some(bytes) => codec::decode_stored_session(session, &bytes)
@@ -533,7 +533,6 @@ impl Storage {
             session.outcomes.push((position.sequence, outcome));
         }
         let mut sessions: Vec<StoredSession> = sessions.into_values().collect();
-        sessions.sort_unstable_by_key(|session| session.session);
         for session in &mut sessions {
             // A sequence number has one durable outcome; keep the newest should a record
             // repeat it.
@@ -550,11 +549,7 @@ impl Storage {
     pub fn open_session(&self, node: u16, node_count: u16, now_unix_seconds: u64) -> Result<u64, StorageError> {
         let meta = self.cf(CF_META);
         let _counting = self.session_count.lock();
-        let opened = match self.db.get_cf(meta, META_SESSIONS_OPENED)? {
-            None => 0,
-            Some(bytes) => codec::decode_u64(&bytes).ok_or(StorageError::Corrupt { what: "session count" })?,
-        };
-        let count = opened + 1;
+        let count = self.meta_number(META_SESSIONS_OPENED, "session count")? + 1;
         let session = count
             .checked_mul(u64::from(node_count.max(1)))
             .and_then(|number| number.checked_add(u64::from(node)))

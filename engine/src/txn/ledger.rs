@@ -24,15 +24,39 @@
 //! ledger's lock. Those faults stalled every request for 130-170 ms at each turnover
 //! (every 2.5 s at 200k requests/s), the p99.9 latency of the node.
 
-use super::sessions::{SessionAdmission, SessionLimits, SessionTable};
+use super::sessions::{SessionLimits, SessionTable};
 use super::Reply;
 use crate::model::{Outcome, Rejection, RequestId};
 use rustc_hash::FxHashMap;
 use std::collections::hash_map::Entry as MapEntry;
 
-enum Entry {
+/// A tracked request, running or done (by id here, by number in a session).
+pub(super) enum Entry {
+    /// Running; the replies of retries that arrived meanwhile wait here.
     Pending(Vec<Reply>),
     Done(Outcome),
+}
+
+impl Entry {
+    /// Marks a running request done with its durable outcome; returns the replies that
+    /// waited for it.
+    pub(super) fn complete(&mut self, outcome: &Outcome) -> Vec<Reply> {
+        match std::mem::replace(self, Entry::Done(outcome.clone())) {
+            Entry::Pending(waiters) => waiters,
+            Entry::Done(_) => panic!("completed a tracked request twice"),
+        }
+    }
+
+    /// What an arriving retry gets: the outcome if done, or a place among the waiters.
+    pub(super) fn answer(&mut self, reply: Reply) -> Admission {
+        match self {
+            Entry::Done(outcome) => Admission::Done(outcome.clone(), reply),
+            Entry::Pending(waiters) => {
+                waiters.push(reply);
+                Admission::Joined
+            }
+        }
+    }
 }
 
 /// What the ledger says about an arriving request.
@@ -76,11 +100,7 @@ impl Generation {
     /// waited, or `None` when the id is not here.
     fn complete(&mut self, id: &RequestId, outcome: &Outcome, epoch: u64) -> Option<Vec<Reply>> {
         // The entry is updated in place: the map keeps its own copy of the id.
-        let entry = self.entries.get_mut(id)?;
-        let waiters = match std::mem::replace(entry, Entry::Done(outcome.clone())) {
-            Entry::Pending(waiters) => waiters,
-            Entry::Done(_) => panic!("completed a request id twice"),
-        };
+        let waiters = self.entries.get_mut(id)?.complete(outcome);
         self.pending -= 1;
         self.mark_done(epoch);
         Some(waiters)
@@ -138,34 +158,19 @@ impl Ledger {
     /// of each generation: the admission of every new id pays for no more.
     pub fn admit(&mut self, id: &RequestId, reply: Reply, now_unix_seconds: u64) -> Admission {
         if let RequestId::Session(position) = id {
-            return match self.sessions.admit(position, reply, now_unix_seconds) {
-                SessionAdmission::Done(outcome, reply) => Admission::Done(outcome, reply),
-                SessionAdmission::Joined => Admission::Joined,
-                SessionAdmission::New(reply) => Admission::New(reply),
-                SessionAdmission::Refused(rejection, reply) => Admission::Refused(rejection, reply),
-            };
+            return self.sessions.admit(position, reply, now_unix_seconds);
         }
         assert!(id.is_tracked(), "only tracked requests are admitted");
         let vacant = match self.current.entries.entry(id.clone()) {
-            MapEntry::Occupied(occupied) => return Self::answer(occupied.into_mut(), reply),
+            MapEntry::Occupied(occupied) => return occupied.into_mut().answer(reply),
             MapEntry::Vacant(vacant) => vacant,
         };
         if let Some(entry) = self.previous.entries.get_mut(id) {
-            return Self::answer(entry, reply);
+            return entry.answer(reply);
         }
         vacant.insert(Entry::Pending(Vec::new()));
         self.current.pending += 1;
         Admission::Started(reply)
-    }
-
-    fn answer(entry: &mut Entry, reply: Reply) -> Admission {
-        match entry {
-            Entry::Done(outcome) => Admission::Done(outcome.clone(), reply),
-            Entry::Pending(waiters) => {
-                waiters.push(reply);
-                Admission::Joined
-            }
-        }
     }
 
     /// A started id turned out to be done already: its durable outcome was found in

@@ -20,17 +20,11 @@
 //!
 //! The table is a pure, synchronous structure: the clock comes in as an argument.
 
+use super::ledger::{Admission, Entry};
 use super::Reply;
 use crate::model::{Outcome, Rejection, SessionPosition};
 use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
-
-/// A request of a session, running or done.
-enum Entry {
-    /// Running; the replies of retries that arrived meanwhile wait here.
-    Pending(Vec<Reply>),
-    Done(Outcome),
-}
 
 struct Session {
     /// Outcomes below this number are acknowledged and forgotten.
@@ -61,18 +55,6 @@ impl Session {
             }
         }
     }
-}
-
-/// What the table says about an arriving session request.
-pub enum SessionAdmission {
-    /// Done and durable: answer the reply with this outcome.
-    Done(Outcome, Reply),
-    /// Running: the reply waits for its outcome.
-    Joined,
-    /// New: run it (nothing needs looking up).
-    New(Reply),
-    /// Refused before it ran.
-    Refused(Rejection, Reply),
 }
 
 /// A session as stored: what survives a restart.
@@ -113,14 +95,6 @@ impl SessionTable {
         SessionTable { sessions: FxHashMap::default(), limits, next_expiry_unix_seconds: 0, entries_total: 0 }
     }
 
-    pub fn len(&self) -> usize {
-        self.sessions.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.sessions.is_empty()
-    }
-
     /// Whether one more session may be opened (after dropping idle ones).
     pub fn has_room(&mut self, now_unix_seconds: u64) -> Result<(), Rejection> {
         if self.sessions.len() >= self.limits.sessions_max {
@@ -147,20 +121,20 @@ impl SessionTable {
             }
         }
         self.entries_total += session.entries.len();
-        if let Some(replaced) = self.sessions.insert(stored.session, session) {
-            self.entries_total -= replaced.entries.len();
-        }
+        let previous = self.sessions.insert(stored.session, session);
+        assert!(previous.is_none(), "storage holds each session once");
     }
 
     /// What to do with an arriving request of a session. A new request is started
-    /// (pending) at once, so that a duplicate later in the same batch joins it.
-    pub fn admit(&mut self, position: &SessionPosition, reply: Reply, now_unix_seconds: u64) -> SessionAdmission {
+    /// (pending) at once, so that a duplicate later in the same batch joins it; it is
+    /// [`Admission::New`], never `Started`: there is nothing to look up.
+    pub fn admit(&mut self, position: &SessionPosition, reply: Reply, now_unix_seconds: u64) -> Admission {
         if now_unix_seconds >= self.next_expiry_unix_seconds {
             self.next_expiry_unix_seconds = now_unix_seconds.saturating_add(EXPIRY_INTERVAL_SECONDS);
             self.expire_idle(now_unix_seconds);
         }
         let Some(session) = self.sessions.get_mut(&position.session) else {
-            return SessionAdmission::Refused(Rejection::UnknownSession(position.session), reply);
+            return Admission::Refused(Rejection::UnknownSession(position.session), reply);
         };
         session.last_used_unix_seconds = now_unix_seconds;
         if position.sequence < session.first_unanswered {
@@ -169,30 +143,24 @@ impl SessionTable {
                 sequence: position.sequence,
                 first_unanswered: session.first_unanswered,
             };
-            return SessionAdmission::Refused(rejection, reply);
+            return Admission::Refused(rejection, reply);
         }
         // A request never acknowledges itself: its own answer is still to come.
         let held = session.entries.len();
         session.acknowledge(position.first_unanswered.min(position.sequence));
         self.entries_total -= held - session.entries.len();
         if let Some(entry) = session.entries.get_mut(&position.sequence) {
-            return match entry {
-                Entry::Done(outcome) => SessionAdmission::Done(outcome.clone(), reply),
-                Entry::Pending(waiters) => {
-                    waiters.push(reply);
-                    SessionAdmission::Joined
-                }
-            };
+            return entry.answer(reply);
         }
         if session.entries.len() >= self.limits.outcomes_per_session_max
             || self.entries_total >= self.limits.outcomes_total_max
         {
             let rejection = Rejection::SessionFull { session: position.session, held: session.entries.len() };
-            return SessionAdmission::Refused(rejection, reply);
+            return Admission::Refused(rejection, reply);
         }
         session.entries.insert(position.sequence, Entry::Pending(Vec::new()));
         self.entries_total += 1;
-        SessionAdmission::New(reply)
+        Admission::New(reply)
     }
 
     /// Completes a running request with its durable outcome; returns the replies that
@@ -201,10 +169,7 @@ impl SessionTable {
         let session = self.sessions.get_mut(&position.session).expect("a running request's session is open");
         let acknowledged = position.sequence < session.first_unanswered;
         let entry = session.entries.get_mut(&position.sequence).expect("completed a request that was not running");
-        let waiters = match std::mem::replace(entry, Entry::Done(outcome.clone())) {
-            Entry::Pending(waiters) => waiters,
-            Entry::Done(_) => panic!("completed a session request twice"),
-        };
+        let waiters = entry.complete(outcome);
         if acknowledged {
             session.entries.remove(&position.sequence);
             self.entries_total -= 1;
@@ -270,7 +235,7 @@ mod tests {
 
     #[track_caller]
     fn admit_new(table: &mut SessionTable, at: SessionPosition) {
-        assert!(matches!(table.admit(&at, reply(), 0), SessionAdmission::New(_)), "{at:?} must be new");
+        assert!(matches!(table.admit(&at, reply(), 0), Admission::New(_)), "{at:?} must be new");
     }
 
     #[test]
@@ -278,11 +243,11 @@ mod tests {
         let mut table = SessionTable::new(limits());
         table.open(7, 0);
         admit_new(&mut table, position(7, 1, 1));
-        assert!(matches!(table.admit(&position(7, 1, 1), reply(), 0), SessionAdmission::Joined));
+        assert!(matches!(table.admit(&position(7, 1, 1), reply(), 0), Admission::Joined));
         let waiters = table.complete(&position(7, 1, 1), &outcome(1));
         assert_eq!(waiters.len(), 1, "the retry waited for the first outcome");
         match table.admit(&position(7, 1, 1), reply(), 0) {
-            SessionAdmission::Done(found, _) => assert_eq!(found, outcome(1)),
+            Admission::Done(found, _) => assert_eq!(found, outcome(1)),
             _ => panic!("a retry of a done request gets its outcome"),
         }
     }
@@ -292,7 +257,7 @@ mod tests {
         let mut table = SessionTable::new(limits());
         assert!(matches!(
             table.admit(&position(9, 1, 1), reply(), 0),
-            SessionAdmission::Refused(Rejection::UnknownSession(9), _)
+            Admission::Refused(Rejection::UnknownSession(9), _)
         ));
         table.open(9, 0);
         admit_new(&mut table, position(9, 1, 1));
@@ -301,7 +266,7 @@ mod tests {
         // The client said it has the answer of 1: a request numbered 1 is a client bug.
         assert!(matches!(
             table.admit(&position(9, 1, 1), reply(), 0),
-            SessionAdmission::Refused(Rejection::SequenceAcknowledged { sequence: 1, first_unanswered: 2, .. }, _)
+            Admission::Refused(Rejection::SequenceAcknowledged { sequence: 1, first_unanswered: 2, .. }, _)
         ));
     }
 
@@ -330,7 +295,7 @@ mod tests {
         }
         assert!(matches!(
             table.admit(&position(1, 9, 1), reply(), 0),
-            SessionAdmission::Refused(Rejection::SessionFull { held: 8, .. }, _)
+            Admission::Refused(Rejection::SessionFull { held: 8, .. }, _)
         ));
         for sequence in 1..=8 {
             table.complete(&position(1, sequence, 1), &outcome(sequence as u8));
@@ -353,7 +318,7 @@ mod tests {
         // Session 2 holds only 4 of its 8, but the node holds 12 of 12.
         assert!(matches!(
             table.admit(&position(2, 5, 1), reply(), 0),
-            SessionAdmission::Refused(Rejection::SessionFull { session: 2, held: 4 }, _)
+            Admission::Refused(Rejection::SessionFull { session: 2, held: 4 }, _)
         ));
         for sequence in 1..=8 {
             table.complete(&position(1, sequence, 1), &outcome(sequence as u8));
@@ -377,7 +342,7 @@ mod tests {
         assert_eq!(table.expire_idle(120), 1, "session 1 is idle; 2 runs a request; 3 is recent");
         assert!(matches!(
             table.admit(&position(1, 1, 1), reply(), 120),
-            SessionAdmission::Refused(Rejection::UnknownSession(1), _)
+            Admission::Refused(Rejection::UnknownSession(1), _)
         ));
         table.open(4, 120);
         table.open(5, 120);
@@ -395,10 +360,10 @@ mod tests {
             outcomes: vec![(3, outcome(3)), (5, outcome(5))],
         });
         assert!(
-            matches!(table.admit(&position(5, 5, 3), reply(), 0), SessionAdmission::Done(found, _) if found == outcome(5))
+            matches!(table.admit(&position(5, 5, 3), reply(), 0), Admission::Done(found, _) if found == outcome(5))
         );
         admit_new(&mut table, position(5, 4, 3));
-        assert!(matches!(table.admit(&position(5, 2, 2), reply(), 0), SessionAdmission::Refused(..)));
+        assert!(matches!(table.admit(&position(5, 2, 2), reply(), 0), Admission::Refused(..)));
     }
 
     #[test]
@@ -406,7 +371,7 @@ mod tests {
         let mut table = SessionTable::new(limits());
         table.open(1, 0);
         admit_new(&mut table, position(1, 1, 1));
-        assert!(matches!(table.admit(&position(1, 1, 1), reply(), 0), SessionAdmission::Joined));
+        assert!(matches!(table.admit(&position(1, 1, 1), reply(), 0), Admission::Joined));
         assert_eq!(table.abandon(&position(1, 1, 1)).len(), 1);
         admit_new(&mut table, position(1, 1, 1));
     }
